@@ -1,0 +1,215 @@
+"""Build an offline Qwen3-family reranker checkpoint: the real Qwen3 tokenizer + random weights.
+
+The tokenizer is rebuilt from the BPE ranks that the `dashscope` package ships
+(`dashscope/resources/qwen.tiktoken`), so token ids match Qwen3's exactly (yes=9693, no=2152).
+Two shapes:
+  tiny  - 2 layers, hidden 128, head_dim 64: runs the whole stack on 2 CPU cores in tests/demo.
+  0.6b  - the exact Qwen3-Reranker-0.6B shape: costs what the real model costs (benchmarks).
+
+Random weights are scaled so that scores spread over (0, 1) and depend on the text: with a
+default init every document would score ~0.5 and a parity test would prove nothing.
+
+    python -m launcher.demo_model --shape tiny --out models/qwen3-reranker-tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+DASHSCOPE_VERSION = "2.0.2"
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Qwen3's added tokens, in id order from 151643.
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+]
+# Tokens that are "special" (skipped on decode) in Qwen3's tokenizer_config; the others are
+# plain added tokens such as <think>.
+NON_SPECIAL = {"<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"}
+FIRST_SPECIAL_ID = 151643
+VOCAB_SIZE = 151669
+
+SHAPES = {
+    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=2, num_key_value_heads=1, head_dim=64),
+    "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                 num_attention_heads=16, num_key_value_heads=8, head_dim=128),
+}
+
+
+def qwen_tiktoken_file(cache_dir: Path) -> Path:
+    """Return the path of qwen.tiktoken, fetching the dashscope wheel (no deps) when needed."""
+    target = cache_dir / "qwen.tiktoken"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp,
+             f"dashscope=={DASHSCOPE_VERSION}"],
+            check=True,
+        )
+        wheel = glob.glob(os.path.join(tmp, "dashscope-*.whl"))[0]
+        with zipfile.ZipFile(wheel) as zf:
+            target.write_bytes(zf.read("dashscope/resources/qwen.tiktoken"))
+    return target
+
+
+def build_tokenizer(tiktoken_file: Path):
+    """A fast tokenizer equal to Qwen3's tokenizer.json (NFC, Qwen split regex, byte-level BPE)."""
+    from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    tok = TikTokenConverter(vocab_file=str(tiktoken_file), pattern=QWEN_PATTERN).tokenizer()
+    tok.model.ignore_merges = False  # as in Qwen3's tokenizer.json
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([
+        AddedToken(t, special=t not in NON_SPECIAL, normalized=False) for t in SPECIAL_TOKENS
+    ])
+    for i, t in enumerate(SPECIAL_TOKENS):
+        assert tok.token_to_id(t) == FIRST_SPECIAL_ID + i, t
+    assert tok.token_to_id("yes") == 9693 and tok.token_to_id("no") == 2152
+    return tok
+
+
+def write_tokenizer(tok, out: Path) -> None:
+    tok.save(str(out / "tokenizer.json"))
+    added = {
+        str(FIRST_SPECIAL_ID + i): {
+            "content": t, "lstrip": False, "normalized": False, "rstrip": False,
+            "single_word": False, "special": t not in NON_SPECIAL,
+        }
+        for i, t in enumerate(SPECIAL_TOKENS)
+    }
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "added_tokens_decoder": added,
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "errors": "replace",
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
+        "model_max_length": 131072,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_model(out: Path, shape: str, seed: int, tok) -> None:
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    dims = SHAPES[shape]
+    config = Qwen3Config(
+        vocab_size=VOCAB_SIZE, max_position_embeddings=40960, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=FIRST_SPECIAL_ID,
+        eos_token_id=FIRST_SPECIAL_ID + 2, architectures=["Qwen3ForCausalLM"], **dims,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config).eval()
+    _spread_scores(model, dims["num_hidden_layers"])
+    _calibrate(model, tok)
+    dtype = torch.float32 if shape == "tiny" else torch.bfloat16
+    model.to(dtype).save_pretrained(str(out), safe_serialization=True)
+
+
+def _spread_scores(model, layers: int) -> None:
+    """Make a random model's yes/no margin large and text-dependent.
+
+    A default init leaves the last hidden state dominated by the last token's own embedding
+    (always the template's final "\\n\\n"), so every document would score the same. Larger
+    attention/MLP output weights let the context move the last state, and larger yes/no rows
+    turn that movement into a margin of several logits.
+    """
+    import torch
+
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(8.0 / layers ** 0.5)
+            layer.mlp.down_proj.weight.mul_(8.0 / layers ** 0.5)
+            layer.self_attn.v_proj.weight.mul_(4.0)
+        emb = model.model.embed_tokens.weight
+        for token_id in (9693, 2152):  # yes, no (tied with the LM head)
+            emb[token_id].mul_(12.0)
+
+
+CALIBRATION_PAIRS = [
+    ("what is the capital of France", "The capital of France is Paris."),
+    ("what is the capital of France", "Bananas are yellow and rich in potassium."),
+    ("如何申请差旅报销", "财务系统操作指南"),
+    ("如何申请差旅报销", "员工手册第3章"),
+    ("python list sort", "Use sorted(xs) or xs.sort() to sort a list in place."),
+    ("weather tomorrow", "hello"),
+    ("best pizza in Naples", "Pizza margherita was invented in Naples in 1889."),
+    ("how do vaccines work", "The stock market closed higher on Friday."),
+]
+
+
+def _calibrate(model, tok, target_std: float = 2.0) -> None:
+    """Centre the yes-no margin on 0 and give it a spread of ~target_std logits."""
+    import torch
+
+    prefix = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the "
+              "Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\"."
+              "<|im_end|>\n<|im_start|>user\n")
+    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    instruction = "Given a web search query, retrieve relevant passages that answer the query"
+    states = []
+    with torch.no_grad():
+        for q, d in CALIBRATION_PAIRS:
+            ids = tok.encode(f"{prefix}<Instruct>: {instruction}\n<Query>: {q}\n<Document>: {d}{suffix}").ids
+            out = model.model(torch.tensor([ids]))
+            states.append(out.last_hidden_state[0, -1].float())
+        h = torch.stack(states)
+        emb = model.model.embed_tokens.weight
+        diff = (emb[9693] - emb[2152]).float()
+        margins = h @ diff
+        scale = target_std / margins.std().clamp_min(1e-6)
+        h_mean = h.mean(0)
+        new_diff = diff * scale - (margins.mean() * scale) * h_mean / h_mean.dot(h_mean)
+        emb[9693].copy_((emb[2152].float() + new_diff).to(emb.dtype))
+
+
+def build(shape: str, out: Path, seed: int = 0, cache_dir: Path | None = None) -> Path:
+    out = Path(out)
+    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+        return out
+    cache_dir = cache_dir or Path(os.environ.get("RERANKER_CACHE_DIR", ".cache"))
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(qwen_tiktoken_file(cache_dir))
+    write_tokenizer(tok, out)
+    write_model(out, shape, seed, tok)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(build(args.shape, args.out, args.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""create_app(settings) -> FastAPI: the shim, with no import-time state."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from server.responses import FastJSONResponse
+
+from server.dialects import cohere, legacy_rank, tei
+from server.errors import install_error_handlers
+from server.ops import health
+from server.ops.admission import Admission
+from server.ops.auth import Authenticator
+from server.ops.metrics import Metrics
+from server.ops.middleware import ServiceMiddleware
+from server.ops.ratelimit import RateLimiter
+from server.scoring.core import Scorer
+from server.scoring.engine import EngineClient
+from server.scoring.prompt import PromptEncoder
+from server.scoring.tokenizer import load_tokenizer
+from server.settings import Settings
+
+DESCRIPTION = """Qwen3-Reranker behind every rerank dialect: legacy `/v1/rank`, Cohere `/v1/rerank` and
+`/v2/rerank` (Jina-compatible on `/v1/rerank`), TEI and seed-style `/rerank`. Scores are
+P(yes) of the official Qwen3-Reranker prompt; `raw_scores` gives logit(yes) - logit(no)."""
+
+
+async def guard(request: Request) -> None:
+    """Auth then rate limit: the one dependency every scoring route carries."""
+    state = request.app.state
+    identity = state.auth.identify(request)
+    state.ratelimiter.check(request, identity)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        encoder = PromptEncoder(load_tokenizer(settings.tokenizer or settings.model_path))
+        engine = EngineClient(settings.upstream_url, settings.model_name, settings.upstream_timeout)
+        admission = Admission(settings.max_inflight_pairs, settings.max_inflight_tokens,
+                              settings.retry_after_seconds, metrics)
+        app.state.engine = engine
+        app.state.scorer = Scorer(settings, encoder, engine, admission, metrics)
+        watcher = asyncio.create_task(engine.watch_health())
+        await engine.check_health()
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await engine.aclose()
+
+    app = FastAPI(title="Qwen3 Reranker", description=DESCRIPTION, version="0.1.0",
+                  lifespan=lifespan, default_response_class=FastJSONResponse)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.draining = False
+    app.state.auth = Authenticator(settings)
+    app.state.ratelimiter = RateLimiter(settings.rate_limit, settings.trusted_proxies, metrics)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    for dialect in (legacy_rank, cohere, tei):
+        app.include_router(dialect.router, dependencies=[Depends(guard)])
+    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app

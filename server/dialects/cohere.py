@@ -1,0 +1,90 @@
+"""Cohere v1/v2 and Jina on POST /v1/rerank and /v2/rerank.
+
+One liberal request schema (Cohere v1 ⊇ Jina ⊇ Cohere v2, plus what gateways still send to v2)
+and one union response envelope that every client family parses: Cohere SDKs read `results`
+and `meta`, Jina clients (LangChain, LlamaIndex, Haystack) read `results`, `model`, `usage`.
+`document` is left out, never null, when documents are not requested (LiteLLM rejects null).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.dialects.common import Document, document_texts, echo, ranking, score, search_units
+from server.scoring.core import ScoreRequest
+
+router = APIRouter(tags=["cohere / jina"])
+
+_EXAMPLE = {
+    "model": "qwen3-reranker", "query": "What is the capital of the United States?",
+    "documents": ["Carson City is the capital city of the American state of Nevada.",
+                  "Washington, D.C. is the capital of the United States."],
+    "top_n": 2, "return_documents": True,
+}
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [_EXAMPLE]})
+
+    model: str | None = Field(None, description="accepted and ignored: the served model answers")
+    query: str
+    documents: list[Document] = Field(description="strings or objects with `text` (or rank_fields)")
+    top_n: int | None = Field(None, ge=0, description="null/0 = all")
+    return_documents: bool | None = Field(None, description="echo documents (default false)")
+    rank_fields: list[str] | None = Field(None, description="Cohere v1: object fields to rank on")
+    max_chunks_per_doc: int | None = Field(
+        None, ge=1, description="split long documents into up to N chunks; score = max over chunks")
+    max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to N tokens")
+    instruction: str | None = Field(None, description="extension: Qwen3 task instruction")
+    raw_scores: bool | None = Field(None, description="extension: logit(yes)-logit(no) not P(yes)")
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: dict[str, Any] | None = Field(None, description="only when return_documents")
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: dict[str, int]
+    meta: dict[str, Any]
+
+
+async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
+    texts = document_texts(body.documents, body.rank_fields)
+    req = ScoreRequest(body.query, texts, body.instruction, bool(body.raw_scores),
+                       body.max_tokens_per_doc, body.max_chunks_per_doc)
+    result = await score(request, req)
+    results = []
+    for i in ranking(result, body.top_n):
+        item = {"index": i, "relevance_score": result.scores[i]}
+        if body.return_documents:
+            item["document"] = echo(body.documents[i])
+        results.append(item)
+    tokens = result.prompt_tokens
+    return {
+        "id": request.scope.get("request_id", ""),
+        "model": request.app.state.settings.model_name,
+        "results": results,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "meta": {"api_version": {"version": version},
+                 "billed_units": {"search_units": search_units(len(texts))},
+                 "tokens": {"input_tokens": tokens, "output_tokens": 0}},
+    }
+
+
+@router.post("/v1/rerank", responses={200: {"model": RerankResponse}},
+             summary="Cohere v1 / Jina rerank")
+async def rerank_v1(body: RerankRequest, request: Request):
+    return await _rerank(body, request, "1")
+
+
+@router.post("/v2/rerank", responses={200: {"model": RerankResponse}}, summary="Cohere v2 rerank")
+async def rerank_v2(body: RerankRequest, request: Request):
+    return await _rerank(body, request, "2")

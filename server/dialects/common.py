@@ -1,0 +1,73 @@
+"""What every dialect adapter shares: running the core for a request, ranking, documents."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from fastapi import Request
+
+from server.errors import ApiError
+from server.scoring.core import ScoreRequest, ScoreResult
+
+Document = str | dict[str, Any]
+
+
+async def score(request: Request, req: ScoreRequest) -> ScoreResult:
+    """Run the core; a client that disconnects cancels its work (and vLLM's, via the socket)."""
+    scorer = request.app.state.scorer
+    work = asyncio.ensure_future(scorer.score(req))
+    watch = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if work not in done:
+        work.cancel()
+        raise ApiError(499, "client closed the request", "client_closed")
+    result = work.result()
+    request.app.state.metrics.tokens.inc(result.prompt_tokens)
+    return result
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def ranking(result: ScoreResult, top_n: int | None) -> list[int]:
+    """Input indices by descending score (stable for ties), cut to top_n (None/0 = all)."""
+    order = sorted(range(len(result.scores)), key=lambda i: -result.scores[i])
+    return order[:top_n] if top_n else order
+
+
+def document_texts(documents: list[Document], rank_fields: list[str] | None = None) -> list[str]:
+    """Strings stay as they are; objects are ranked on `text`, or on `rank_fields` as
+    "field: value" lines in the order given (Cohere v1 semantics)."""
+    return [_text_of(i, d, rank_fields) for i, d in enumerate(documents)]
+
+
+def _text_of(i: int, doc: Document, rank_fields: list[str] | None) -> str:
+    if isinstance(doc, str):
+        return doc
+    fields = rank_fields or ["text"]
+    missing = [f for f in fields if f not in doc]
+    if missing:
+        raise ApiError(422, f"documents[{i}] has no field {missing[0]!r} to rank on")
+    values = [doc[f] if isinstance(doc[f], str) else str(doc[f]) for f in fields]
+    if fields == ["text"]:
+        return values[0]
+    return "\n".join(f"{f}: {v}" for f, v in zip(fields, values))
+
+
+def echo(doc: Document) -> dict[str, Any]:
+    """The document as Cohere/Jina clients expect it back: always an object with `text`."""
+    return {"text": doc} if isinstance(doc, str) else dict(doc)
+
+
+def search_units(documents: int) -> int:
+    """Cohere bills one search unit per query with up to 100 documents."""
+    return max(1, math.ceil(documents / 100))

@@ -1,0 +1,40 @@
+"""POST /v1/rank: the legacy API our existing backend callers use."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.dialects.common import ranking, score
+from server.scoring.core import ScoreRequest
+
+router = APIRouter(tags=["legacy"])
+
+
+class RankRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "query": "如何申请差旅报销", "docs": ["员工手册第3章", "财务系统操作指南", "OA审批流程说明"]}]})
+
+    query: str
+    docs: list[str]
+    instruction: str | None = Field(None, description="task instruction; server default if absent")
+
+
+class RankResult(BaseModel):
+    doc: str
+    score: float = Field(description="P(yes) in [0, 1]")
+    rank: int = Field(description="1 = most relevant")
+
+
+class RankResponse(BaseModel):
+    results: list[RankResult]
+
+
+@router.post("/v1/rank", responses={200: {"model": RankResponse}},
+             summary="Rank documents (legacy API): results sorted by score, rank from 1")
+async def rank(body: RankRequest, request: Request):
+    result = await score(request, ScoreRequest(body.query, body.docs, body.instruction))
+    return {"results": [
+        {"doc": body.docs[i], "score": result.scores[i], "rank": r}
+        for r, i in enumerate(ranking(result, None), start=1)
+    ]}

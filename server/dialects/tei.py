@@ -1,0 +1,126 @@
+"""POST /rerank: TEI's shape or the seed shape, told apart by the body.
+
+A body with `texts` is TEI (the rule llama.cpp uses): the answer is TEI's bare array
+`[{index, score, text?}]`. Any other body is the seed shape (`query`, `documents`,
+`instruction`), answered with the seed fields plus the Jina/vLLM fields `results` and `usage`,
+so vLLM-style clients that post to /rerank work too.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from server.dialects.common import Document, document_texts, echo, ranking, score
+from server.errors import ApiError
+from server.scoring.core import ScoreRequest
+
+router = APIRouter(tags=["tei / seed"])
+
+
+class TeiRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "query": "What is Deep Learning?", "texts": ["Deep Learning is not...", "Deep learning is..."],
+        "return_text": True}]})
+
+    query: str
+    texts: list[str]
+    raw_scores: bool = False
+    return_text: bool = False
+    truncate: bool | None = Field(None, description="false: over-long texts are an error (422)")
+    truncation_direction: str | None = Field(None, description="accepted; cuts are always right")
+    instruction: str | None = None
+
+
+class SeedRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "query": "如何申请差旅报销", "documents": ["员工手册第3章", "财务系统操作指南", "OA审批流程说明"],
+        "instruction": "Given a question, retrieve documents that answer it"}]})
+
+    query: str
+    documents: list[Document]
+    instruction: str | None = None
+    top_n: int | None = Field(None, ge=0)
+    return_documents: bool = True
+    raw_scores: bool = False
+    max_tokens_per_doc: int | None = Field(None, ge=1)
+    max_chunks_per_doc: int | None = Field(None, ge=1)
+    model: str | None = None
+
+
+def _dialect(body: Any) -> str:
+    return "tei" if isinstance(body, dict) and "texts" in body else "seed"
+
+
+RerankBody = Annotated[
+    Annotated[TeiRequest, Tag("tei")] | Annotated[SeedRequest, Tag("seed")],
+    Discriminator(_dialect),
+]
+
+
+class TeiRank(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class SeedResponse(BaseModel):
+    query: str
+    reranked_documents: list[dict[str, Any]]
+    total_docs: int
+    processed_in_ms: float
+    results: list[dict[str, Any]]
+    usage: dict[str, int]
+    model: str
+    id: str
+
+
+@router.post("/rerank", summary="TEI (body has `texts`) or seed-style rerank",
+             responses={200: {"content": {"application/json": {"schema": {"anyOf": [
+                 {"type": "array", "items": TeiRank.model_json_schema()},
+                 SeedResponse.model_json_schema()]}}}}})
+async def rerank(request: Request, body: RerankBody = Body()):
+    if isinstance(body, TeiRequest):
+        return await _tei(body, request)
+    return await _seed(body, request)
+
+
+async def _tei(body: TeiRequest, request: Request) -> list[dict]:
+    result = await score(request, ScoreRequest(body.query, body.texts, body.instruction, body.raw_scores))
+    if body.truncate is False and any(result.truncated):
+        first = result.truncated.index(True)
+        raise ApiError(422, f"texts[{first}] is longer than the model accepts and truncate is false")
+    out = []
+    for i in ranking(result, None):
+        item = {"index": i, "score": result.scores[i]}
+        if body.return_text:
+            item["text"] = body.texts[i]
+        out.append(item)
+    return out
+
+
+async def _seed(body: SeedRequest, request: Request) -> dict:
+    texts = document_texts(body.documents)
+    req = ScoreRequest(body.query, texts, body.instruction, body.raw_scores,
+                       body.max_tokens_per_doc, body.max_chunks_per_doc)
+    result = await score(request, req)
+    order = ranking(result, body.top_n)
+    results = []
+    for i in order:
+        item = {"index": i, "relevance_score": result.scores[i]}
+        if body.return_documents:
+            item["document"] = echo(body.documents[i])
+        results.append(item)
+    return {
+        "query": body.query,
+        "reranked_documents": [{"rank": r, "score": result.scores[i], "document": texts[i], "index": i}
+                               for r, i in enumerate(order, start=1)],
+        "total_docs": len(texts),
+        "processed_in_ms": round(result.elapsed_ms, 3),
+        "results": results,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        "model": request.app.state.settings.model_name,
+        "id": request.scope.get("request_id", ""),
+    }

@@ -1,0 +1,90 @@
+"""Bearer auth as one dependency: static API keys and/or JWT (HS256 / RS256).
+
+Off unless keys or a JWT key are configured. When off, any Authorization header is accepted:
+the Cohere and Jina SDKs refuse to start without a key, so they always send a dummy one.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import jwt
+from fastapi import Request
+
+from server.errors import ApiError
+
+
+class Authenticator:
+    def __init__(self, settings) -> None:
+        self.keys = [k.encode() for k in _load_keys(settings)]
+        self.jwt_keys = _jwt_keys(settings)
+        self.issuer = settings.jwt_issuer or None
+        self.audience = settings.jwt_audience or None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys or self.jwt_keys)
+
+    def identify(self, request: Request) -> str | None:
+        """The caller's identity (key or JWT subject) for rate limiting; raises 401 when refused."""
+        if not self.enabled:
+            return None
+        token = _bearer(request)
+        if token is None:
+            raise _unauthorized("missing bearer token")
+        if self._key_matches(token.encode()):
+            return "key:" + token[-8:]
+        if self.jwt_keys and token.count(".") == 2:
+            return "jwt:" + self._verify_jwt(token)
+        raise _unauthorized("invalid API key")
+
+    def _key_matches(self, token: bytes) -> bool:
+        # Compare against every key so the time taken does not reveal which one nearly matched.
+        return any([hmac.compare_digest(token, key) for key in self.keys])
+
+    def _verify_jwt(self, token: str) -> str:
+        options = {"require": ["exp"] + (["iss"] if self.issuer else []) + (["aud"] if self.audience else [])}
+        last_error = "invalid token"
+        for algorithm, key in self.jwt_keys:
+            try:
+                claims = jwt.decode(token, key, algorithms=[algorithm], issuer=self.issuer,
+                                    audience=self.audience, options=options)
+                return str(claims.get("sub", "anonymous"))
+            except jwt.PyJWTError as exc:
+                last_error = str(exc)
+        raise _unauthorized(f"invalid token: {last_error}")
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _unauthorized(detail: str) -> ApiError:
+    return ApiError(401, detail, "unauthorized", {"WWW-Authenticate": 'Bearer realm="reranker"'})
+
+
+def _load_keys(settings) -> list[str]:
+    keys = [k for k in settings.api_keys if k]
+    if settings.api_keys_file:
+        for line in Path(settings.api_keys_file).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                keys.append(line)
+    return keys
+
+
+def _jwt_keys(settings) -> list[tuple[str, str]]:
+    keys = []
+    if settings.jwt_secret:
+        keys.append(("HS256", settings.jwt_secret))
+    if settings.jwt_public_key:
+        text = settings.jwt_public_key
+        if "BEGIN" not in text:
+            text = Path(text).read_text()
+        keys.append(("RS256", text))
+    return keys

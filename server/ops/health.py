@@ -1,0 +1,69 @@
+"""Probes and metrics routes. None of these need auth, so probes and scrapers always get in.
+
+/livez   the shim process is alive (Kubernetes liveness: never fails while the model loads)
+/health  200 {"status": "ok"} when the service can score; 503 otherwise (alias /healthz)
+/ready   readiness: vLLM up with the model loaded and not draining; turns 503 first on SIGTERM
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from server.responses import FastJSONResponse
+
+router = APIRouter(tags=["operations"])
+
+
+def _state(request: Request) -> dict:
+    app = request.app.state
+    return {"model": app.settings.model_name, "engine": "up" if app.engine.healthy else "down",
+            "draining": app.draining}
+
+
+@router.get("/livez", summary="Liveness: the shim process answers")
+async def livez():
+    return {"status": "alive"}
+
+
+@router.get("/health", summary="200 when the service can score, 503 otherwise")
+@router.get("/healthz", include_in_schema=False)
+async def health(request: Request):
+    state = _state(request)
+    ok = state["engine"] == "up"
+    return FastJSONResponse({"status": "ok" if ok else "unavailable", **state},
+                          status_code=200 if ok else 503,
+                          headers=None if ok else {"Retry-After": "1"})
+
+
+@router.get("/ready", summary="Readiness: engine loaded and not draining")
+async def ready(request: Request):
+    state = _state(request)
+    if state["draining"]:
+        reason = "draining"
+    elif state["engine"] != "up":
+        reason = "engine not ready"
+    else:
+        return {"status": "ready", **state}
+    return FastJSONResponse({"status": "not_ready", "reason": reason, **state}, status_code=503)
+
+
+@router.get("/metrics", summary="Prometheus metrics of the shim")
+async def metrics(request: Request):
+    state = request.app.state
+    state.metrics.engine_up.set(1 if state.engine.healthy else 0)
+    state.metrics.draining.set(1 if state.draining else 0)
+    body, content_type = state.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/metrics/engine", summary="vLLM's own Prometheus metrics, proxied for scraping")
+async def engine_metrics(request: Request):
+    text = await request.app.state.engine.metrics_text()
+    return Response(text, media_type="text/plain; version=0.0.4")
+
+
+@router.get("/v1/models", summary="The served model (OpenAI-style list)")
+async def models(request: Request):
+    settings = request.app.state.settings
+    return {"object": "list", "data": [{"id": settings.model_name, "object": "model",
+                                        "owned_by": "reranker", "max_model_len": settings.max_model_len}]}

@@ -1,0 +1,109 @@
+"""One pure-ASGI middleware for every request: request id, body limit, metrics, access log.
+
+Pure ASGI (not BaseHTTPMiddleware) because it sits on the hot path of every call.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+import orjson
+
+log = logging.getLogger("server.access")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_ENDPOINTS = {"/v1/rank", "/v1/rerank", "/v2/rerank", "/rerank"}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class ServiceMiddleware:
+    def __init__(self, app, metrics, max_body_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = _request_id(scope)
+        scope["request_id"] = request_id
+        path = scope["path"]
+        endpoint = path if path in _ENDPOINTS else None
+        status = {"code": 500, "started": False}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["started"] = True
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
+            await send(message)
+
+        if _declared_length(scope) > self.max_body:
+            return await self._too_large(scope, send_wrapper)
+        received = 0
+
+        async def receive_wrapper():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge()
+            return message
+
+        started = time.perf_counter()
+        if endpoint:
+            self.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except _BodyTooLarge:
+            if not status["started"]:
+                await self._too_large(scope, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            if endpoint:
+                self.metrics.inflight.dec()
+                self.metrics.requests.labels(endpoint, str(status["code"])).inc()
+                self.metrics.duration.labels(endpoint).observe(elapsed)
+                _access_log(scope, request_id, status["code"], elapsed)
+
+    async def _too_large(self, scope, send) -> None:
+        detail = f"request body larger than the limit of {self.max_body} bytes (max_body_bytes)"
+        body = orjson.dumps({"detail": detail, "message": detail, "type": "payload_too_large",
+                             "id": scope["request_id"]})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _request_id(scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _SAFE_ID.match(text):
+                return text
+    return uuid.uuid4().hex
+
+
+def _declared_length(scope) -> int:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _access_log(scope, request_id: str, status: int, elapsed: float) -> None:
+    if log.isEnabledFor(logging.INFO):
+        client = scope.get("client") or ("", 0)
+        log.info("request", extra={"request_id": request_id, "method": scope["method"],
+                                   "path": scope["path"], "status": status,
+                                   "duration_ms": round(elapsed * 1000, 2), "client": client[0]})

@@ -1,0 +1,212 @@
+"""The scoring core: one request model in, one result model out, one path to vLLM.
+
+Every dialect maps its body onto `ScoreRequest` and shapes `ScoreResult`; nothing here knows
+about HTTP dialects. Steps: cut the query, budget the document tokens so the template's two ends
+always fit, cut or chunk documents on token boundaries, score duplicates once, consult the
+cache, admit the work, send it to vLLM in concurrent slices, take the max over chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from cachetools import TTLCache
+
+from server.errors import ApiError
+from server.scoring.engine import EngineClient
+from server.scoring.prompt import Piece, PromptEncoder
+
+# A token of Qwen's BPE is rarely longer than this many characters; text beyond
+# budget * this can never be scored, so it is dropped before tokenising (a 5 MB document
+# must not cost a full tokenisation when 8k tokens are kept).
+_MAX_CHARS_PER_TOKEN = 32
+# Tokenising more text than this moves to a worker thread to keep the event loop responsive.
+_INLINE_TOKENIZE_CHARS = 20_000
+
+
+@dataclass
+class ScoreRequest:
+    query: str
+    documents: list[str]
+    instruction: str | None = None
+    raw: bool = False                    # logit(yes) - logit(no) instead of P(yes)
+    max_tokens_per_doc: int | None = None
+    max_chunks_per_doc: int | None = None  # None: the server's chunking setting decides
+
+
+@dataclass
+class ScoreResult:
+    scores: list[float]                  # one per input document, in input order
+    prompt_tokens: int
+    elapsed_ms: float
+    truncated: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class _Job:
+    """One unique document's work: its chunks (token ids or text) and the cache key."""
+    key: str
+    chunks: list[list[int]]
+    texts: list[str]
+    tokens: int
+    truncated: bool
+
+
+class Scorer:
+    def __init__(self, settings, encoder: PromptEncoder, engine: EngineClient, admission, metrics):
+        self.settings = settings
+        self.encoder = encoder
+        self.engine = engine
+        self.admission = admission
+        self.metrics = metrics
+        self.cache: TTLCache | None = (
+            TTLCache(settings.score_cache_entries, settings.score_cache_ttl)
+            if settings.score_cache else None
+        )
+
+    async def score(self, req: ScoreRequest) -> ScoreResult:
+        started = time.perf_counter()
+        self._validate(req)
+        instruction = req.instruction or self.settings.default_instruction
+        query = await self._cut_query(req.query)
+        head = self.encoder.head(query, instruction)
+        budget, chunks = self._budget(head, req)
+
+        unique = list(dict.fromkeys(req.documents))
+        keys = {d: self._cache_key(instruction, query, d, budget, chunks, req.raw) for d in unique}
+        cached = self._cache_lookup(keys)
+        todo = [d for d in unique if d not in cached]
+        jobs = await self._jobs(todo, keys, budget, chunks)
+        self._check_request_tokens(jobs)
+
+        computed = await self._run(jobs, head, query, instruction, req.raw)
+        self._cache_store(computed)
+        by_doc = {d: cached[d] if d in cached else computed[keys[d]] for d in unique}
+        self.metrics.documents.inc(len(req.documents))
+        scores = [by_doc[d][0] for d in req.documents]
+        tokens = sum(by_doc[d][1] for d in unique)
+        truncated = [by_doc[d][2] for d in req.documents]
+        return ScoreResult(scores, tokens, (time.perf_counter() - started) * 1000, truncated)
+
+    # --- request shaping ---------------------------------------------------------------------
+    def _validate(self, req: ScoreRequest) -> None:
+        if not req.query or not req.query.strip():
+            raise ApiError(422, "query must be a non-empty string")
+        if not req.documents:
+            raise ApiError(422, "documents must contain at least one document")
+        limit = self.settings.max_documents
+        if len(req.documents) > limit:
+            raise ApiError(422, f"too many documents: {len(req.documents)} > limit {limit} "
+                                "(max_documents); split the request")
+        if req.max_tokens_per_doc is not None and req.max_tokens_per_doc < 1:
+            raise ApiError(422, "max_tokens_per_doc must be >= 1")
+        if req.max_chunks_per_doc is not None and req.max_chunks_per_doc < 1:
+            raise ApiError(422, "max_chunks_per_doc must be >= 1")
+
+    async def _cut_query(self, query: str) -> str:
+        limit = self.settings.max_query_tokens
+        text = query[: limit * _MAX_CHARS_PER_TOKEN]
+        piece = (await self._encode([text]))[0]
+        if len(piece) <= limit:
+            return text
+        return text[: piece.ends[limit - 1]]
+
+    def _budget(self, head: list[int], req: ScoreRequest) -> tuple[int, int]:
+        """Document tokens per prompt, and how many chunks a document may use."""
+        room = self.settings.max_model_len - self.encoder.template_tokens - len(head)
+        if self.settings.max_doc_tokens:
+            room = min(room, self.settings.max_doc_tokens)
+        if req.max_tokens_per_doc:
+            room = min(room, req.max_tokens_per_doc)
+        if room < 1:
+            raise ApiError(422, "query and instruction leave no room for a document within "
+                                f"max_model_len={self.settings.max_model_len} tokens")
+        if req.max_chunks_per_doc is not None:
+            chunks = req.max_chunks_per_doc
+        else:
+            chunks = self.settings.max_chunks_per_doc if self.settings.chunk_long_documents else 1
+        return room, chunks
+
+    async def _jobs(self, docs: list[str], keys: dict, budget: int, chunks: int) -> list[_Job]:
+        keep = budget * chunks
+        texts = [" " + d[: keep * _MAX_CHARS_PER_TOKEN] for d in docs]
+        pieces = await self._encode(texts)
+        return [self._job(keys[d], t, p, budget, chunks, len(t) - 1 < len(d))
+                for d, t, p in zip(docs, texts, pieces)]
+
+    @staticmethod
+    def _job(key: str, text: str, piece: Piece, budget: int, max_chunks: int, precut: bool) -> _Job:
+        n = len(piece)
+        starts = list(range(0, min(max(n, 1), budget * max_chunks), budget))
+        chunks, texts = [], []
+        for s in starts:
+            e = min(s + budget, n)
+            chunks.append(piece.ids[s:e])
+            lo = piece.ends[s - 1] if s else 1  # the first chunk drops the joining space
+            texts.append(text[lo: piece.ends[e - 1]] if e else "")
+        used = sum(len(c) for c in chunks)
+        return _Job(key, chunks, texts, used, truncated=precut or used < n)
+
+    def _check_request_tokens(self, jobs: list[_Job]) -> None:
+        total = sum(j.tokens for j in jobs)
+        if total > self.settings.max_request_tokens:
+            raise ApiError(413, f"request too large: {total} document tokens > limit "
+                                f"{self.settings.max_request_tokens} (max_request_tokens)")
+
+    async def _encode(self, texts: list[str]) -> list[Piece]:
+        if sum(len(t) for t in texts) > _INLINE_TOKENIZE_CHARS:
+            return await asyncio.to_thread(self.encoder.encode_plain, texts)
+        return self.encoder.encode_plain(texts)
+
+    # --- engine work -----------------------------------------------------------------------------
+    async def _run(self, jobs: list[_Job], head: list[int], query: str, instruction: str,
+                   raw: bool) -> dict[str, tuple[float, int, bool]]:
+        if not jobs:
+            return {}
+        owners = [j for j in jobs for _ in j.chunks]
+        prompts = [self.encoder.assemble(head, c) for j in jobs for c in j.chunks]
+        texts = [t for j in jobs for t in j.texts]
+        tokens = sum(len(p) for p in prompts)
+        async with self.admission.admit(len(prompts), tokens):
+            scores = await self._score_slices(prompts, texts, query, instruction, raw)
+        best: dict[str, float] = {}
+        for job, score in zip(owners, scores):
+            best[job.key] = max(score, best.get(job.key, float("-inf")))
+        overhead = len(head) + self.encoder.template_tokens
+        return {j.key: (best[j.key], j.tokens + overhead * len(j.chunks), j.truncated) for j in jobs}
+
+    async def _score_slices(self, prompts, texts, query, instruction, raw) -> list[float]:
+        size = self.settings.pairs_per_engine_call
+        slices = [slice(i, i + size) for i in range(0, len(prompts), size)]
+        if self.settings.engine_api == "rerank":
+            calls = [self.engine.rerank(query, texts[s], instruction, raw) for s in slices]
+        else:
+            calls = [self.engine.classify(prompts[s], raw) for s in slices]
+        results = await asyncio.gather(*calls)
+        return [score for part in results for score in part]
+
+    # --- cache -----------------------------------------------------------------------------------
+    def _cache_key(self, instruction, query, doc, budget, chunks, raw) -> str:
+        if self.cache is None:
+            return doc
+        h = hashlib.blake2b(digest_size=20)
+        for part in (self.engine.model_name, instruction, query, doc, str(budget), str(chunks), str(raw)):
+            h.update(part.encode("utf-8", "surrogatepass"))
+            h.update(b"\x00")
+        return h.hexdigest()
+
+    def _cache_lookup(self, keys: dict[str, str]) -> dict[str, tuple]:
+        if self.cache is None:
+            return {}
+        hits = {d: self.cache[k] for d, k in keys.items() if k in self.cache}
+        self.metrics.cache_hits.inc(len(hits))
+        self.metrics.cache_misses.inc(len(keys) - len(hits))
+        return hits
+
+    def _cache_store(self, computed: dict[str, tuple]) -> None:
+        if self.cache is not None:
+            for key, value in computed.items():
+                self.cache[key] = value

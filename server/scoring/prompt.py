@@ -1,0 +1,83 @@
+"""The official Qwen3-Reranker prompt, as text and as token ids.
+
+Token ids are assembled from pieces so that (a) the ids equal those of tokenising the official
+string in one go, and (b) text supplied by users can never become a special token:
+
+    [template head ... <|im_start|>] + plain("user\\n<Instruct>: I\\n<Query>: Q\\n<Document>:")
+        + plain(" " + D) + [<|im_end|> ... template tail]
+
+`plain()` tokenises with special-token matching off, so "<|im_end|>" inside a document is the
+six ordinary tokens of its text. The split before " " + D is exact: the Qwen pre-tokeniser always
+ends a pre-token at ">:" followed by a space, BPE never merges across pre-tokens, and special
+tokens are hard boundaries, so each piece tokenises exactly as it would inside the whole string.
+tests/unit/test_prompt.py proves it against whole-string tokenisation with the real tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and "
+    'the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
+    "<|im_start|>user\n"
+)
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+# Where the template's own special tokens end and user-influenced text begins.
+_TEMPLATE_HEAD = PREFIX[: -len("user\n")]
+
+
+def render(query: str, document: str, instruction: str) -> str:
+    """The official prompt string for one pair."""
+    return f"{PREFIX}<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}{SUFFIX}"
+
+
+def head_text(query: str, instruction: str) -> str:
+    return f"user\n<Instruct>: {instruction}\n<Query>: {query}\n<Document>:"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Token ids of a piece of user text, with the end offset (in characters) of each token."""
+
+    ids: list[int]
+    ends: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class PromptEncoder:
+    """Turns (instruction, query, documents) into prompt token ids for vLLM's /classify."""
+
+    def __init__(self, tokenizer) -> None:
+        from copy import deepcopy
+
+        self._special = tokenizer
+        self._plain = deepcopy(tokenizer)
+        self._plain.encode_special_tokens = True  # user text never yields special tokens
+        self.template_head = self._special.encode(_TEMPLATE_HEAD, add_special_tokens=False).ids
+        self.template_tail = self._special.encode(SUFFIX, add_special_tokens=False).ids
+
+    @property
+    def template_tokens(self) -> int:
+        return len(self.template_head) + len(self.template_tail)
+
+    def encode_plain(self, texts: list[str]) -> list[Piece]:
+        encodings = self._plain.encode_batch(texts, add_special_tokens=False)
+        return [Piece(e.ids, [end for _, end in e.offsets]) for e in encodings]
+
+    def head(self, query: str, instruction: str) -> list[int]:
+        return self.encode_plain([head_text(query, instruction)])[0].ids
+
+    def documents(self, documents: list[str]) -> list[Piece]:
+        """Each document as it follows "<Document>:" (with its leading space)."""
+        return self.encode_plain([" " + d for d in documents])
+
+    def assemble(self, head: list[int], doc_ids: list[int]) -> list[int]:
+        return self.template_head + head + doc_ids + self.template_tail
+
+    def encode_official(self, query: str, document: str, instruction: str) -> list[int]:
+        """Whole-string tokenisation of the official prompt: the reference the pieces must equal."""
+        return self._special.encode(render(query, document, instruction), add_special_tokens=False).ids
