@@ -1,0 +1,16 @@
+# Two commands (see README):  make serve   |   make test
+# make serve MODEL=Qwen/Qwen3-Reranker-0.6B   (or a local path; default: offline demo model)
+MODEL ?=
+PORT ?= 8000
+ARGS ?=
+
+.PHONY: serve test setup
+setup:
+	./scripts/setup.sh
+
+serve: setup
+	.venv/bin/python -m launcher --port $(PORT) $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+test:
+	SETUP_TEST_TOOLS=1 ./scripts/setup.sh
+	.venv/bin/python -m pytest -q -rs $(ARGS)

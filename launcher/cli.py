@@ -1,0 +1,55 @@
+"""`python -m launcher` / `reranker`: serve Qwen3-Reranker.
+
+Flags are the fields of server.settings.Settings in kebab case (`--max-model-len 4096`), each
+also an environment variable (RERANKER_MAX_MODEL_LEN). Anything after `--` goes to vLLM as is.
+Modes: all (vLLM + shim, supervised), vllm (engine only), shim (API only, --vllm-url).
+With no --model, an offline demo model (real Qwen3 tokenizer, random weights) is built and used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from pydantic import ValidationError
+
+from launcher.demo_model import build as build_demo_model
+from launcher.supervise import Supervisor
+from launcher.vllm_args import build_vllm_command
+from server.ops.logs import setup_logging
+from server.settings import DEMO_MODEL_DIR, Settings
+
+log = logging.getLogger("launcher")
+
+
+def parse(argv: list[str]) -> Settings:
+    own, passthrough = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    try:
+        settings = Settings(_cli_parse_args=own, _cli_kebab_case=True, _cli_prog_name="reranker",
+                            _cli_implicit_flags=True)
+    except ValidationError as exc:
+        for error in exc.errors():
+            print(f"reranker: --{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}",
+                  file=sys.stderr)
+        raise SystemExit(2) from None
+    if passthrough:
+        settings = settings.model_copy(update={"extra_vllm_args": settings.extra_vllm_args + passthrough})
+    return settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse(sys.argv[1:] if argv is None else argv)
+    setup_logging(settings.log_level)
+    if settings.mode == "shim":
+        os.environ.update(settings.to_env())
+        os.execv(sys.executable, [sys.executable, "-m", "server"])
+    if not settings.model:
+        log.info("no --model given: using the offline demo model", extra={"path": DEMO_MODEL_DIR})
+        build_demo_model("tiny", DEMO_MODEL_DIR)
+    supervisor = Supervisor(settings, build_vllm_command(settings), with_shim=settings.mode == "all")
+    sys.exit(supervisor.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Start vLLM, wait for it, start the shim, and keep both running.
+
+Policy when vLLM dies on its own: restart it after a backoff (2 s, doubling, capped at 30 s);
+after `vllm_max_restarts` restarts within `vllm_restart_window` seconds, give up: drain the shim
+and exit non-zero so systemd / Kubernetes restarts the whole service. The shim stays up while
+vLLM restarts and answers 503 + Retry-After, so clients retry instead of hanging.
+
+Shutdown (SIGTERM/SIGINT): the shim drains first (readiness 503, in-flight requests finish), and
+only then is vLLM stopped, with its own --shutdown-timeout, so nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+log = logging.getLogger("launcher")
+_POLL_S = 0.5
+_PROGRESS_EVERY_S = 10.0
+
+
+class GiveUp(Exception):
+    pass
+
+
+class StartFailed(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(self, settings, vllm_cmd: list[str], with_shim: bool) -> None:
+        self.settings = settings
+        self.vllm_cmd = vllm_cmd
+        self.with_shim = with_shim
+        self.vllm: subprocess.Popen | None = None
+        self.shim: subprocess.Popen | None = None
+        self.stopping = False
+        self.restarts: list[float] = []
+
+    # --- entry -----------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            try:
+                self._start_vllm_and_wait()
+            except StartFailed as exc:  # a first start that fails is a configuration problem
+                raise GiveUp(str(exc)) from exc
+            if self.with_shim and not self.stopping:
+                self._start_shim()
+            while not self.stopping:
+                self._watch()
+                time.sleep(_POLL_S)
+        except GiveUp as exc:
+            log.error("giving up", extra={"reason": str(exc)})
+            self._shutdown()
+            return 1
+        self._shutdown()
+        return 0
+
+    def _on_signal(self, signum, frame) -> None:
+        log.info("shutdown requested", extra={"signal": signum})
+        self.stopping = True
+
+    # --- vLLM ------------------------------------------------------------------------------
+    def _start_vllm_and_wait(self) -> None:
+        log.info("starting vLLM", extra={"argv": self.vllm_cmd})
+        self.vllm = subprocess.Popen(self.vllm_cmd, start_new_session=True)
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        url = f"http://{self._local_host()}:{self.settings.vllm_port}/health"
+        started = time.monotonic()
+        next_progress = started + _PROGRESS_EVERY_S
+        while not self.stopping:
+            if self.vllm.poll() is not None:
+                raise StartFailed(f"vLLM exited with {self.vllm.returncode} while starting")
+            if _healthy(url):
+                log.info("vLLM ready", extra={"seconds": round(time.monotonic() - started, 1)})
+                return
+            now = time.monotonic()
+            if now - started > self.settings.vllm_startup_timeout:
+                _killpg(self.vllm)
+                raise StartFailed(f"vLLM not healthy after {self.settings.vllm_startup_timeout:.0f} s")
+            if now >= next_progress:
+                log.info("waiting for vLLM", extra={"elapsed_s": round(now - started),
+                                                    "budget_s": self.settings.vllm_startup_timeout})
+                next_progress = now + _PROGRESS_EVERY_S
+            time.sleep(_POLL_S)
+
+    def _local_host(self) -> str:
+        host = self.settings.vllm_host
+        return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+    def _watch(self) -> None:
+        if self.vllm.poll() is not None:
+            log.error("vLLM exited", extra={"returncode": self.vllm.returncode})
+            _killpg(self.vllm)  # its engine-core children must not outlive it
+            self._restart_vllm()
+        if self.shim is not None and self.shim.poll() is not None and not self.stopping:
+            log.error("shim exited", extra={"returncode": self.shim.returncode})
+            self._count_restart()
+            self._start_shim()
+
+    def _restart_vllm(self) -> None:
+        while not self.stopping:
+            delay = self._count_restart()  # raises GiveUp when the budget is spent
+            log.info("restarting vLLM", extra={"backoff_s": delay, "restarts": len(self.restarts)})
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not self.stopping:
+                time.sleep(_POLL_S)
+            if self.stopping:
+                return
+            try:
+                self._start_vllm_and_wait()
+                return
+            except StartFailed as exc:
+                log.error("vLLM restart failed", extra={"reason": str(exc)})
+
+    def _count_restart(self) -> float:
+        now = time.monotonic()
+        window = self.settings.vllm_restart_window
+        self.restarts = [t for t in self.restarts if now - t < window] + [now]
+        if len(self.restarts) > self.settings.vllm_max_restarts:
+            raise GiveUp(f"{len(self.restarts) - 1} restarts within {window:.0f} s")
+        return min(30.0, self.settings.vllm_restart_backoff * 2 ** (len(self.restarts) - 1))
+
+    # --- shim ------------------------------------------------------------------------------
+    def _start_shim(self) -> None:
+        env = {**os.environ, **self.settings.to_env()}
+        env["RERANKER_VLLM_URL"] = f"http://{self._local_host()}:{self.settings.vllm_port}"
+        self.shim = subprocess.Popen([sys.executable, "-m", "server"], env=env, start_new_session=True)
+        log.info("shim started", extra={"pid": self.shim.pid, "port": self.settings.port})
+
+    # --- shutdown ----------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        s = self.settings
+        if self.shim is not None:
+            _stop(self.shim, s.drain_delay + s.drain_timeout + 5, "shim")
+        if self.vllm is not None:
+            _stop(self.vllm, s.vllm_shutdown_timeout + 15, "vLLM")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _stop(proc: subprocess.Popen, timeout: float, name: str) -> None:
+    if proc.poll() is not None:
+        return
+    log.info(f"stopping {name}", extra={"pid": proc.pid, "timeout_s": timeout})
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.warning(f"{name} did not stop in time; killing", extra={"pid": proc.pid})
+        _killpg(proc)
+        proc.wait()
+    _killpg(proc)
+
+
+def _killpg(proc: subprocess.Popen) -> None:
+    """Kill what is left of the process group (children of a process that died or was killed)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

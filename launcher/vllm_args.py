@@ -1,0 +1,69 @@
+"""Settings -> vLLM argv. The only place that knows vLLM's flags."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+TEMPLATE = Path(__file__).parent / "templates" / "qwen3_reranker.jinja"
+
+# Turns an original Qwen3-Reranker (a causal LM) into a one-logit classifier whose weight row
+# is W[yes] - W[no], so sigmoid(logit) = softmax over (no, yes) = P(yes).
+QWEN3_OVERRIDES = {
+    "architectures": ["Qwen3ForSequenceClassification"],
+    "classifier_from_token": ["no", "yes"],
+    "is_original_qwen3_reranker": True,
+}
+
+
+def read_architectures(model: str) -> list[str]:
+    """Architectures from the checkpoint's config.json (local dir or Hub)."""
+    local = Path(model)
+    if local.is_dir():
+        config = local / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        config = Path(hf_hub_download(model, "config.json"))
+    return list(json.loads(config.read_text()).get("architectures") or [])
+
+
+def needs_qwen3_overrides(settings, architectures: list[str] | None = None) -> bool:
+    """Original checkpoints declare Qwen3ForCausalLM and need the overrides; converted seq-cls
+    checkpoints already carry a score head and must not get them."""
+    if settings.qwen3_overrides != "auto":
+        return settings.qwen3_overrides == "on"
+    if architectures is None:
+        architectures = read_architectures(settings.model_path)
+    return "Qwen3ForCausalLM" in architectures
+
+
+def build_vllm_command(settings, architectures: list[str] | None = None,
+                       python: str = sys.executable) -> list[str]:
+    s = settings
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server",
+           "--model", s.model_path,
+           "--served-model-name", s.model_name,
+           "--host", s.vllm_host, "--port", str(s.vllm_port),
+           "--runner", "pooling", "--convert", "classify",
+           "--chat-template", str(TEMPLATE),
+           "--max-model-len", str(s.max_model_len),
+           "--dtype", s.dtype,
+           "--tensor-parallel-size", str(s.tensor_parallel_size),
+           "--shutdown-timeout", str(s.vllm_shutdown_timeout)]
+    if needs_qwen3_overrides(s, architectures):
+        cmd += ["--hf-overrides", json.dumps(QWEN3_OVERRIDES, separators=(",", ":"))]
+    optional = {
+        "--gpu-memory-utilization": s.gpu_memory_utilization,
+        "--max-num-seqs": s.max_num_seqs,
+        "--max-num-batched-tokens": s.max_num_batched_tokens,
+    }
+    for flag, value in optional.items():
+        if value is not None:
+            cmd += [flag, str(value)]
+    if s.enable_prefix_caching is not None:
+        cmd.append("--enable-prefix-caching" if s.enable_prefix_caching else "--no-enable-prefix-caching")
+    if s.enforce_eager:
+        cmd.append("--enforce-eager")
+    return cmd + list(s.extra_vllm_args)

