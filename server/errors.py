@@ -39,7 +39,7 @@ def error_response(request: Request | None, status: int, detail: str, type_: str
                    headers: dict[str, str] | None = None) -> FastJSONResponse:
     request_id = request.scope.get("request_id", "") if request is not None else ""
     body = {"detail": detail, "message": detail, "type": type_, "id": request_id}
-    if request is not None and request.scope.get("tei_dialect"):
+    if request is not None and request.scope.get("path") == "/rerank":  # TEI clients read these
         body["error"] = detail
         body["error_type"] = type_
     return FastJSONResponse(body, status_code=status, headers=headers)

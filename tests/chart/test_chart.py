@@ -395,14 +395,15 @@ def test_grace_period_covers_prestop_drain_and_vllm_shutdown(helm, values_file):
 
 def test_default_grace_period_is_the_computed_drain_sum(helm):
     _, pod, container = workload(render())
-    # 10 preStop + 0 launcher delay + 60 drain timeout + 30 vLLM shutdown + 10 buffer
-    assert pod["spec"]["terminationGracePeriodSeconds"] == 110
+    # 10 preStop + 0 launcher delay + 60 drain timeout + 30 vLLM shutdown + 20 buffer (the launcher's
+    # own slack: shim gets delay + timeout + 5 s, vLLM gets shutdown timeout + 15 s before a kill)
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 120
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
 
 
 def test_too_small_grace_period_fails_rendering(helm):
-    err = render_fails("--set", "terminationGracePeriodSeconds=60")
-    assert "terminationGracePeriodSeconds=60 is too small" in err and "= 110 seconds" in err
+    err = render_fails("--set", "terminationGracePeriodSeconds=100")
+    assert "terminationGracePeriodSeconds=100 is too small" in err and "= 120 seconds" in err
 
 
 @pytest.mark.parametrize("values_file", CI_FILES)

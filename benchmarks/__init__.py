@@ -1,0 +1,1 @@
+"""Benchmarks: load generator (loadgen), shim overhead (shim_overhead), GPU runner (gpu/run.sh)."""

@@ -1,0 +1,318 @@
+"""deploy/nginx/reranker.conf in front of real shims: a real nginx, two shim processes, one vLLM.
+
+The shipped file is rendered into a temp copy: only the lines marked `# @render:NAME` are replaced
+(test ports, a low rate limit, a small body limit, a temp access log). nginx runs in the foreground as
+the current user with every path under tmp, and is killed after each test.
+
+nginx must be installed (`SETUP_TEST_TOOLS=1 scripts/setup.sh` installs Debian's nginx-light): a missing
+binary fails these tests on purpose, CI always has it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.engine
+
+CONF = ROOT / "deploy" / "nginx" / "reranker.conf"
+MARKER = re.compile(r"^(?P<indent>\s*)\S.*#\s*@render:(?P<name>[a-z_]+)\s*$")
+QUERY = "What is the capital of France?"
+DOCS = ["Paris is the capital and largest city of France.",
+        "Bananas are rich in potassium.",
+        "France's capital city is Paris, on the Seine."]
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+    if not found:
+        pytest.fail("nginx is not installed (Debian: apt-get install nginx-light; "
+                    "`SETUP_TEST_TOOLS=1 scripts/setup.sh` does it)")
+    return found
+
+
+def render(text: str, values: dict[str, str | list[str]]) -> str:
+    """Replace every line marked `# @render:NAME` with values[NAME] (all marked lines of one name
+    collapse into the given lines). Unmarked lines are kept byte for byte."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for line in text.splitlines():
+        match = MARKER.match(line)
+        if match and match["name"] in values:
+            name = match["name"]
+            if name not in seen:
+                seen.add(name)
+                lines = [values[name]] if isinstance(values[name], str) else values[name]
+                out.extend(match["indent"] + new for new in lines)
+            continue
+        out.append(line)
+    missing = set(values) - seen
+    assert not missing, f"no '# @render:' line for {sorted(missing)} in {CONF}"
+    return "\n".join(out) + "\n"
+
+
+def main_conf(prefix: Path, include: Path) -> str:
+    """A minimal nginx.conf around the site file, with every writable path under `prefix`."""
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    temp = "".join(f"    {kind}_temp_path {prefix}/tmp/{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (f"{user}daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\n"
+            f"error_log {prefix}/error.log info;\nevents {{ worker_connections 256; }}\n"
+            f"http {{\n    access_log off;\n{temp}    include {include};\n}}\n")
+
+
+@dataclass
+class Nginx:
+    url: str
+    port: int
+    prefix: Path
+    proc: subprocess.Popen
+
+    def error_log(self) -> str:
+        path = self.prefix / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def access_log(self) -> str:
+        path = self.prefix / "access.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # nginx: fast shutdown
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def start_nginx(prefix: Path, upstream_ports: list[int], rate: str = "1000r/s", burst: int = 1000,
+                body_size: str = "16m") -> Nginx:
+    binary = nginx_binary()
+    prefix.mkdir(parents=True, exist_ok=True)
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (prefix / "tmp" / kind).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    site = prefix / "reranker.conf"
+    site.write_text(render(CONF.read_text(), {
+        "listen": f"listen 127.0.0.1:{port};",
+        "upstream_servers": [f"server 127.0.0.1:{p} max_fails=2 fail_timeout=5s;" for p in upstream_ports],
+        "rate_zone": f"limit_req_zone $binary_remote_addr zone=reranker_api:1m rate={rate};",
+        "limit_req": f"limit_req zone=reranker_api burst={burst} nodelay;",
+        "client_max_body_size": f"client_max_body_size {body_size};",
+        "access_log": f"access_log {prefix}/access.log reranker_access;",
+    }))
+    conf = prefix / "nginx.conf"
+    conf.write_text(main_conf(prefix, site))
+    check = subprocess.run([binary, "-t", "-p", str(prefix), "-c", str(conf)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([binary, "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=open(prefix / "stderr.log", "w"), start_new_session=True)
+    nginx = Nginx(f"http://127.0.0.1:{port}", port, prefix, proc)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited {proc.returncode}:\n{(prefix / 'stderr.log').read_text()}"
+                               f"\n{nginx.error_log()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return nginx
+        except OSError:
+            time.sleep(0.05)
+    nginx.stop()
+    raise RuntimeError(f"nginx did not listen on {port}:\n{nginx.error_log()}")
+
+
+@pytest.fixture
+def nginx_factory(tmp_path):
+    started: list[Nginx] = []
+
+    def make(shims, **kwargs) -> Nginx:
+        nginx = start_nginx(tmp_path / f"nginx{len(started)}", [int(s.url.rsplit(":", 1)[1]) for s in shims],
+                            **kwargs)
+        started.append(nginx)
+        return nginx
+
+    yield make
+    for nginx in started:
+        nginx.stop()
+
+
+@pytest.fixture
+def shims(extra_shim):
+    """Two shim instances (mode shim) against the shared vLLM."""
+    return [extra_shim(), extra_shim()]
+
+
+@pytest.fixture
+def proxy(nginx_factory, shims) -> Nginx:
+    return nginx_factory(shims)
+
+
+def rank(client: httpx.Client, base: str, **kwargs) -> httpx.Response:
+    return client.post(base + "/v1/rank", json={"query": QUERY, "docs": DOCS}, timeout=60, **kwargs)
+
+
+def request_count(shim) -> float:
+    """reranker_request_total{endpoint="/v1/rank",status="200"} of one shim, read directly."""
+    text = httpx.get(shim.url + "/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("reranker_request_total{") and 'endpoint="/v1/rank"' in line and 'status="200"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_rank_through_nginx_returns_ranked_results(proxy):
+    with httpx.Client() as client:
+        response = rank(client, proxy.url)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert sorted(r["doc"] for r in results) == sorted(DOCS)
+    assert [r["rank"] for r in results] == [1, 2, 3]
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_client_request_id_passes_through_and_nginx_fills_in_a_missing_one(proxy, shims):
+    with httpx.Client() as client:
+        given = rank(client, proxy.url, headers={"X-Request-Id": "deploy-test-0001"})
+        generated = rank(client, proxy.url)
+    assert given.status_code == 200 and given.headers["x-request-id"] == "deploy-test-0001"
+    assert generated.status_code == 200
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])  # nginx's $request_id
+    # the shim saw (and logged) the same id nginx logged
+    assert any("deploy-test-0001" in shim.log() for shim in shims)
+    assert "rid=deploy-test-0001" in proxy.access_log()
+    assert f"rid={generated.headers['x-request-id']}" in proxy.access_log()
+
+
+def test_requests_are_spread_over_both_shims(proxy, shims):
+    before = [request_count(s) for s in shims]
+    with httpx.Client() as client:
+        for _ in range(12):
+            assert rank(client, proxy.url).status_code == 200
+    served = [request_count(s) - b for s, b in zip(shims, before)]
+    assert sum(served) == 12
+    assert all(n > 0 for n in served), served
+
+
+def test_health_passes_through_to_a_shim(proxy):
+    response = httpx.get(proxy.url + "/health", timeout=10)
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+def test_ready_and_metrics_are_local_only_while_health_is_public(proxy):
+    local = httpx.get(proxy.url + "/ready", timeout=10)
+    assert local.status_code == 200 and local.json()["status"] == "ready"
+    assert httpx.get(proxy.url + "/metrics", timeout=10).status_code == 200
+    # 127.0.0.2 is loopback too, but not in the allow list: it stands for a remote client.
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as remote:
+        for path in ("/ready", "/metrics", "/metrics/engine", "/livez"):
+            denied = remote.get(proxy.url + path, timeout=10)
+            assert denied.status_code == 403, path
+            assert "local" in denied.json()["detail"]
+        assert remote.get(proxy.url + "/health", timeout=10).status_code == 200
+
+
+def test_unknown_path_returns_404_json(proxy):
+    for method, path in (("GET", "/nope"), ("POST", "/v3/rerank"), ("GET", "/admin")):
+        response = httpx.request(method, proxy.url + path, timeout=10)
+        assert response.status_code == 404, path
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.json()["detail"] == "Not Found"
+
+
+def test_openapi_is_proxied(proxy):
+    response = httpx.get(proxy.url + "/openapi.json", timeout=10)
+    assert response.status_code == 200
+    assert "/v1/rank" in response.json()["paths"]
+
+
+def test_burst_beyond_the_rate_limit_gets_429_json_with_retry_after(nginx_factory, shims):
+    # 1 request per minute with a burst of 2: the first 3 pass, the rest are rejected at nginx.
+    proxy = nginx_factory(shims, rate="1r/m", burst=2)
+    with httpx.Client() as client:
+        statuses, rejected = [], None
+        for _ in range(8):
+            response = rank(client, proxy.url)
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                rejected = response
+    assert statuses[:3] == [200, 200, 200], statuses
+    assert statuses[3:] == [429] * 5, statuses
+    assert int(rejected.headers["retry-after"]) >= 1
+    assert rejected.headers["content-type"].startswith("application/json")
+    assert "rate limit" in rejected.json()["detail"]
+    # probes are not rate limited
+    assert httpx.get(proxy.url + "/health", timeout=10).status_code == 200
+
+
+def test_stopping_one_shim_leaves_requests_succeeding(proxy, shims):
+    with httpx.Client() as client:
+        assert rank(client, proxy.url).status_code == 200
+        shims[0].stop(timeout=30)
+        statuses = [rank(client, proxy.url).status_code for _ in range(20)]
+        assert statuses == [200] * 20
+        assert httpx.get(proxy.url + "/health", timeout=10).status_code == 200
+        # with no shim left nginx answers itself: 503 JSON + Retry-After, which clients retry
+        shims[1].stop(timeout=30)
+        gone = rank(client, proxy.url)
+    assert gone.status_code == 503
+    assert int(gone.headers["retry-after"]) >= 1
+    assert "detail" in gone.json()
+
+
+def test_body_over_client_max_body_size_gets_413_json(nginx_factory, shims):
+    proxy = nginx_factory(shims, body_size="8k")
+    with httpx.Client() as client:
+        small = rank(client, proxy.url)
+        big = client.post(proxy.url + "/v1/rank", json={"query": QUERY, "docs": ["x" * 20_000]}, timeout=30)
+    assert small.status_code == 200
+    assert big.status_code == 413
+    assert "client_max_body_size" in big.json()["detail"]
+
+
+def test_x_forwarded_for_lets_the_shim_rate_limit_per_client(extra_shim, nginx_factory):
+    # The shim trusts nginx (127.0.0.1) and limits each client to 1 request per minute.
+    shim = extra_shim(rate_limit="1/minute", trusted_proxies="127.0.0.1/32")
+    proxy = nginx_factory([shim])
+    with httpx.Client() as client:
+        first = rank(client, proxy.url, headers={"X-Forwarded-For": "203.0.113.7"})
+        again = rank(client, proxy.url, headers={"X-Forwarded-For": "203.0.113.7"})
+        other = rank(client, proxy.url, headers={"X-Forwarded-For": "203.0.113.8"})
+    assert first.status_code == 200
+    assert again.status_code == 429  # the shim's own limit: the client address reached it
+    assert "per client" in again.json()["detail"] and int(again.headers["retry-after"]) >= 1
+    assert other.status_code == 200
+
+
+def test_shipped_config_is_valid_as_is(tmp_path):
+    """nginx -t on deploy/nginx/reranker.conf unchanged but for its access log path (needs /var/log)."""
+    site = tmp_path / "reranker.conf"
+    text = CONF.read_text()
+    site.write_text(render(text, {"access_log": f"access_log {tmp_path}/access.log reranker_access;"}))
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp_path / "tmp" / kind).mkdir(parents=True)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(main_conf(tmp_path, site))
+    result = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(conf)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # the defaults the docs describe
+    assert "keepalive_timeout 20s;" in text and "server 127.0.0.1:8000" in text
+    assert "proxy_next_upstream error timeout http_502 http_503" in text
