@@ -309,11 +309,11 @@ class _Client:
             await self._httpx.aclose()
 
 
-async def _loop(client: _Client, url: str, make, indices, concurrency: int, deadline: float,
-                records: list[Record] | None, errors: dict) -> None:
+async def _loop(client: _Client, urls: list[str], make, indices, concurrency: int,
+                deadline: float, records: list[Record] | None, errors: dict) -> None:
     it = iter(indices)
 
-    async def worker() -> None:
+    async def worker(url: str) -> None:
         for i in it:  # one shared iterator: each index is sent once
             if time.perf_counter() > deadline:
                 return
@@ -337,19 +337,20 @@ async def _loop(client: _Client, url: str, make, indices, concurrency: int, dead
                 records.append(Record(t0, latency, error, tokens if tokens is not None else est,
                                       tokens is not None))
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    # several URLs (e.g. one per shim process): worker j always uses URL j mod k
+    await asyncio.gather(*(worker(urls[j % len(urls)]) for j in range(concurrency)))
 
 
-async def _drive(url, make, concurrency, warm, measured, timeout, max_seconds, barrier):
+async def _drive(urls, make, concurrency, warm, measured, timeout, max_seconds, barrier):
     client = _Client(concurrency, timeout)
     errors: dict = {}
     try:
-        await _loop(client, url, make, warm, concurrency, math.inf, None, errors)
+        await _loop(client, urls, make, warm, concurrency, math.inf, None, errors)
         if barrier is not None:
             barrier.wait()
         begin = time.perf_counter()
         records: list[Record] = []
-        await _loop(client, url, make, measured, concurrency, begin + max_seconds, records, errors)
+        await _loop(client, urls, make, measured, concurrency, begin + max_seconds, records, errors)
         end = time.perf_counter()
     finally:
         await client.close()
@@ -374,13 +375,16 @@ def _child(args, barrier, queue) -> None:
         queue.put(("error", repr(exc)))
 
 
-def closed_loop(url: str, make, concurrency: int, requests: int, warmup: int, procs: int = 1,
-                timeout: float = 120.0, max_seconds: float = 60.0) -> dict:
+def closed_loop(url: str | list[str], make, concurrency: int, requests: int, warmup: int,
+                procs: int = 1, timeout: float = 120.0, max_seconds: float = 60.0) -> dict:
     """Run N measured requests (after W warm-up ones) at concurrency C; return the figures.
+
+    `url` may be a list (several servers): the workers are spread over them evenly.
 
     `make(i)` gives request i as (body, documents, estimated tokens); measured requests are
     i = 0..N-1, warm-up ones i = N..N+W-1 (different content, same shape).
     """
+    urls = [url] if isinstance(url, str) else list(url)
     procs = max(1, min(procs, concurrency))
     parts = []
     for k in range(procs):
@@ -389,13 +393,16 @@ def closed_loop(url: str, make, concurrency: int, requests: int, warmup: int, pr
     if procs == 1:
         _use_uvloop()
         c_k, measured, warm = parts[0]
-        results = [asyncio.run(_drive(url, make, c_k, warm, measured, timeout, max_seconds, None))]
+        results = [asyncio.run(_drive(urls, make, c_k, warm, measured, timeout, max_seconds, None))]
     else:
         ctx = mp.get_context("fork")
         barrier, queue = ctx.Barrier(procs), ctx.Queue()
-        children = [ctx.Process(target=_child, args=((url, make, c_k, warm, measured, timeout,
+        # process k gets the URLs of its own workers' global indices k, k+P, ... (mod k URLs)
+        children = [ctx.Process(target=_child, args=(([urls[(k + j * procs) % len(urls)]
+                                                        for j in range(max(1, c_k))],
+                                                       make, c_k, warm, measured, timeout,
                                                       max_seconds), barrier, queue), daemon=True)
-                    for c_k, measured, warm in parts]
+                    for k, (c_k, measured, warm) in enumerate(parts)]
         for child in children:
             child.start()
         results = []
@@ -475,7 +482,8 @@ def smoke(w: Workload) -> Workload:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shim", default="", help="base URL of the shim (e.g. http://127.0.0.1:8000)")
+    p.add_argument("--shim", default="", help="base URL of the shim (e.g. http://127.0.0.1:8000); "
+                   "a comma list spreads the load over several shim processes")
     p.add_argument("--vllm", default="", help="base URL of raw vLLM (e.g. http://127.0.0.1:8001)")
     p.add_argument("--model", default="", help="served model name (the `model` field for vLLM)")
     p.add_argument("--workloads", default="seed,rag", help=f"comma list of {','.join(WORKLOADS)}")
@@ -509,7 +517,8 @@ def auto_procs(w: Workload, concurrency: int) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    bases = {"shim": args.shim.rstrip("/"), "vllm": args.vllm.rstrip("/")}
+    bases = {"shim": [u.rstrip("/") for u in args.shim.split(",") if u.strip()],
+             "vllm": [u.rstrip("/") for u in args.vllm.split(",") if u.strip()]}
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     for t in targets:
         if t not in TARGETS:
@@ -554,9 +563,9 @@ def main(argv=None) -> int:
                 seed = zlib.crc32(f"{args.seed}/{name}/{target}/{c}".encode())
                 make = Requests(w, corpus, counter, target, args.model, seed, args.top_n or None)
                 procs = args.procs or auto_procs(w, c)
-                stats = closed_loop(bases[base] + path, make, c, n, warmup, procs,
-                                    args.timeout, args.max_seconds)
-                line = {"kind": "result", "target": target, "url": bases[base] + path,
+                urls = [u + path for u in bases[base]]
+                stats = closed_loop(urls, make, c, n, warmup, procs, args.timeout, args.max_seconds)
+                line = {"kind": "result", "target": target, "url": ",".join(urls),
                         "workload": name, "docs_per_request": w.docs,
                         "doc_tokens_avg": round(avg_doc_tokens, 1),
                         "token_counts": "tokenizer" if counter.exact else "estimate",

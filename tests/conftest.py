@@ -169,11 +169,16 @@ class Reference:
         if not plain_user_text:
             return self.tokenizer(text)["input_ids"]
         # user text tokenised as plain text: only the template's own markers are special
+        # (every added token, <think> included, is split as ordinary text inside user text)
+        from copy import deepcopy
+
         from server.scoring.prompt import PREFIX, SUFFIX
 
+        plain = deepcopy(self.tokenizer.backend_tokenizer)
+        plain.encode_special_tokens = True
         body = text[len(PREFIX) - len("user\n"): len(text) - len(SUFFIX)]
         head = self.tokenizer(PREFIX[: -len("user\n")])["input_ids"]
-        mid = self.tokenizer(body, split_special_tokens=True)["input_ids"]
+        mid = plain.encode(body, add_special_tokens=False).ids
         return head + mid + self.tokenizer(SUFFIX)["input_ids"]
 
     def score_ids(self, ids: list[int]) -> float:

@@ -55,6 +55,14 @@ class _Job:
     truncated: bool
 
 
+def _check_unicode(text: str, where: str) -> None:
+    """JSON may carry lone surrogates ("\\ud800"); they cannot be tokenised, so refuse them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(422, f"{where} contains invalid Unicode (a lone surrogate)") from None
+
+
 class Scorer:
     def __init__(self, settings, encoder: PromptEncoder, engine: EngineClient, admission, metrics):
         self.settings = settings
@@ -101,6 +109,9 @@ class Scorer:
         if len(req.documents) > limit:
             raise ApiError(422, f"too many documents: {len(req.documents)} > limit {limit} "
                                 "(max_documents); split the request")
+        _check_unicode(req.query, "query")
+        for i, doc in enumerate(req.documents):
+            _check_unicode(doc, f"documents[{i}]")
         if req.max_tokens_per_doc is not None and req.max_tokens_per_doc < 1:
             raise ApiError(422, "max_tokens_per_doc must be >= 1")
         if req.max_chunks_per_doc is not None and req.max_chunks_per_doc < 1:

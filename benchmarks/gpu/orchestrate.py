@@ -1,0 +1,401 @@
+"""GPU benchmark phases, run by benchmarks/gpu/run.sh on the device machine (or any GPU box).
+
+    python3 -m benchmarks.gpu.orchestrate baseline --budget 500
+    python3 -m benchmarks.gpu.orchestrate levers   --budget 540
+    python3 -m benchmarks.gpu.orchestrate custom --config mnbt32k --flags "--max-num-batched-tokens 32768" \\
+        --workloads seed,rag,long
+
+Phases (each one fits a 10-minute device call; a step that would not fit the budget is skipped
+and reported as such):
+  baseline  cold start of the launcher (fresh compile cache) and a restart that reuses it (seconds
+            to /ready, both), then every workload against the shim and raw vLLM side by side, then
+            seed-repeat through an extra shim with the score cache on. Leaves the launcher running.
+  levers    shim_overhead (pinned CPUs), shim levers through extra shims in front of the running
+            vLLM (engine-api rerank, pairs-per-engine-call, several shim processes), then engine
+            levers, each a launcher restart (max-num-batched-tokens 16384 / 32768, prefix caching
+            off), each with seed, rag c=8 and rag c=32 on both targets.
+  custom    one launcher configuration (--flags) and the workloads named.
+
+Everything goes to $BENCH_WORK/results.jsonl (default /tmp/bench) and to stdout as JSON lines;
+the launcher's and shims' logs go to $BENCH_WORK/logs. A launcher left running is remembered in
+$BENCH_WORK/launcher.json, so the next phase (the next device call) can reuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK = Path(os.environ.get("BENCH_WORK", "/tmp/bench"))
+MODEL_DIR = Path(os.environ.get("BENCH_MODEL_DIR", WORK / "models" / "qwen3-reranker-0.6b"))
+NAME = "qwen3-reranker-0.6b"
+SHIM_PORT = int(os.environ.get("BENCH_SHIM_PORT", 8000))
+VLLM_PORT = int(os.environ.get("BENCH_VLLM_PORT", 8001))
+EXTRA_PORT = int(os.environ.get("BENCH_EXTRA_PORT", 8100))      # extra shims: 8100, 8101, ...
+# local dry runs: e.g. BENCH_LAUNCHER_FLAGS="--dtype float32 --enforce-eager" BENCH_LOADGEN_FLAGS=--smoke
+LAUNCHER_FLAGS = shlex.split(os.environ.get("BENCH_LAUNCHER_FLAGS", ""))
+LOADGEN_FLAGS = shlex.split(os.environ.get("BENCH_LOADGEN_FLAGS", ""))
+SHIM, VLLM = f"http://127.0.0.1:{SHIM_PORT}", f"http://127.0.0.1:{VLLM_PORT}"
+MAX_MODEL_LEN = int(os.environ.get("BENCH_MAX_MODEL_LEN", 8192))
+RESULTS = WORK / "results.jsonl"
+LOGS = WORK / "logs"
+STATE = WORK / "launcher.json"
+CACHE = WORK / "vllm-cache"   # VLLM_CACHE_ROOT: the compile cache a restart reuses
+
+
+def cache_env() -> dict:
+    """All compile caches under one directory (what a persistent volume would hold)."""
+    return {"VLLM_CACHE_ROOT": str(CACHE), "TORCHINDUCTOR_CACHE_DIR": str(CACHE / "inductor"),
+            "TRITON_CACHE_DIR": str(CACHE / "triton")}
+
+
+class Clock:
+    def __init__(self, budget: float) -> None:
+        self.start = time.monotonic()
+        self.budget = budget
+
+    def left(self) -> float:
+        return self.budget - (time.monotonic() - self.start)
+
+
+def versions() -> dict:
+    out = {}
+    for pkg in ("vllm", "torch", "transformers", "fastapi", "uvicorn", "httpx", "aiohttp"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def gpu_name() -> str:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+COMMON: dict = {}
+
+
+def emit(line: dict) -> None:
+    line = {**line, **COMMON}
+    text = json.dumps(line, ensure_ascii=False)
+    print(text, flush=True)
+    with open(RESULTS, "a") as fh:
+        fh.write(text + "\n")
+
+
+def log(msg: str) -> None:
+    print(f"# {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def get_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# --- the launcher (vLLM + shim) ------------------------------------------------------------------
+def start_launcher(config: str, flags: list[str], budget: float = 420) -> dict:
+    LOGS.mkdir(parents=True, exist_ok=True)
+    cold = not (CACHE / "torch_compile_cache").exists()
+    cmd = [sys.executable, "-m", "launcher", "--model", str(MODEL_DIR), "--served-model-name", NAME,
+           "--host", "127.0.0.1", "--port", str(SHIM_PORT), "--vllm-port", str(VLLM_PORT),
+           "--rate-limit", "", "--max-model-len", str(MAX_MODEL_LEN), *LAUNCHER_FLAGS, *flags]
+    env = {**os.environ, **cache_env(), "PYTHONUNBUFFERED": "1"}
+    log_path = LOGS / f"launcher-{config}.log"
+    started = time.monotonic()
+    with open(log_path, "a") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    STATE.write_text(json.dumps({"pid": proc.pid, "config": config, "flags": flags}))
+    vllm_s = None
+    while time.monotonic() - started < budget:
+        if proc.poll() is not None:
+            raise RuntimeError(f"launcher exited {proc.returncode}: see {log_path}\n"
+                               + log_path.read_text(errors="replace")[-3000:])
+        if vllm_s is None and get_ok(VLLM + "/health"):
+            vllm_s = time.monotonic() - started
+        if get_ok(SHIM + "/ready"):
+            ready = {"kind": "ready", "config": config, "flags": " ".join(flags),
+                     "start": "cold" if cold else "warm (compile cache reused)",
+                     "seconds_to_ready": round(time.monotonic() - started, 1),
+                     "vllm_health_s": round(vllm_s, 1) if vllm_s else None,
+                     "target_s": 45 if not cold else None}
+            ready.update(engine_facts(log_path))
+            return ready
+        time.sleep(0.25)
+    stop_launcher()
+    raise RuntimeError(f"launcher not ready after {budget} s: {log_path}")
+
+
+def engine_facts(log_path: Path) -> dict:
+    """A few numbers vLLM prints at start (compile time, KV cache, batch limits)."""
+    import re
+
+    text = log_path.read_text(errors="replace")
+    facts = {}
+    for key, pattern in (("torch_compile_s", r"torch\.compile takes ([\d.]+) s in total"),
+                         ("graph_capture_s", r"Graph capturing finished in ([\d.]+) secs"),
+                         ("engine_init_s", r"init engine .* took ([\d.]+) seconds"),
+                         ("max_num_batched_tokens", r"max_num_batched_tokens=(\d+)"),
+                         ("max_num_seqs", r"max_num_seqs=(\d+)"),
+                         ("kv_cache_tokens", r"GPU KV cache size: ([\d,]+) tokens")):
+        found = re.findall(pattern, text)
+        if found:
+            facts[key] = found[-1].replace(",", "")
+    return facts
+
+
+def launcher_running() -> dict | None:
+    if not STATE.exists():
+        return None
+    state = json.loads(STATE.read_text())
+    try:
+        os.kill(state["pid"], 0)
+    except ProcessLookupError:
+        return None
+    return state if get_ok(SHIM + "/ready") else None
+
+
+def stop_launcher() -> None:
+    if not STATE.exists():
+        return
+    import psutil
+
+    pid = json.loads(STATE.read_text())["pid"]
+    STATE.unlink()
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    family = proc.children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(90)
+    except psutil.TimeoutExpired:
+        proc.kill()
+    for child in family:  # vLLM and the shim run in their own sessions: none may outlive this
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (get_ok(VLLM + "/health") or get_ok(SHIM + "/livez")):
+        time.sleep(0.5)
+    time.sleep(2)  # GPU memory given back
+
+
+def ensure_launcher(config: str, flags: list[str]) -> None:
+    state = launcher_running()
+    if state and state["flags"] == flags:
+        log(f"launcher already running with {config}")
+        return
+    stop_launcher()
+    emit(start_launcher(config, flags))
+
+
+# --- extra shims in front of the running vLLM ----------------------------------------------------
+class Shims:
+    """N extra shim processes (mode shim) with some settings, on ports EXTRA_PORT+."""
+
+    def __init__(self, n: int = 1, **settings: str) -> None:
+        self.procs, self.urls = [], []
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")}
+        env.update({"RERANKER_MODE": "shim", "RERANKER_VLLM_URL": VLLM,
+                    "RERANKER_MODEL": str(MODEL_DIR), "RERANKER_SERVED_MODEL_NAME": NAME,
+                    "RERANKER_HOST": "127.0.0.1", "RERANKER_RATE_LIMIT": "",
+                    "RERANKER_MAX_MODEL_LEN": str(MAX_MODEL_LEN)})
+        env.update({f"RERANKER_{k.upper()}": v for k, v in settings.items()})
+        for i in range(n):
+            port = EXTRA_PORT + i
+            env_i = {**env, "RERANKER_PORT": str(port)}
+            with open(LOGS / f"shim-{port}.log", "a") as fh:
+                self.procs.append(subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT,
+                                                   env=env_i, stdout=fh, stderr=subprocess.STDOUT,
+                                                   start_new_session=True))
+            self.urls.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 90
+        for url, proc in zip(self.urls, self.procs):
+            while not get_ok(url + "/ready"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError(f"extra shim {url} did not start")
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --- load --------------------------------------------------------------------------------------
+def loadgen(clock: Clock, config: str, workloads: str, *, shim: str | list[str] = SHIM,
+            vllm: str = VLLM, targets: str = "shim,vllm", concurrency: str = "",
+            requests: int = 0, est_s: float = 60, extra: list[str] = ()) -> None:
+    if clock.left() < est_s:
+        emit({"kind": "skipped", "config": config, "workload": workloads, "concurrency": concurrency,
+              "reason": f"device-call budget: {clock.left():.0f} s left, step needs ~{est_s:.0f} s"})
+        return
+    shim = ",".join(shim) if isinstance(shim, list) else shim
+    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--shim", shim, "--vllm", vllm,
+           "--model", NAME, "--workloads", workloads, "--targets", targets,
+           "--tokenizer", str(MODEL_DIR), "--max-model-len", str(MAX_MODEL_LEN),
+           "--max-seconds", "30", "--label", config, "--meta", f"config={config}", *extra,
+           *LOADGEN_FLAGS]
+    if concurrency:
+        cmd += ["--concurrency", concurrency]
+    if requests:
+        cmd += ["--requests", str(requests)]
+    log(f"{config}: {workloads} c={concurrency or 'default'} on {targets}")
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                              timeout=max(30, clock.left() - 5))
+    except subprocess.TimeoutExpired:
+        emit({"kind": "skipped", "config": config, "workload": workloads, "reason": "timed out"})
+        return
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            emit({**json.loads(line), "config": config})
+    if proc.returncode not in (0, 1):
+        emit({"kind": "error", "config": config, "workload": workloads,
+              "stderr": proc.stderr[-2000:]})
+
+
+def shim_overhead(clock: Clock, est_s: float = 90) -> None:
+    if clock.left() < est_s:
+        emit({"kind": "skipped", "step": "shim_overhead", "reason": "device-call budget"})
+        return
+    cmd = [sys.executable, "-m", "benchmarks.shim_overhead", "--pin", "--workloads", "seed,rag",
+           "--latency-requests", "2000", "--throughput-requests", "20000", "--concurrency", "64",
+           "--label", "gpu-host"]
+    log("shim_overhead")
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=est_s * 2)
+    except subprocess.TimeoutExpired:
+        emit({"kind": "skipped", "step": "shim_overhead", "reason": "timed out"})
+        return
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            emit(json.loads(line))
+    if proc.returncode not in (0, 1):
+        emit({"kind": "error", "step": "shim_overhead", "stderr": proc.stderr[-2000:]})
+
+
+# --- phases ------------------------------------------------------------------------------------
+BASE_FLAGS: list[str] = []  # the launcher's defaults: engine-api tokens, vLLM's own batch sizes
+
+
+def phase_baseline(clock: Clock) -> None:
+    stop_launcher()
+    for d in (CACHE,):
+        subprocess.run(["rm", "-rf", str(d)])
+    emit(start_launcher("base", BASE_FLAGS))          # cold: empty compile cache
+    stop_launcher()
+    emit(start_launcher("base", BASE_FLAGS))          # restart: reuses the compile cache
+    loadgen(clock, "base", "seed", est_s=40)
+    loadgen(clock, "base", "rag", est_s=60)
+    loadgen(clock, "base", "long", est_s=50)
+    loadgen(clock, "base", "short", est_s=40)
+    loadgen(clock, "base", "rag100", est_s=60)
+    if clock.left() > 40:
+        with Shims(score_cache="true") as shims:
+            loadgen(clock, "score-cache", "seed-repeat", shim=shims.urls, targets="shim", est_s=30)
+    # the launcher stays up for the next phase (it runs in its own session)
+
+
+def phase_levers(clock: Clock) -> None:
+    ensure_launcher("base", BASE_FLAGS)
+    shim_overhead(clock)
+    # shim levers: extra shims in front of the same running vLLM
+    with Shims(engine_api="rerank") as s:
+        loadgen(clock, "engine-api=rerank", "seed,rag", shim=s.urls, targets="shim", est_s=45)
+    for n in (16, 256):
+        with Shims(pairs_per_engine_call=str(n)) as s:
+            loadgen(clock, f"pairs-per-engine-call={n}", "rag,rag100", shim=s.urls, targets="shim",
+                    concurrency="32", est_s=40)
+    for n in (2, 4):
+        with Shims(n) as s:
+            loadgen(clock, f"shim-processes={n}", "seed,short", shim=s.urls, targets="shim",
+                    est_s=25)
+    # engine levers: each a launcher restart
+    for config, flags in (("mnbt=16384", ["--max-num-batched-tokens", "16384"]),
+                          ("mnbt=32768", ["--max-num-batched-tokens", "32768"]),
+                          ("prefix-caching=off", ["--enable-prefix-caching", "false"])):
+        if clock.left() < 150:
+            emit({"kind": "skipped", "config": config, "reason": "device-call budget"})
+            continue
+        stop_launcher()
+        emit(start_launcher(config, flags))
+        loadgen(clock, config, "rag", est_s=50)
+        loadgen(clock, config, "seed", est_s=35)
+    stop_launcher()
+
+
+def phase_custom(clock: Clock, config: str, flags: list[str], workloads: str, targets: str,
+                 concurrency: str) -> None:
+    ensure_launcher(config, flags)
+    for w in workloads.split(","):
+        loadgen(clock, config, w, targets=targets, concurrency=concurrency, est_s=40)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("phase", choices=["baseline", "levers", "custom", "stop"])
+    p.add_argument("--budget", type=float, default=540, help="seconds this call may take")
+    p.add_argument("--config", default="custom")
+    p.add_argument("--flags", default="", help="launcher flags for `custom`")
+    p.add_argument("--workloads", default="seed,rag,long")
+    p.add_argument("--targets", default="shim,vllm")
+    p.add_argument("--concurrency", default="")
+    args = p.parse_args(argv)
+    clock = Clock(args.budget)
+    WORK.mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    gpu = gpu_name()
+    os.environ["BENCH_GPU"] = gpu
+    COMMON.update({"phase": args.phase, "gpu": gpu, "versions": versions()})
+    try:
+        if args.phase == "baseline":
+            phase_baseline(clock)
+        elif args.phase == "levers":
+            phase_levers(clock)
+        elif args.phase == "custom":
+            phase_custom(clock, args.config, shlex.split(args.flags), args.workloads, args.targets,
+                         args.concurrency)
+        else:
+            stop_launcher()
+    except Exception as exc:  # noqa: BLE001 - report, keep what was measured
+        emit({"kind": "error", "phase": args.phase, "error": f"{type(exc).__name__}: {exc}"[:3000]})
+        return 1
+    log(f"phase {args.phase} done, {clock.left():.0f} s of budget left")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
