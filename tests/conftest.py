@@ -156,6 +156,7 @@ class Reference:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
+        self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
         self.yes = self.tokenizer.convert_tokens_to_ids("yes")
@@ -170,11 +171,11 @@ class Reference:
             return self.tokenizer(text)["input_ids"]
         # user text tokenised as plain text: only the template's own markers are special
         # (every added token, <think> included, is split as ordinary text inside user text)
-        from copy import deepcopy
+        from tokenizers import Tokenizer
 
         from server.scoring.prompt import PREFIX, SUFFIX
 
-        plain = deepcopy(self.tokenizer.backend_tokenizer)
+        plain = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         plain.encode_special_tokens = True
         body = text[len(PREFIX) - len("user\n"): len(text) - len(SUFFIX)]
         head = self.tokenizer(PREFIX[: -len("user\n")])["input_ids"]

@@ -46,6 +46,7 @@ EXTRA_PORT = int(os.environ.get("BENCH_EXTRA_PORT", 8100))      # extra shims: 8
 # local dry runs: e.g. BENCH_LAUNCHER_FLAGS="--dtype float32 --enforce-eager" BENCH_LOADGEN_FLAGS=--smoke
 LAUNCHER_FLAGS = shlex.split(os.environ.get("BENCH_LAUNCHER_FLAGS", ""))
 LOADGEN_FLAGS = shlex.split(os.environ.get("BENCH_LOADGEN_FLAGS", ""))
+OVERHEAD_FLAGS = shlex.split(os.environ.get("BENCH_OVERHEAD_FLAGS", ""))
 SHIM, VLLM = f"http://127.0.0.1:{SHIM_PORT}", f"http://127.0.0.1:{VLLM_PORT}"
 MAX_MODEL_LEN = int(os.environ.get("BENCH_MAX_MODEL_LEN", 8192))
 RESULTS = WORK / "results.jsonl"
@@ -112,6 +113,11 @@ def get_ok(url: str) -> bool:
 # --- the launcher (vLLM + shim) ------------------------------------------------------------------
 def start_launcher(config: str, flags: list[str], budget: float = 420) -> dict:
     LOGS.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + 60
+    while get_ok(VLLM + "/health") or get_ok(SHIM + "/livez"):  # a previous one still stopping
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ports {SHIM_PORT}/{VLLM_PORT} still serve: stop that first")
+        time.sleep(0.5)
     cold = not (CACHE / "torch_compile_cache").exists()
     cmd = [sys.executable, "-m", "launcher", "--model", str(MODEL_DIR), "--served-model-name", NAME,
            "--host", "127.0.0.1", "--port", str(SHIM_PORT), "--vllm-port", str(VLLM_PORT),
@@ -293,7 +299,7 @@ def shim_overhead(clock: Clock, est_s: float = 90) -> None:
         return
     cmd = [sys.executable, "-m", "benchmarks.shim_overhead", "--pin", "--workloads", "seed,rag",
            "--latency-requests", "2000", "--throughput-requests", "20000", "--concurrency", "64",
-           "--label", "gpu-host"]
+           "--label", "gpu-host", *OVERHEAD_FLAGS]
     log("shim_overhead")
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=est_s * 2)
