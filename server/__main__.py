@@ -45,7 +45,9 @@ def main() -> None:
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             timeout_graceful_shutdown=int(settings.drain_timeout),
-                            timeout_keep_alive=30, access_log=False)
+                            timeout_keep_alive=30, access_log=False,
+                            # client addresses are resolved by our trusted_proxies, not uvicorn
+                            proxy_headers=False)
     DrainingServer(config, app, settings.drain_delay).run()
 
 
