@@ -3,20 +3,32 @@
 SIGTERM/SIGINT start a drain: readiness turns 503 at once, requests keep being served for
 `drain_delay` seconds (load balancers stop sending), then uvicorn stops accepting and waits up
 to `drain_timeout` for in-flight requests before exiting.
+
+With `workers` > 1 this process becomes a small pre-fork supervisor: it binds the socket once,
+starts that many worker interpreters sharing it, forwards signals and restarts a worker that
+dies. Metrics are merged across workers with prometheus-client's multiprocess mode; admission
+and rate limits are split evenly between workers (see Settings.per_worker).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 
 import uvicorn
 
-from server.app import create_app
 from server.ops.logs import setup_logging
 from server.settings import Settings
 
 log = logging.getLogger("server")
+LISTEN_FD_ENV = "RERANKER_LISTEN_FD"
 
 
 class DrainingServer(uvicorn.Server):
@@ -39,16 +51,68 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def main() -> None:
-    settings = Settings()
-    setup_logging(settings.log_level)
+def serve(settings: Settings, sock: socket.socket | None = None) -> None:
+    from server.app import create_app  # after PROMETHEUS_MULTIPROC_DIR is set, in workers
+
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             timeout_graceful_shutdown=int(settings.drain_timeout),
                             timeout_keep_alive=30, access_log=False,
                             # client addresses are resolved by our trusted_proxies, not uvicorn
                             proxy_headers=False)
-    DrainingServer(config, app, settings.drain_delay).run()
+    DrainingServer(config, app, settings.drain_delay).run(sockets=[sock] if sock else None)
+
+
+def supervise_workers(settings: Settings) -> int:
+    sock = socket.create_server((settings.host, settings.port), reuse_port=False, backlog=2048)
+    sock.set_inheritable(True)
+    env = {**os.environ, LISTEN_FD_ENV: str(sock.fileno()),
+           "PROMETHEUS_MULTIPROC_DIR": os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+           or tempfile.mkdtemp(prefix="reranker-metrics-")}
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "server"], env=env, pass_fds=[sock.fileno()])
+
+    workers = [start() for _ in range(settings.workers)]
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping:
+        for i, w in enumerate(workers):
+            if w.poll() is not None and not stopping:
+                log.error("worker exited; restarting", extra={"pid": w.pid, "returncode": w.returncode})
+                _mark_dead(w.pid)
+                workers[i] = start()
+        time.sleep(0.5)
+    for w in workers:
+        w.wait()
+    return 0
+
+
+def _mark_dead(pid: int) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
+
+
+def main() -> None:
+    settings = Settings()
+    setup_logging(settings.log_level)
+    if LISTEN_FD_ENV in os.environ:  # a worker of the pre-fork supervisor
+        sock = socket.socket(fileno=int(os.environ[LISTEN_FD_ENV]))
+        serve(settings, sock)
+    elif settings.workers > 1:
+        sys.exit(supervise_workers(settings))
+    else:
+        serve(settings)
 
 
 if __name__ == "__main__":

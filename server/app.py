@@ -35,7 +35,7 @@ async def guard(request: Request) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = (settings or Settings()).per_worker()
     metrics = Metrics()
 
     @asynccontextmanager

@@ -134,6 +134,21 @@ class Settings(BaseSettings):
     def upstream_url(self) -> str:
         return (self.vllm_url or f"http://{self.vllm_host}:{self.vllm_port}").rstrip("/")
 
+    def per_worker(self) -> "Settings":
+        """The share of one shim worker: in-flight bounds and rate limits are per process, so
+        with N workers each enforces 1/N (rounded up). A client whose keep-alive connection
+        sticks to one worker therefore gets 1/N of its rate budget: for exact per-client limits
+        run one worker or limit at the proxy."""
+        if self.workers <= 1:
+            return self
+        n = self.workers
+        share = {"max_inflight_pairs": -(-self.max_inflight_pairs // n),
+                 "max_inflight_tokens": -(-self.max_inflight_tokens // n)}
+        if self.rate_limit:
+            amount, _, period = self.rate_limit.partition("/")
+            share["rate_limit"] = f"{-(-int(amount.split()[0]) // n)}/{period}"
+        return self.model_copy(update=share)
+
     def to_env(self) -> dict[str, str]:
         """The settings as RERANKER_* variables, for a child process."""
         import json

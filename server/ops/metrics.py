@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest, multiprocess
 
 # Reranking calls on a GPU take milliseconds: buckets must resolve well below 300 ms.
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
@@ -18,22 +20,30 @@ class Metrics:
                                 ["endpoint", "status"], registry=r)
         self.duration = Histogram("reranker_request_duration_seconds", "HTTP request latency",
                                   ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
-        self.inflight = Gauge("reranker_inflight_requests", "HTTP requests being served", registry=r)
+        # Gauge modes only matter with several workers (prometheus multiprocess mode).
+        self.inflight = Gauge("reranker_inflight_requests", "HTTP requests being served",
+                              registry=r, multiprocess_mode="livesum")
         self.inflight_pairs = Gauge("reranker_inflight_pairs", "(query, document) pairs admitted",
-                                    registry=r)
+                                    registry=r, multiprocess_mode="livesum")
         self.documents = Counter("reranker_documents", "Documents scored", registry=r)
         self.tokens = Counter("reranker_prompt_tokens", "Prompt tokens sent to the engine", registry=r)
         self.rejections = Counter("reranker_admission_rejections", "Requests refused by admission "
                                   "control or rate limits", ["reason"], registry=r)
         self.cache_hits = Counter("reranker_score_cache_hits", "Score cache hits", registry=r)
         self.cache_misses = Counter("reranker_score_cache_misses", "Score cache misses", registry=r)
-        self.engine_up = Gauge("reranker_engine_up", "1 when vLLM answers /health", registry=r)
-        self.draining = Gauge("reranker_draining", "1 while the shim drains", registry=r)
+        self.engine_up = Gauge("reranker_engine_up", "1 when vLLM answers /health", registry=r,
+                               multiprocess_mode="livemax")
+        self.draining = Gauge("reranker_draining", "1 while the shim drains", registry=r,
+                              multiprocess_mode="livemax")
         self.gpu_memory = _gpu_memory_gauge(r)
 
     def render(self) -> tuple[bytes, str]:
         if self.gpu_memory is not None:
             self.gpu_memory.refresh()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers: merge their files
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
@@ -43,7 +53,7 @@ class _GpuMemory:
     def __init__(self, pynvml, registry) -> None:
         self.nvml = pynvml
         self.gauge = Gauge("gpu_memory_used_bytes", "GPU memory in use (NVML)", ["gpu"],
-                           registry=registry)
+                           registry=registry, multiprocess_mode="livemax")
 
     def refresh(self) -> None:
         try:

@@ -79,18 +79,11 @@ class Scorer:
         started = time.perf_counter()
         self._validate(req)
         instruction = req.instruction or self.settings.default_instruction
-        query = await self._cut_query(req.query)
-        head = self.encoder.head(query, instruction)
-        budget, chunks = self._budget(head, req)
-
         unique = list(dict.fromkeys(req.documents))
-        keys = {d: self._cache_key(instruction, query, d, budget, chunks, req.raw) for d in unique}
+        keys = {d: self._cache_key(instruction, req, d) for d in unique}
         cached = self._cache_lookup(keys)
         todo = [d for d in unique if d not in cached]
-        jobs = await self._jobs(todo, keys, budget, chunks)
-        self._check_request_tokens(jobs)
-
-        computed = await self._run(jobs, head, query, instruction, req.raw)
+        computed = await self._compute(req, instruction, todo, keys) if todo else {}
         self._cache_store(computed)
         by_doc = {d: cached[d] if d in cached else computed[keys[d]] for d in unique}
         self.metrics.documents.inc(len(req.documents))
@@ -98,6 +91,15 @@ class Scorer:
         tokens = sum(by_doc[d][1] for d in unique)
         truncated = [by_doc[d][2] for d in req.documents]
         return ScoreResult(scores, tokens, (time.perf_counter() - started) * 1000, truncated)
+
+    async def _compute(self, req: ScoreRequest, instruction: str, docs: list[str],
+                       keys: dict[str, str]) -> dict[str, tuple[float, int, bool]]:
+        query = await self._cut_query(req.query)
+        head = self.encoder.head(query, instruction)
+        budget, chunks = self._budget(head, req)
+        jobs = await self._jobs(docs, keys, budget, chunks)
+        self._check_request_tokens(jobs)
+        return await self._run(jobs, head, query, instruction, req.raw)
 
     # --- request shaping ---------------------------------------------------------------------
     def _validate(self, req: ScoreRequest) -> None:
@@ -200,12 +202,14 @@ class Scorer:
         return [score for part in results for score in part]
 
     # --- cache -----------------------------------------------------------------------------------
-    def _cache_key(self, instruction, query, doc, budget, chunks, raw) -> str:
+    def _cache_key(self, instruction: str, req: ScoreRequest, doc: str) -> str:
+        """Everything that decides a score; server settings are fixed for the process."""
         if self.cache is None:
             return doc
         h = hashlib.blake2b(digest_size=20)
-        for part in (self.engine.model_name, instruction, query, doc, str(budget), str(chunks), str(raw)):
-            h.update(part.encode("utf-8", "surrogatepass"))
+        for part in (self.engine.model_name, instruction, req.query, doc, str(req.max_tokens_per_doc),
+                     str(req.max_chunks_per_doc), str(req.raw)):
+            h.update(part.encode("utf-8"))
             h.update(b"\x00")
         return h.hexdigest()
 

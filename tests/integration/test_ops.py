@@ -161,3 +161,19 @@ def test_client_disconnect_cancels_its_work(extra_shim):
         time.sleep(0.1)
     assert inflight_pairs() == 0  # the work was dropped, not run to completion (~minutes on CPU)
     assert post(shim).status_code == 200
+
+
+# --- several shim workers -----------------------------------------------------------------------
+def test_several_workers_share_the_port_merge_metrics_and_drain(extra_shim):
+    import psutil
+
+    shim = extra_shim(workers="2")
+    children = psutil.Process(shim.proc.pid).children()
+    assert len(children) == 2
+    with cf.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: post(shim).status_code, range(24)))
+    assert codes == [200] * 24
+    text = httpx.get(shim.url + "/metrics").text
+    assert 'reranker_request_total{endpoint="/v1/rank",status="200"} 24.0' in text
+    assert shim.stop(timeout=60) == 0
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
