@@ -168,3 +168,10 @@ def test_openapi_documents_every_endpoint_with_an_example(service):
         assert "requestBody" in op
         assert "examples" in str(spec), path
     assert httpx.get(service.url + "/docs").status_code == 200
+
+
+def test_request_token_limit_names_the_setting(extra_shim):
+    shim = extra_shim(max_request_tokens="50")
+    r = httpx.post(shim.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS * 3})
+    assert r.status_code == 413
+    assert "max_request_tokens" in r.json()["detail"] and "50" in r.json()["detail"]
