@@ -29,6 +29,7 @@ from server.settings import Settings
 
 log = logging.getLogger("server")
 LISTEN_FD_ENV = "RERANKER_LISTEN_FD"
+_SETTLE_S = 0.5
 
 
 class DrainingServer(uvicorn.Server):
@@ -49,6 +50,17 @@ class DrainingServer(uvicorn.Server):
 
     def _stop_accepting(self) -> None:
         self.should_exit = True
+
+    async def shutdown(self, sockets=None) -> None:
+        # uvicorn closes every connection that has no request in progress. A connection accepted
+        # a moment ago may already carry a request that is not parsed yet: closing it would drop
+        # an accepted request. So stop accepting first, let such requests arrive, then shut down.
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        await asyncio.sleep(_SETTLE_S)
+        await super().shutdown(sockets)
 
 
 def serve(settings: Settings, sock: socket.socket | None = None) -> None:

@@ -62,3 +62,15 @@ def test_vllm_scores_the_same_token_ids_as_the_reference(service, reference):
     got = httpx.post(service.vllm_url + "/tokenize",
                      json={"model": MODEL_NAME, "prompt": text, "add_special_tokens": True}, timeout=30).json()
     assert got["tokens"] == reference.ids(query, doc)
+
+
+def test_rerank_engine_api_gives_the_same_scores_as_the_token_path(service, extra_shim):
+    """--engine-api rerank (vLLM renders the template) and the default token path agree."""
+    shim = extra_shim(engine_api="rerank")
+    for query, doc, instruction in PAIRS.values():
+        body = {"query": query, "docs": [doc, "unrelated text"]}
+        if instruction:
+            body["instruction"] = instruction
+        via_text = {r["doc"]: r["score"] for r in httpx.post(shim.url + "/v1/rank", json=body).json()["results"]}
+        via_ids = {r["doc"]: r["score"] for r in service.post("/v1/rank", body).json()["results"]}
+        assert via_text == pytest.approx(via_ids, abs=1e-5)
