@@ -101,15 +101,18 @@ def start_fake(port: int, log: Path) -> subprocess.Popen:
     return proc
 
 
-def start_shim(port: int, upstream: str, log: Path, extra_env: dict) -> subprocess.Popen:
+def start_shim(port: int, upstream: str, log: Path, extra_env: dict,
+               root: Path = ROOT) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RERANKER_")}
+    if root != ROOT:  # a modified copy of the project (A/B of a server change)
+        env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update({"RERANKER_VLLM_URL": upstream, "RERANKER_MODEL": str(MODEL_DIR),
                 "RERANKER_SERVED_MODEL_NAME": "qwen3-reranker-tiny", "RERANKER_RATE_LIMIT": "",
                 "RERANKER_LOG_LEVEL": "WARNING", "RERANKER_HOST": "127.0.0.1",
                 "RERANKER_PORT": str(port), "RERANKER_WORKERS": "1", "RERANKER_MAX_MODEL_LEN": "8192"})
     env.update(extra_env)
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=fh,
+        proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=root, env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     wait_http(f"http://127.0.0.1:{port}/ready", proc)
     return proc
@@ -189,6 +192,8 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="CI mode: a few hundred requests")
     p.add_argument("--out", default="")
     p.add_argument("--label", default="")
+    p.add_argument("--shim-root", default="", help="run the shim from this copy of the project "
+                   "(A/B a change to server/ without touching the checkout)")
     return p.parse_args(argv)
 
 
@@ -210,11 +215,13 @@ def main(argv=None) -> int:
     out = open(args.out, "a") if args.out else None
     counter = TokenCounter(str(MODEL_DIR))
     common = {"date": now_utc(), "machine": machine_info(), "label": args.label,
-              "pinned": bool(shim_cpus), "engine_api": args.engine_api}
+              "pinned": bool(shim_cpus), "engine_api": args.engine_api,
+              "shim_root": args.shim_root or "."}
     status = 0
     try:
         shim = start_shim(shim_port, f"http://127.0.0.1:{fake_port}", logs / "shim_overhead.log",
-                          {"RERANKER_ENGINE_API": args.engine_api})
+                          {"RERANKER_ENGINE_API": args.engine_api},
+                          Path(args.shim_root).resolve() if args.shim_root else ROOT)
         pin(shim.pid, shim_cpus)
         pin(0, client_cpus)
         procs = args.procs or max(1, min(4, len(client_cpus) or 1))

@@ -1,4 +1,5 @@
-"""JSON responses serialised with orjson (fast, and NaN-safe: orjson writes NaN as null)."""
+"""JSON responses serialised with orjson. Routes return these directly, so FastAPI skips its
+slower jsonable_encoder pass (orjson also writes NaN as null instead of failing)."""
 
 from __future__ import annotations
 

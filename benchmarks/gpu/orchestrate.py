@@ -155,9 +155,10 @@ def engine_facts(log_path: Path) -> dict:
 
     text = log_path.read_text(errors="replace")
     facts = {}
-    for key, pattern in (("torch_compile_s", r"torch\.compile takes ([\d.]+) s in total"),
+    for key, pattern in (("torch_compile_s", r"torch\.compile (?:took|takes) ([\d.]+) s in total"),
                          ("graph_capture_s", r"Graph capturing finished in ([\d.]+) secs"),
-                         ("engine_init_s", r"init engine .* took ([\d.]+) seconds"),
+                         ("engine_init_s", r"init engine .* took ([\d.]+) s"),
+                         ("weights_load_s", r"Loading weights took ([\d.]+) seconds"),
                          ("max_num_batched_tokens", r"max_num_batched_tokens=(\d+)"),
                          ("max_num_seqs", r"max_num_seqs=(\d+)"),
                          ("kv_cache_tokens", r"GPU KV cache size: ([\d,]+) tokens")):
@@ -350,9 +351,9 @@ def phase_levers(clock: Clock) -> None:
             loadgen(clock, f"shim-processes={n}", "seed,short", shim=s.urls, targets="shim",
                     est_s=25)
     # engine levers: each a launcher restart
-    for config, flags in (("mnbt=16384", ["--max-num-batched-tokens", "16384"]),
-                          ("mnbt=32768", ["--max-num-batched-tokens", "32768"]),
-                          ("prefix-caching=off", ["--enable-prefix-caching", "false"])):
+    for config, flags in (("mnbt=32768", ["--max-num-batched-tokens", "32768"]),
+                          ("prefix-caching=off", ["--enable-prefix-caching", "false"]),
+                          ("mnbt=16384", ["--max-num-batched-tokens", "16384"])):
         if clock.left() < 150:
             emit({"kind": "skipped", "config": config, "reason": "device-call budget"})
             continue

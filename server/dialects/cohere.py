@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.dialects.common import Document, document_texts, echo, ranking, score, search_units
+from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 
 router = APIRouter(tags=["cohere / jina"])
@@ -82,9 +83,9 @@ async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
 @router.post("/v1/rerank", responses={200: {"model": RerankResponse}},
              summary="Cohere v1 / Jina rerank")
 async def rerank_v1(body: RerankRequest, request: Request):
-    return await _rerank(body, request, "1")
+    return FastJSONResponse(await _rerank(body, request, "1"))
 
 
 @router.post("/v2/rerank", responses={200: {"model": RerankResponse}}, summary="Cohere v2 rerank")
 async def rerank_v2(body: RerankRequest, request: Request):
-    return await _rerank(body, request, "2")
+    return FastJSONResponse(await _rerank(body, request, "2"))

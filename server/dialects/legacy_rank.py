@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.dialects.common import ranking, score
+from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 
 router = APIRouter(tags=["legacy"])
@@ -34,7 +35,7 @@ class RankResponse(BaseModel):
              summary="Rank documents (legacy API): results sorted by score, rank from 1")
 async def rank(body: RankRequest, request: Request):
     result = await score(request, ScoreRequest(body.query, body.docs, body.instruction))
-    return {"results": [
+    return FastJSONResponse({"results": [
         {"doc": body.docs[i], "score": result.scores[i], "rank": r}
         for r, i in enumerate(ranking(result, None), start=1)
-    ]}
+    ]})

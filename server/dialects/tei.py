@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from server.dialects.common import Document, document_texts, echo, ranking, score
 from server.errors import ApiError
+from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 
 router = APIRouter(tags=["tei / seed"])
@@ -83,8 +84,8 @@ class SeedResponse(BaseModel):
                  SeedResponse.model_json_schema()]}}}}})
 async def rerank(request: Request, body: RerankBody = Body()):
     if isinstance(body, TeiRequest):
-        return await _tei(body, request)
-    return await _seed(body, request)
+        return FastJSONResponse(await _tei(body, request))
+    return FastJSONResponse(await _seed(body, request))
 
 
 async def _tei(body: TeiRequest, request: Request) -> list[dict]:

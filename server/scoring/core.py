@@ -121,6 +121,8 @@ class Scorer:
 
     async def _cut_query(self, query: str) -> str:
         limit = self.settings.max_query_tokens
+        if len(query) <= limit:  # a token is at least one character: nothing to cut
+            return query
         text = query[: limit * _MAX_CHARS_PER_TOKEN]
         piece = (await self._encode([text]))[0]
         if len(piece) <= limit:
@@ -153,13 +155,16 @@ class Scorer:
     @staticmethod
     def _job(key: str, text: str, piece: Piece, budget: int, max_chunks: int, precut: bool) -> _Job:
         n = len(piece)
+        if n <= budget and not precut:  # the common case: one whole document
+            return _Job(key, [piece.ids], [text[1:]], n, truncated=False)
+        ends = piece.ends
         starts = list(range(0, min(max(n, 1), budget * max_chunks), budget))
         chunks, texts = [], []
         for s in starts:
             e = min(s + budget, n)
             chunks.append(piece.ids[s:e])
-            lo = piece.ends[s - 1] if s else 1  # the first chunk drops the joining space
-            texts.append(text[lo: piece.ends[e - 1]] if e else "")
+            lo = ends[s - 1] if s else 1  # the first chunk drops the joining space
+            texts.append(text[lo: ends[e - 1]] if e else "")
         used = sum(len(c) for c in chunks)
         return _Job(key, chunks, texts, used, truncated=precut or used < n)
 

@@ -1,11 +1,16 @@
-"""The one place that talks to vLLM: a pooled async HTTP client and its failure mapping."""
+"""The one place that talks to vLLM: a pooled async HTTP client and its failure mapping.
+
+aiohttp, not httpx, on this hot path: profiled in front of an instant fake vLLM, httpx's
+connection pool (per-request scans of every pooled connection, socket readability checks) took
+60% of the shim's CPU; aiohttp's C parsers and pool cost a fraction (benchmarks/RESULTS.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-import httpx
+import aiohttp
 import orjson
 
 from server.errors import ApiError, EngineUnavailable
@@ -13,26 +18,27 @@ from server.errors import ApiError, EngineUnavailable
 # vLLM's uvicorn closes idle keep-alive connections after 5 s; expiring ours first avoids the
 # race where a request goes out on a connection the server is closing (facts.md).
 KEEPALIVE_EXPIRY_S = 3.0
-# Failures that happen before vLLM has seen the request: safe to retry (scoring is idempotent).
-_RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# Failures after the connection was made but before any response: the request may have been
+# sent on a connection the server was closing. Scoring is idempotent, so one retry is safe.
+_RETRYABLE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_JSON = {"content-type": "application/json"}
 
 
 class EngineClient:
-    def __init__(self, base_url: str, model_name: str, timeout: float, max_connections: int = 256):
+    def __init__(self, base_url: str, model_name: str, timeout: float, max_connections: int = 512):
         self.base_url = base_url
         self.model_name = model_name
-        self._client = httpx.AsyncClient(
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=2.0)
+        self._session = aiohttp.ClientSession(
             base_url=base_url,
-            timeout=httpx.Timeout(timeout, connect=2.0),
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections,
-                                keepalive_expiry=KEEPALIVE_EXPIRY_S),
+            connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=KEEPALIVE_EXPIRY_S),
+            timeout=self._timeout,
         )
         self.healthy = False
         self.last_failure = 0.0
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._session.close()
 
     # --- scoring ---------------------------------------------------------------------------
     async def classify(self, prompts: list[list[int]], raw: bool) -> list[float]:
@@ -53,31 +59,34 @@ class EngineClient:
 
     async def _post(self, path: str, body: dict) -> dict:
         content = orjson.dumps(body)
-        headers = {"content-type": "application/json"}
         for attempt in (0, 1):
             try:
-                response = await self._client.post(path, content=content, headers=headers)
+                async with self._session.post(path, data=content, headers=_JSON) as response:
+                    payload = await response.read()
+                    return self._result(response.status, payload)
+            except aiohttp.ClientConnectorError as exc:  # nothing listens: the engine is down
+                self._mark_down()
+                raise EngineUnavailable("engine unreachable: connection refused") from exc
             except _RETRYABLE as exc:
-                if attempt == 0 and not isinstance(exc, httpx.ConnectError):
+                if attempt == 0:
                     continue
                 self._mark_down()
                 raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
-            except httpx.TimeoutException as exc:
+            except asyncio.TimeoutError as exc:
                 raise ApiError(504, "the engine did not answer in time", "timeout") from exc
-            return self._result(response)
         raise AssertionError("unreachable")
 
-    def _result(self, response: httpx.Response) -> dict:
-        if response.status_code == 200:
+    def _result(self, status: int, payload: bytes) -> dict:
+        if status == 200:
             self.healthy = True
-            return orjson.loads(response.content)
-        message = _error_message(response)
-        if response.status_code in (400, 422):
+            return orjson.loads(payload)
+        message = _error_message(payload)
+        if status in (400, 422):
             raise ApiError(400, f"rejected by the engine: {message}", "invalid_request")
-        if response.status_code in (429, 503):
+        if status in (429, 503):
             raise EngineUnavailable(f"engine busy or unavailable: {message}")
         self._mark_down()
-        raise EngineUnavailable(f"engine error {response.status_code}: {message}")
+        raise EngineUnavailable(f"engine error {status}: {message}")
 
     def _mark_down(self) -> None:
         self.healthy = False
@@ -86,9 +95,9 @@ class EngineClient:
     # --- health and metrics -------------------------------------------------------------------
     async def check_health(self) -> bool:
         try:
-            response = await self._client.get("/health", timeout=2.0)
-            self.healthy = response.status_code == 200
-        except httpx.HTTPError:
+            async with self._session.get("/health", timeout=aiohttp.ClientTimeout(total=2.0)) as r:
+                self.healthy = r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
             self.healthy = False
         return self.healthy
 
@@ -100,17 +109,17 @@ class EngineClient:
 
     async def metrics_text(self) -> str:
         try:
-            response = await self._client.get("/metrics", timeout=5.0)
-        except httpx.HTTPError as exc:
+            async with self._session.get("/metrics", timeout=aiohttp.ClientTimeout(total=5.0)) as r:
+                return await r.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise EngineUnavailable("engine metrics unreachable") from exc
-        return response.text
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(payload: bytes) -> str:
     try:
-        data = response.json()
-    except ValueError:
-        return response.text[:300]
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload[:300].decode("utf-8", "replace")
     if isinstance(data, dict):
         error = data.get("error", data)
         if isinstance(error, dict):

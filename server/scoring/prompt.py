@@ -15,8 +15,6 @@ tests/unit/test_prompt.py proves it against whole-string tokenisation with the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and "
     'the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
@@ -24,6 +22,7 @@ PREFIX = (
 )
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
+_BATCH_FROM = 8
 # Where the template's own special tokens end and user-influenced text begins.
 _TEMPLATE_HEAD = PREFIX[: -len("user\n")]
 
@@ -37,12 +36,19 @@ def head_text(query: str, instruction: str) -> str:
     return f"user\n<Instruct>: {instruction}\n<Query>: {query}\n<Document>:"
 
 
-@dataclass(frozen=True)
 class Piece:
-    """Token ids of a piece of user text, with the end offset (in characters) of each token."""
+    """Token ids of a piece of user text; `ends` (end offset in characters of each token) is
+    only built when a cut or a text slice needs it."""
 
-    ids: list[int]
-    ends: list[int]
+    __slots__ = ("_encoding", "ids")
+
+    def __init__(self, encoding) -> None:
+        self._encoding = encoding
+        self.ids: list[int] = encoding.ids
+
+    @property
+    def ends(self) -> list[int]:
+        return [end for _, end in self._encoding.offsets]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -65,8 +71,9 @@ class PromptEncoder:
         return len(self.template_head) + len(self.template_tail)
 
     def encode_plain(self, texts: list[str]) -> list[Piece]:
-        encodings = self._plain.encode_batch(texts, add_special_tokens=False)
-        return [Piece(e.ids, [end for _, end in e.offsets]) for e in encodings]
+        if len(texts) < _BATCH_FROM:  # the batch call's thread-pool hand-off costs more here
+            return [Piece(self._plain.encode(t, add_special_tokens=False)) for t in texts]
+        return [Piece(e) for e in self._plain.encode_batch(texts, add_special_tokens=False)]
 
     def head(self, query: str, instruction: str) -> list[int]:
         return self.encode_plain([head_text(query, instruction)])[0].ids
