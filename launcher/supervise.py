@@ -20,6 +20,8 @@ import time
 
 import httpx
 
+from launcher.vllm_args import vllm_environment
+
 log = logging.getLogger("launcher")
 _POLL_S = 0.5
 _PROGRESS_EVERY_S = 10.0
@@ -71,7 +73,8 @@ class Supervisor:
     # --- vLLM ------------------------------------------------------------------------------
     def _start_vllm_and_wait(self) -> None:
         log.info("starting vLLM", extra={"argv": self.vllm_cmd})
-        self.vllm = subprocess.Popen(self.vllm_cmd, start_new_session=True)
+        self.vllm = subprocess.Popen(self.vllm_cmd, env=vllm_environment(os.environ),
+                                     start_new_session=True)
         self._wait_healthy()
 
     def _wait_healthy(self) -> None:

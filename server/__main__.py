@@ -85,7 +85,7 @@ def supervise_workers(settings: Settings) -> int:
     def start() -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "server"], env=env, pass_fds=[sock.fileno()])
 
-    workers = [start() for _ in range(settings.workers)]
+    workers = [start() for _ in range(settings.shim_workers)]
     stopping = False
 
     def on_signal(signum, frame):
@@ -121,7 +121,7 @@ def main() -> None:
     if LISTEN_FD_ENV in os.environ:  # a worker of the pre-fork supervisor
         sock = socket.socket(fileno=int(os.environ[LISTEN_FD_ENV]))
         serve(settings, sock)
-    elif settings.workers > 1:
+    elif settings.shim_workers > 1:
         sys.exit(supervise_workers(settings))
     else:
         serve(settings)

@@ -55,8 +55,9 @@ class Settings(BaseSettings):
     dtype: str = "auto"
     gpu_memory_utilization: float | None = None
     max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    enable_prefix_caching: bool | None = Field(None, description="None = vLLM default (on)")
+    max_num_batched_tokens: int | None = Field(
+        None, description="unset: 32768 when a GPU is visible (measured +20% on rag), else vLLM's")
+    enable_prefix_caching: bool = Field(True, description="the shared instruction+query prefix")
     enforce_eager: bool = False
     tensor_parallel_size: int = 1
     vllm_shutdown_timeout: int = Field(30, description="vLLM --shutdown-timeout: drain seconds")
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_documents: bool = Field(False, description="log document and query text (off: privacy)")
-    workers: int = Field(1, description="uvicorn worker processes for the shim")
+    workers: int = Field(0, description="shim worker processes; 0 = auto (one per 4 CPUs, 1..4)")
 
     @field_validator("extra_vllm_args", "trusted_proxies", "api_keys", mode="before")
     @classmethod
@@ -120,6 +121,14 @@ class Settings(BaseSettings):
         return _split_list(value)
 
     # --- derived -------------------------------------------------------------------------------
+    @property
+    def shim_workers(self) -> int:
+        if self.workers > 0:
+            return self.workers
+        import os
+
+        return max(1, min(4, (os.cpu_count() or 1) // 4))
+
     @property
     def model_path(self) -> str:
         return self.model or DEMO_MODEL_DIR
@@ -139,9 +148,9 @@ class Settings(BaseSettings):
         with N workers each enforces 1/N (rounded up). A client whose keep-alive connection
         sticks to one worker therefore gets 1/N of its rate budget: for exact per-client limits
         run one worker or limit at the proxy."""
-        if self.workers <= 1:
+        n = self.shim_workers
+        if n <= 1:
             return self
-        n = self.workers
         share = {"max_inflight_pairs": -(-self.max_inflight_pairs // n),
                  "max_inflight_tokens": -(-self.max_inflight_tokens // n)}
         if self.rate_limit:

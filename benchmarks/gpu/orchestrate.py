@@ -352,7 +352,7 @@ def phase_levers(clock: Clock) -> None:
                     est_s=25)
     # engine levers: each a launcher restart
     for config, flags in (("mnbt=32768", ["--max-num-batched-tokens", "32768"]),
-                          ("prefix-caching=off", ["--enable-prefix-caching", "false"]),
+                          ("prefix-caching=off", ["--no-enable-prefix-caching"]),
                           ("mnbt=16384", ["--max-num-batched-tokens", "16384"])):
         if clock.left() < 150:
             emit({"kind": "skipped", "config": config, "reason": "device-call budget"})

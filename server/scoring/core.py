@@ -121,7 +121,7 @@ class Scorer:
 
     async def _cut_query(self, query: str) -> str:
         limit = self.settings.max_query_tokens
-        if len(query) <= limit:  # a token is at least one character: nothing to cut
+        if len(query.encode("utf-8")) <= limit:  # a byte-level BPE token covers >= 1 byte
             return query
         text = query[: limit * _MAX_CHARS_PER_TOKEN]
         piece = (await self._encode([text]))[0]

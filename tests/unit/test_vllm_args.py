@@ -16,7 +16,7 @@ def flag(cmd, name):
 def test_every_sre_knob_maps_to_its_vllm_flag():
     s = parse(["--model", "/m", "--served-model-name", "rr", "--vllm-host", "0.0.0.0", "--vllm-port", "9001",
                "--max-model-len", "4096", "--dtype", "bfloat16", "--gpu-memory-utilization", "0.5",
-               "--max-num-seqs", "256", "--max-num-batched-tokens", "16384", "--enable-prefix-caching", "false",
+               "--max-num-seqs", "256", "--max-num-batched-tokens", "16384", "--no-enable-prefix-caching",
                "--enforce-eager", "--tensor-parallel-size", "2", "--vllm-shutdown-timeout", "45"])
     cmd = build_vllm_command(s, architectures=["Qwen3ForCausalLM"], python="py")
     assert cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
@@ -29,11 +29,33 @@ def test_every_sre_knob_maps_to_its_vllm_flag():
     assert "--no-enable-prefix-caching" in cmd and "--enforce-eager" in cmd
 
 
-def test_unset_optional_flags_are_left_to_vllm():
-    cmd = build_vllm_command(Settings(model="/m"), architectures=["Qwen3ForCausalLM"])
+def test_unset_optional_flags_are_left_to_vllm_on_cpu():
+    cmd = build_vllm_command(Settings(model="/m"), architectures=["Qwen3ForCausalLM"], gpu=False)
     for name in ("--gpu-memory-utilization", "--max-num-seqs", "--max-num-batched-tokens",
-                 "--enable-prefix-caching", "--no-enable-prefix-caching", "--enforce-eager"):
+                 "--no-enable-prefix-caching", "--enforce-eager"):
         assert name not in cmd
+    assert "--enable-prefix-caching" in cmd  # explicit: the shared query prefix is the point
+
+
+def test_gpu_default_batches_32k_tokens_per_step_unless_set():
+    s = Settings(model="/m")
+    assert flag(build_vllm_command(s, ["Qwen3ForCausalLM"], gpu=True), "--max-num-batched-tokens") == "32768"
+    s = Settings(model="/m", max_num_batched_tokens=8192)
+    assert flag(build_vllm_command(s, ["Qwen3ForCausalLM"], gpu=True), "--max-num-batched-tokens") == "8192"
+
+
+def test_one_cache_volume_holds_every_compile_cache():
+    from launcher.vllm_args import vllm_environment
+
+    env = vllm_environment({"VLLM_CACHE_ROOT": "/cache/vllm"})
+    assert env["TORCHINDUCTOR_CACHE_DIR"].startswith("/cache/vllm")
+    assert env["TRITON_CACHE_DIR"].startswith("/cache/vllm")
+    assert vllm_environment({"VLLM_CACHE_ROOT": "/c", "TRITON_CACHE_DIR": "/t"})["TRITON_CACHE_DIR"] == "/t"
+
+
+def test_boolean_settings_are_switches():
+    s = parse(["--score-cache", "--no-enable-prefix-caching", "--enforce-eager"])
+    assert s.score_cache and not s.enable_prefix_caching and s.enforce_eager
 
 
 def test_original_checkpoint_gets_qwen3_overrides_and_seq_cls_does_not():
