@@ -315,7 +315,7 @@ def shim_overhead(clock: Clock, est_s: float = 90) -> None:
 
 
 # --- phases ------------------------------------------------------------------------------------
-BASE_FLAGS: list[str] = []  # the launcher's defaults: engine-api tokens, vLLM's own batch sizes
+BASE_FLAGS: list[str] = []  # the launcher's defaults: token path, 32k batched tokens on GPU, auto workers
 
 
 def phase_baseline(clock: Clock) -> None:
