@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ratelimiter = RateLimiter(settings.rate_limit, settings.trusted_proxies, metrics)
     install_error_handlers(app)
     app.include_router(health.router)
+    # With neither auth nor rate limits configured, the guard would only cost time per request.
+    guarded = app.state.auth.enabled or app.state.ratelimiter.item is not None
     for dialect in (legacy_rank, cohere, tei):
-        app.include_router(dialect.router, dependencies=[Depends(guard)])
+        app.include_router(dialect.router, dependencies=[Depends(guard)] if guarded else [])
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 
 import orjson
 
@@ -88,7 +88,7 @@ def _request_id(scope) -> str:
             text = value.decode("latin-1")
             if _SAFE_ID.match(text):
                 return text
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def _declared_length(scope) -> int:

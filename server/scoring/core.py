@@ -198,6 +198,10 @@ class Scorer:
 
     async def _score_slices(self, prompts, texts, query, instruction, raw) -> list[float]:
         size = self.settings.pairs_per_engine_call
+        if len(prompts) <= size:  # one call: no task fan-out
+            if self.settings.engine_api == "rerank":
+                return await self.engine.rerank(query, texts, instruction, raw)
+            return await self.engine.classify(prompts, raw)
         slices = [slice(i, i + size) for i in range(0, len(prompts), size)]
         if self.settings.engine_api == "rerank":
             calls = [self.engine.rerank(query, texts[s], instruction, raw) for s in slices]

@@ -23,6 +23,7 @@ PREFIX = (
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 _BATCH_FROM = 8
+_INSTRUCTION_CACHE = 1024
 # Where the template's own special tokens end and user-influenced text begins.
 _TEMPLATE_HEAD = PREFIX[: -len("user\n")]
 
@@ -33,7 +34,15 @@ def render(query: str, document: str, instruction: str) -> str:
 
 
 def head_text(query: str, instruction: str) -> str:
-    return f"user\n<Instruct>: {instruction}\n<Query>: {query}\n<Document>:"
+    return instruction_text(instruction) + query_text(query)
+
+
+def instruction_text(instruction: str) -> str:
+    return f"user\n<Instruct>: {instruction}\n"
+
+
+def query_text(query: str) -> str:
+    return f"<Query>: {query}\n<Document>:"
 
 
 class Piece:
@@ -65,6 +74,7 @@ class PromptEncoder:
         self._plain.encode_special_tokens = True  # user text never yields special tokens
         self.template_head = self._special.encode(_TEMPLATE_HEAD, add_special_tokens=False).ids
         self.template_tail = self._special.encode(SUFFIX, add_special_tokens=False).ids
+        self._instructions: dict[str, list[int]] = {}
 
     @property
     def template_tokens(self) -> int:
@@ -76,7 +86,19 @@ class PromptEncoder:
         return [Piece(e) for e in self._plain.encode_batch(texts, add_special_tokens=False)]
 
     def head(self, query: str, instruction: str) -> list[int]:
-        return self.encode_plain([head_text(query, instruction)])[0].ids
+        # The instruction part ends in "\n" and the query part starts with "<": a pre-token
+        # always ends there, so the parts tokenise separately exactly as together, and the
+        # instruction part (nearly always the same few strings) is tokenised once.
+        return self._instruction_ids(instruction) + self.encode_plain([query_text(query)])[0].ids
+
+    def _instruction_ids(self, instruction: str) -> list[int]:
+        ids = self._instructions.get(instruction)
+        if ids is None:
+            ids = self.encode_plain([instruction_text(instruction)])[0].ids
+            if len(self._instructions) >= _INSTRUCTION_CACHE:
+                self._instructions.clear()
+            self._instructions[instruction] = ids
+        return ids
 
     def documents(self, documents: list[str]) -> list[Piece]:
         """Each document as it follows "<Document>:" (with its leading space)."""
