@@ -40,7 +40,7 @@ if [ ! -f /tmp/site/.bench-wheels-done ] && ls .whl/*.whl >/dev/null 2>&1; then
   touch /tmp/site/.bench-wheels-done
 fi
 export PYTHONPATH=/tmp/site:$PWD
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 # the Qwen BPE ranks for the demo-model builder (the device cannot download them)
 if [ -f .cache/qwen.tiktoken ]; then export RERANKER_CACHE_DIR=$PWD/.cache
 elif [ -f .whl/qwen.tiktoken ]; then export RERANKER_CACHE_DIR=$PWD/.whl; fi
