@@ -198,16 +198,15 @@ class Scorer:
 
     async def _score_slices(self, prompts, texts, query, instruction, raw) -> list[float]:
         size = self.settings.pairs_per_engine_call
-        if len(prompts) <= size:  # one call: no task fan-out
+
+        def call(part: slice):
             if self.settings.engine_api == "rerank":
-                return await self.engine.rerank(query, texts, instruction, raw)
-            return await self.engine.classify(prompts, raw)
-        slices = [slice(i, i + size) for i in range(0, len(prompts), size)]
-        if self.settings.engine_api == "rerank":
-            calls = [self.engine.rerank(query, texts[s], instruction, raw) for s in slices]
-        else:
-            calls = [self.engine.classify(prompts[s], raw) for s in slices]
-        results = await asyncio.gather(*calls)
+                return self.engine.rerank(query, texts[part], instruction, raw)
+            return self.engine.classify(prompts[part], raw)
+
+        if len(prompts) <= size:  # one call: no task fan-out
+            return await call(slice(None))
+        results = await asyncio.gather(*(call(slice(i, i + size)) for i in range(0, len(prompts), size)))
         return [score for part in results for score in part]
 
     # --- cache -----------------------------------------------------------------------------------
