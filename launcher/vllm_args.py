@@ -10,6 +10,7 @@ TEMPLATE = Path(__file__).parent / "templates" / "qwen3_reranker.jinja"
 # Tokens per engine step on GPUs: rag throughput +19-22% and p95 189 -> 153 ms over vLLM's
 # 8192 on an H200 (benchmarks/RESULTS.md). A reranker only prefills, so bigger steps pay.
 GPU_BATCHED_TOKENS = 32768
+CPU_KVCACHE_GIB = "2"  # ~18k tokens of Qwen3-Reranker-0.6B KV cache
 
 # Turns an original Qwen3-Reranker (a causal LM) into a one-logit classifier whose weight row
 # is W[yes] - W[no], so sigmoid(logit) = softmax over (no, yes) = P(yes).
@@ -46,10 +47,15 @@ def gpu_visible() -> bool:
     return Path("/dev/nvidiactl").exists()
 
 
-def vllm_environment(base: dict[str, str]) -> dict[str, str]:
+def vllm_environment(base: dict[str, str], gpu: bool | None = None) -> dict[str, str]:
     """One persistent volume at VLLM_CACHE_ROOT should hold every compile cache, so a restart
-    reuses torch.compile (inductor) and Triton artefacts too, not only vLLM's own."""
+    reuses torch.compile (inductor) and Triton artefacts too, not only vLLM's own.
+
+    On the CPU build, vLLM otherwise sizes its KV cache as a share (0.92) of all memory and
+    refuses to start when other processes hold some of it; a fixed space starts anywhere."""
     env = dict(base)
+    if not (gpu_visible() if gpu is None else gpu):
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
     root = env.get("VLLM_CACHE_ROOT")
     if root:
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", f"{root}/inductor")

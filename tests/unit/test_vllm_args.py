@@ -53,6 +53,14 @@ def test_one_cache_volume_holds_every_compile_cache():
     assert vllm_environment({"VLLM_CACHE_ROOT": "/c", "TRITON_CACHE_DIR": "/t"})["TRITON_CACHE_DIR"] == "/t"
 
 
+def test_cpu_build_gets_a_fixed_kv_cache_space_unless_set():
+    from launcher.vllm_args import vllm_environment
+
+    assert vllm_environment({}, gpu=False)["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert vllm_environment({"VLLM_CPU_KVCACHE_SPACE": "8"}, gpu=False)["VLLM_CPU_KVCACHE_SPACE"] == "8"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in vllm_environment({}, gpu=True)
+
+
 def test_boolean_settings_are_switches():
     s = parse(["--score-cache", "--no-enable-prefix-caching", "--enforce-eager"])
     assert s.score_cache and not s.enable_prefix_caching and s.enforce_eager
