@@ -24,9 +24,14 @@ async def score(request: Request, req: ScoreRequest) -> ScoreResult:
     scorer = request.app.state.scorer
     if len(req.documents) < _WATCH_FROM_DOCS:
         result = await scorer.score(req)
-        request.app.state.metrics.tokens.inc(result.prompt_tokens)
-        return result
-    work = asyncio.ensure_future(scorer.score(req))
+    else:
+        result = await _cancel_on_disconnect(request, scorer.score(req))
+    request.app.state.metrics.tokens.inc(result.prompt_tokens)
+    return result
+
+
+async def _cancel_on_disconnect(request: Request, coro) -> ScoreResult:
+    work = asyncio.ensure_future(coro)
     watch = asyncio.ensure_future(_disconnected(request))
     try:
         done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -35,9 +40,7 @@ async def score(request: Request, req: ScoreRequest) -> ScoreResult:
     if work not in done:
         work.cancel()
         raise ApiError(499, "client closed the request", "client_closed")
-    result = work.result()
-    request.app.state.metrics.tokens.inc(result.prompt_tokens)
-    return result
+    return work.result()
 
 
 async def _disconnected(request: Request) -> None:
