@@ -163,10 +163,19 @@ def test_too_many_documents_names_the_limit(service):
 
 def test_openapi_documents_every_endpoint_with_an_example(service):
     spec = httpx.get(service.url + "/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def body_models(schema):
+        refs = [schema] if "$ref" in schema else schema.get("anyOf", [])
+        return [schemas[r["$ref"].rsplit("/", 1)[1]] for r in refs]
+
     for path in ("/v1/rank", "/v1/rerank", "/v2/rerank", "/rerank"):
-        op = spec["paths"][path]["post"]
-        assert "requestBody" in op
-        assert "examples" in str(spec), path
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        models = body_models(body)
+        assert models, path
+        for model in models:  # every accepted body shape carries a worked example
+            assert model.get("examples"), (path, model.get("title"))
+            assert set(model["required"]) <= set(model["examples"][0]), (path, model.get("title"))
     assert httpx.get(service.url + "/docs").status_code == 200
 
 
