@@ -8,7 +8,6 @@ connection pool (per-request scans of every pooled connection, socket readabilit
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import orjson
@@ -35,7 +34,6 @@ class EngineClient:
             timeout=self._timeout,
         )
         self.healthy = False
-        self.last_failure = 0.0
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -90,7 +88,6 @@ class EngineClient:
 
     def _mark_down(self) -> None:
         self.healthy = False
-        self.last_failure = time.monotonic()
 
     # --- health and metrics -------------------------------------------------------------------
     async def check_health(self) -> bool:

@@ -61,3 +61,15 @@ def test_max_tokens_per_doc_cuts_each_document(service, reference, pieces, long_
     r = service.post("/v2/rerank", {"query": QUERY, "documents": [long_doc], "max_tokens_per_doc": 100})
     score = r.json()["results"][0]["relevance_score"]
     assert score == pytest.approx(reference.score_ids(enc.assemble(head, doc_ids[:100])), abs=1e-3)
+
+
+def test_server_setting_chunks_long_documents_when_the_request_does_not_say(extra_shim, service, long_doc):
+    shim = extra_shim(chunk_long_documents="true", max_chunks_per_doc="10")
+    import httpx
+
+    by_setting = httpx.post(shim.url + "/v1/rank", json={"query": QUERY, "docs": [long_doc]}, timeout=300)
+    asked = service.post("/v1/rerank", {"query": QUERY, "documents": [long_doc], "max_chunks_per_doc": 10})
+    cut = service.post("/v1/rerank", {"query": QUERY, "documents": [long_doc]})
+    score = by_setting.json()["results"][0]["score"]
+    assert score == pytest.approx(asked.json()["results"][0]["relevance_score"], abs=1e-6)
+    assert by_setting.status_code == 200 and score >= cut.json()["results"][0]["relevance_score"] - 1e-6
