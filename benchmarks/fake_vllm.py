@@ -16,7 +16,12 @@ import orjson
 _JSON = [(b"content-type", b"application/json")]
 
 
+CONSTANT: float | None = None  # --constant P: every score is P (a broken engine, for tests)
+
+
 def _prob(seed: int) -> float:
+    if CONSTANT is not None:
+        return CONSTANT
     return ((seed * 2654435761) % 1000) / 1000.0
 
 
@@ -82,7 +87,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--constant", type=float, default=None, help="answer this score for everything")
     args = parser.parse_args(argv)
+    global CONSTANT
+    CONSTANT = args.constant
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                 loop="auto", http="auto", timeout_keep_alive=30)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
@@ -34,6 +35,27 @@ async def guard(request: Request) -> None:
     state.ratelimiter.check(request, identity)
 
 
+async def watch_engine_once(app: FastAPI) -> None:
+    """Refresh engine health; each time the engine (re)appears, prove it scores for real."""
+    state = app.state
+    up = await state.engine.check_health()
+    if not up:
+        state.engine_verified = False
+    elif not state.engine_verified:
+        try:
+            state.engine_verified = await state.scorer.canary()
+        except Exception:  # any failure to score means not verified; the next tick retries
+            logging.getLogger("server").warning("engine canary failed", exc_info=True)
+            state.engine_verified = False
+
+
+async def watch_engine(app: FastAPI, interval: float = 1.0) -> None:
+    """Keep health and the canary verdict current so probes answer without a round trip."""
+    while True:
+        await asyncio.sleep(interval)
+        await watch_engine_once(app)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = (settings or Settings()).per_worker()
     metrics = Metrics()
@@ -46,8 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               settings.retry_after_seconds, metrics)
         app.state.engine = engine
         app.state.scorer = Scorer(settings, encoder, engine, admission, metrics)
-        watcher = asyncio.create_task(engine.watch_health())
-        await engine.check_health()
+        await watch_engine_once(app)
+        watcher = asyncio.create_task(watch_engine(app))
         try:
             yield
         finally:
@@ -59,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.draining = False
+    app.state.engine_verified = False
     app.state.auth = Authenticator(settings)
     app.state.ratelimiter = RateLimiter(settings.rate_limit, settings.trusted_proxies, metrics)
     install_error_handlers(app)

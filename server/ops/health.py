@@ -2,7 +2,8 @@
 
 /livez   the shim process is alive (Kubernetes liveness: never fails while the model loads)
 /health  200 {"status": "ok"} when the service can score; 503 otherwise (alias /healthz)
-/ready   readiness: vLLM up with the model loaded and not draining; turns 503 first on SIGTERM
+/ready   readiness: vLLM up with the model loaded, scoring for real (a canary pair must not score
+         the same), and not draining; turns 503 first on SIGTERM
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ async def ready(request: Request):
         reason = "draining"
     elif state["engine"] != "up":
         reason = "engine not ready"
+    elif not request.app.state.engine_verified:
+        reason = "engine canary failed: two unrelated documents score the same"
     else:
         return {"status": "ready", **state}
     return FastJSONResponse({"status": "not_ready", "reason": reason, **state}, status_code=503)

@@ -27,6 +27,11 @@ _MAX_CHARS_PER_TOKEN = 32
 _INLINE_TOKENIZE_CHARS = 20_000
 
 
+_CANARY_QUERY = "what is the capital of France"
+_CANARY_DOCS = ("Paris is the capital and largest city of France.",
+                "Bananas are rich in potassium and grow in tropical climates.")
+
+
 @dataclass
 class ScoreRequest:
     query: str
@@ -100,6 +105,16 @@ class Scorer:
         jobs = await self._jobs(docs, keys, budget, chunks)
         self._check_request_tokens(jobs)
         return await self._run(jobs, head, query, instruction, req.raw)
+
+    async def canary(self) -> bool:
+        """Two unrelated documents must not score the same: a loaded engine that returns one
+        constant (vLLM #27857: 0.5 for everything) or a lost template would pass /health."""
+        instruction = self.settings.default_instruction
+        head = self.encoder.head(_CANARY_QUERY, instruction)
+        docs = [p.ids for p in self.encoder.documents(list(_CANARY_DOCS))]
+        prompts = [self.encoder.assemble(head, d) for d in docs]
+        a, b = await self._score_slices(prompts, list(_CANARY_DOCS), _CANARY_QUERY, instruction, False)
+        return abs(a - b) > 1e-6
 
     # --- request shaping ---------------------------------------------------------------------
     def _validate(self, req: ScoreRequest) -> None:

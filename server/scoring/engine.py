@@ -98,12 +98,6 @@ class EngineClient:
             self.healthy = False
         return self.healthy
 
-    async def watch_health(self, interval: float = 1.0) -> None:
-        """Keep `healthy` current so readiness answers without a round trip."""
-        while True:
-            await self.check_health()
-            await asyncio.sleep(interval)
-
     async def metrics_text(self) -> str:
         try:
             async with self._session.get("/metrics", timeout=aiohttp.ClientTimeout(total=5.0)) as r:

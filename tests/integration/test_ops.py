@@ -177,3 +177,38 @@ def test_several_workers_share_the_port_merge_metrics_and_drain(extra_shim):
     assert 'reranker_request_total{endpoint="/v1/rank",status="200"} 24.0' in text
     assert shim.stop(timeout=60) == 0
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_readiness_refuses_an_engine_returning_constant_scores_fake_engine(tmp_path):
+    """A fake vLLM that answers 0.5 for everything (the failure of vLLM #27857): real vLLM
+    cannot be made to do this, so a fake engine stands in. /health says the engine is up, but
+    the service must not take traffic."""
+    import subprocess
+    import sys
+
+    from tests.conftest import MODEL_DIR, ROOT, engine_env, free_port
+
+    fake_port, port = free_port(), free_port()
+    fake = subprocess.Popen([sys.executable, "-m", "benchmarks.fake_vllm", "--port", str(fake_port),
+                             "--constant", "0.5"], cwd=ROOT)
+    env = engine_env(RERANKER_MODEL=str(MODEL_DIR), RERANKER_VLLM_URL=f"http://127.0.0.1:{fake_port}",
+                     RERANKER_PORT=str(port), RERANKER_HOST="127.0.0.1", RERANKER_RATE_LIMIT="")
+    shim = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env,
+                            stdout=open(tmp_path / "shim.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        time.sleep(1.5)  # a few watcher ticks
+        ready = httpx.get(url + "/ready")
+        assert ready.status_code == 503 and "canary" in ready.json()["reason"]
+    finally:
+        shim.terminate()
+        fake.terminate()
+        shim.wait(30)
+        fake.wait(30)
