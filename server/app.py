@@ -7,7 +7,6 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
-from server.responses import FastJSONResponse
 
 from server.dialects import cohere, legacy_rank, tei
 from server.errors import install_error_handlers
@@ -17,6 +16,7 @@ from server.ops.auth import Authenticator
 from server.ops.metrics import Metrics
 from server.ops.middleware import ServiceMiddleware
 from server.ops.ratelimit import RateLimiter
+from server.responses import FastJSONResponse
 from server.scoring.core import Scorer
 from server.scoring.engine import EngineClient
 from server.scoring.prompt import PromptEncoder

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from server.responses import FastJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.responses import FastJSONResponse
 
 
 class ApiError(Exception):

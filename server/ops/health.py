@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+
 from server.responses import FastJSONResponse
 
 router = APIRouter(tags=["operations"])

@@ -30,7 +30,7 @@ class ServiceMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        request_id = _request_id(scope)
+        request_id, declared_length = _read_headers(scope)
         scope["request_id"] = request_id
         path = scope["path"]
         endpoint = path if path in _ENDPOINTS else None
@@ -44,7 +44,7 @@ class ServiceMiddleware:
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
             await send(message)
 
-        if _declared_length(scope) > self.max_body:
+        if declared_length > self.max_body:
             return await self._too_large(scope, send_wrapper)
         received = 0
 
@@ -82,23 +82,20 @@ class ServiceMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _request_id(scope) -> str:
+def _read_headers(scope) -> tuple[str, int]:
+    """The request id (the client's if it is safe, else a new one) and the declared length."""
+    request_id, length = "", 0
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
             text = value.decode("latin-1")
             if _SAFE_ID.match(text):
-                return text
-    return secrets.token_hex(16)
-
-
-def _declared_length(scope) -> int:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
+                request_id = text
+        elif name == b"content-length":
             try:
-                return int(value)
+                length = int(value)
             except ValueError:
-                return 0
-    return 0
+                length = 0
+    return request_id or secrets.token_hex(16), length
 
 
 def _access_log(scope, request_id: str, status: int, elapsed: float) -> None:

@@ -108,12 +108,12 @@ class Scorer:
 
     async def canary(self) -> bool:
         """Two unrelated documents must not score the same: a loaded engine that returns one
-        constant (vLLM #27857: 0.5 for everything) or a lost template would pass /health."""
-        instruction = self.settings.default_instruction
-        head = self.encoder.head(_CANARY_QUERY, instruction)
-        docs = [p.ids for p in self.encoder.documents(list(_CANARY_DOCS))]
-        prompts = [self.encoder.assemble(head, d) for d in docs]
-        a, b = await self._score_slices(prompts, list(_CANARY_DOCS), _CANARY_QUERY, instruction, False)
+        constant (vLLM #27857: 0.5 for everything) or a lost template would pass /health.
+        Scored through the normal path, but past the cache, which could hide a broken engine."""
+        docs = list(_CANARY_DOCS)
+        computed = await self._compute(ScoreRequest(_CANARY_QUERY, docs),
+                                       self.settings.default_instruction, docs, {d: d for d in docs})
+        a, b = (computed[d][0] for d in docs)
         return abs(a - b) > 1e-6
 
     # --- request shaping ---------------------------------------------------------------------
