@@ -13,4 +13,5 @@ serve: setup
 
 test:
 	SETUP_TEST_TOOLS=1 ./scripts/setup.sh
-	.venv/bin/python -m pytest -q -rs $(ARGS)
+	# a safety net: a hung run fails in 50 minutes instead of eating CI's 90 (the suite takes ~6)
+	timeout -k 60 3000 .venv/bin/python -m pytest -q -rs $(ARGS)

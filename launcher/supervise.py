@@ -43,6 +43,7 @@ class Supervisor:
         self.vllm: subprocess.Popen | None = None
         self.shim: subprocess.Popen | None = None
         self.stopping = False
+        self.shim_signalled = False
         self.restarts: list[float] = []
 
     # --- entry -----------------------------------------------------------------------------
@@ -69,6 +70,11 @@ class Supervisor:
     def _on_signal(self, signum, frame) -> None:
         log.info("shutdown requested", extra={"signal": signum})
         self.stopping = True
+        # Readiness must fail at once, not after the next poll of the main loop: pass the signal
+        # on now so the shim starts draining. A second signal reaches the shim too (stop now).
+        if self.shim is not None and self.shim.poll() is None:
+            self.shim.send_signal(signum)
+            self.shim_signalled = True
 
     # --- vLLM ------------------------------------------------------------------------------
     def _start_vllm_and_wait(self) -> None:
@@ -145,7 +151,8 @@ class Supervisor:
     def _shutdown(self) -> None:
         s = self.settings
         if self.shim is not None:
-            _stop(self.shim, s.drain_delay + s.drain_timeout + 5, "shim")
+            _stop(self.shim, s.drain_delay + s.drain_timeout + 5, "shim",
+                  signalled=self.shim_signalled)
         if self.vllm is not None:
             _stop(self.vllm, s.vllm_shutdown_timeout + 15, "vLLM")
 
@@ -157,11 +164,12 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen, timeout: float, name: str) -> None:
+def _stop(proc: subprocess.Popen, timeout: float, name: str, signalled: bool = False) -> None:
     if proc.poll() is not None:
         return
     log.info(f"stopping {name}", extra={"pid": proc.pid, "timeout_s": timeout})
-    proc.send_signal(signal.SIGTERM)
+    if not signalled:  # a second SIGTERM would mean "stop now" to the shim, not "drain"
+        proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,13 +50,48 @@ class Service:
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 120) -> int:
         if self.proc.poll() is None:
+            # vLLM and the shim run in sessions of their own: remember them, so a launcher that is
+            # killed (or fails to stop them) leaves nothing running after the test
+            tree = descendants(self.proc.pid)
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+            kill_all(tree)
         return self.proc.returncode
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def pytest_configure(config):
+    # `timeout` (Makefile) ends a hung run with SIGTERM: turn it into KeyboardInterrupt so pytest
+    # still tears fixtures down and the hook below runs
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Whatever a failed test left running must not outlive the run (and hold CI open)."""
+    kill_all(descendants(os.getpid()))
 
 
 def ensure_model() -> Path:

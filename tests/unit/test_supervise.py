@@ -49,3 +49,25 @@ def test_an_engine_that_cannot_start_makes_the_launcher_exit_non_zero():
     finally:  # run() installs the launcher's own handlers
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_sigterm_reaches_the_shim_at_once_and_only_once():
+    """Readiness must turn 503 right away: the shim gets the signal from the handler itself, and
+    shutdown does not send a second SIGTERM (which the shim reads as "stop now, skip the drain")."""
+    import signal
+    import subprocess
+
+    from launcher import supervise
+
+    # a stand-in shim that counts SIGTERMs and exits on the second: a real shim would force-exit
+    counter = ("import signal,sys,time\nn=[0]\n"
+               "def h(*a):\n n[0]+=1\n print(n[0],flush=True)\n"
+               "signal.signal(signal.SIGTERM,h)\nprint('up',flush=True)\n"
+               "t=time.time()\nwhile time.time()-t<3: time.sleep(0.05)\n")
+    sup = supervisor()
+    sup.shim = subprocess.Popen([sys.executable, "-c", counter], stdout=subprocess.PIPE, text=True)
+    assert sup.shim.stdout.readline().strip() == "up"
+    sup._on_signal(signal.SIGTERM, None)
+    assert sup.shim.stdout.readline().strip() == "1"  # delivered before any main-loop poll
+    supervise._stop(sup.shim, 10, "shim", signalled=sup.shim_signalled)
+    assert sup.shim.stdout.read().strip() == ""  # no second SIGTERM
