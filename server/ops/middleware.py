@@ -5,6 +5,7 @@ Pure ASGI (not BaseHTTPMiddleware) because it sits on the hot path of every call
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
@@ -15,6 +16,10 @@ import orjson
 log = logging.getLogger("server.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _ENDPOINTS = {"/v1/rank", "/v1/rerank", "/v2/rerank", "/rerank"}
+# Request ids only need to be unique, not secret: a random per-process prefix and a counter cost
+# a fraction of a urandom call per request.
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(1)
 
 
 class _BodyTooLarge(Exception):
@@ -95,7 +100,7 @@ def _read_headers(scope) -> tuple[str, int]:
                 length = int(value)
             except ValueError:
                 length = 0
-    return request_id or secrets.token_hex(16), length
+    return request_id or f"{_ID_PREFIX}{next(_ID_COUNTER):016x}", length
 
 
 def _access_log(scope, request_id: str, status: int, elapsed: float) -> None:
