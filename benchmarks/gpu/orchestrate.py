@@ -15,6 +15,8 @@ and reported as such):
             levers, each a launcher restart (max-num-batched-tokens 16384 / 32768, prefix caching
             off), each with seed, rag c=8 and rag c=32 on both targets.
   custom    one launcher configuration (--flags) and the workloads named.
+  fp8       bf16 against --quantization fp8 (rag c=8/32, long, score drift on fixed pairs), then
+            warm restarts with vLLM's engine core in-process and with the default.
 
 Everything goes to $BENCH_WORK/results.jsonl (default /tmp/bench) and to stdout as JSON lines;
 the launcher's and shims' logs go to $BENCH_WORK/logs. A launcher left running is remembered in
@@ -371,9 +373,73 @@ def phase_custom(clock: Clock, config: str, flags: list[str], workloads: str, ta
         loadgen(clock, config, w, targets=targets, concurrency=concurrency, est_s=40)
 
 
+def score_probe(seed: int = 7, queries: int = 8, docs: int = 25) -> list[list[float]]:
+    """Scores of a fixed set of pairs (mixed lengths) through the running shim."""
+    import random
+
+    from benchmarks.loadgen import make_query, make_text
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(queries):
+        body = {"model": NAME, "query": make_query(rng),
+                "documents": [make_text(rng, rng.randint(5, 400)) for _ in range(docs)]}
+        r = httpx.post(SHIM + "/v1/rerank", json=body, timeout=120)
+        r.raise_for_status()
+        scores = [0.0] * docs
+        for item in r.json()["results"]:
+            scores[item["index"]] = item["relevance_score"]
+        out.append(scores)
+    return out
+
+
+def drift(ref: list[list[float]], other: list[list[float]]) -> dict:
+    """How far other's scores are from ref's: absolute differences and ranking agreement."""
+    diffs = [abs(a - b) for ra, rb in zip(ref, other) for a, b in zip(ra, rb)]
+    order = lambda row: sorted(range(len(row)), key=lambda i: -row[i])  # noqa: E731
+    top1 = sum(order(a)[0] == order(b)[0] for a, b in zip(ref, other))
+    top5 = [len(set(order(a)[:5]) & set(order(b)[:5])) / 5 for a, b in zip(ref, other)]
+    return {"pairs": len(diffs), "max_abs_diff": round(max(diffs), 5),
+            "mean_abs_diff": round(sum(diffs) / len(diffs), 5),
+            "top1_agreement": f"{top1}/{len(ref)}", "top5_overlap": round(sum(top5) / len(top5), 3)}
+
+
+def phase_fp8(clock: Clock) -> None:
+    """bf16 against vLLM's online FP8 (W8A8 dynamic) on the GPU-bound workloads, same run, with
+    the score drift FP8 causes; then restart timings: engine core in-process against the default."""
+    quick = ["--max-seconds", "12"]
+    stop_launcher()
+    subprocess.run(["rm", "-rf", str(CACHE)])
+    emit(start_launcher("bf16", BASE_FLAGS))                            # cold
+    ref = score_probe()
+    emit({"kind": "drift", "config": "bf16-repeat", **drift(ref, score_probe())})
+    loadgen(clock, "bf16", "rag", concurrency="8,32", est_s=40, extra=quick)
+    loadgen(clock, "bf16", "long", est_s=25, extra=quick)
+    stop_launcher()
+    if clock.left() > 200:
+        emit(start_launcher("fp8", ["--", "--quantization", "fp8"]))  # cold for this graph
+        emit({"kind": "drift", "config": "fp8-vs-bf16", **drift(ref, score_probe())})
+        loadgen(clock, "fp8", "rag", concurrency="8,32", est_s=40, extra=quick)
+        loadgen(clock, "fp8", "long", est_s=25, extra=quick)
+        stop_launcher()
+    for config, env in (("bf16-inproc-engine", {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}),
+                        ("bf16", {})):
+        if clock.left() < 90:
+            emit({"kind": "skipped", "config": config, "reason": "device-call budget"})
+            continue
+        os.environ.update(env)
+        try:
+            emit(start_launcher(config, BASE_FLAGS))                    # warm restart
+            loadgen(clock, config, "seed", targets="shim", est_s=20, extra=quick)
+        finally:
+            for key in env:
+                os.environ.pop(key)
+            stop_launcher()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["baseline", "levers", "custom", "stop"])
+    p.add_argument("phase", choices=["baseline", "levers", "custom", "fp8", "stop"])
     p.add_argument("--budget", type=float, default=540, help="seconds this call may take")
     p.add_argument("--config", default="custom")
     p.add_argument("--flags", default="", help="launcher flags for `custom`")
@@ -392,6 +458,8 @@ def main(argv=None) -> int:
             phase_baseline(clock)
         elif args.phase == "levers":
             phase_levers(clock)
+        elif args.phase == "fp8":
+            phase_fp8(clock)
         elif args.phase == "custom":
             phase_custom(clock, args.config, shlex.split(args.flags), args.workloads, args.targets,
                          args.concurrency)
