@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
@@ -17,7 +18,7 @@ from server.ops.metrics import Metrics
 from server.ops.middleware import ServiceMiddleware
 from server.ops.ratelimit import RateLimiter
 from server.responses import FastJSONResponse
-from server.scoring.core import Scorer
+from server.scoring.core import Scorer, canary_passes
 from server.scoring.engine import EngineClient
 from server.scoring.prompt import PromptEncoder
 from server.scoring.tokenizer import load_tokenizer
@@ -26,6 +27,9 @@ from server.settings import Settings
 DESCRIPTION = """Qwen3-Reranker behind every rerank dialect: legacy `/v1/rank`, Cohere `/v1/rerank` and
 `/v2/rerank` (Jina-compatible on `/v1/rerank`), TEI and seed-style `/rerank`. Scores are
 P(yes) of the official Qwen3-Reranker prompt; `raw_scores` gives logit(yes) - logit(no)."""
+
+
+_CANARY_WARN_EVERY_S = 60.0
 
 
 async def guard(request: Request) -> None:
@@ -43,10 +47,23 @@ async def watch_engine_once(app: FastAPI) -> None:
         state.engine_verified = False
     elif not state.engine_verified:
         try:
-            state.engine_verified = await state.scorer.canary()
+            scores = await state.scorer.canary()
         except Exception:  # any failure to score means not verified; the next tick retries
-            logging.getLogger("server").warning("engine canary failed", exc_info=True)
+            _warn_canary(state, "engine canary failed", exc_info=True)
             state.engine_verified = False
+            return
+        state.engine_verified = canary_passes(scores)
+        if not state.engine_verified:
+            _warn_canary(state, "engine canary failed: two unrelated documents scored "
+                                f"{scores[0]!r} and {scores[1]!r}; not taking traffic")
+
+
+def _warn_canary(state, message: str, **kwargs) -> None:
+    """The watcher retries every second: say why once a minute, not every tick."""
+    now = time.monotonic()
+    if now - getattr(state, "canary_warned_at", -1e9) >= _CANARY_WARN_EVERY_S:
+        state.canary_warned_at = now
+        logging.getLogger("server").warning(message, **kwargs)
 
 
 async def watch_engine(app: FastAPI, interval: float = 1.0) -> None:

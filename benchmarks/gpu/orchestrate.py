@@ -99,6 +99,9 @@ def emit(line: dict) -> None:
     print(text, flush=True)
     with open(RESULTS, "a") as fh:
         fh.write(text + "\n")
+    if os.environ.get("OUT"):  # the device call's $OUT: what a call cut off by its limit still returns
+        with open(Path(os.environ["OUT"]) / "results-live.jsonl", "a") as fh:
+            fh.write(text + "\n")
 
 
 def log(msg: str) -> None:
@@ -138,6 +141,12 @@ def start_launcher(config: str, flags: list[str], budget: float = 420) -> dict:
                                + log_path.read_text(errors="replace")[-3000:])
         if vllm_s is None and get_ok(VLLM + "/health"):
             vllm_s = time.monotonic() - started
+        if vllm_s is not None and time.monotonic() - started > vllm_s + 60:
+            # the engine is up but the shim will not take traffic (its canary failed): waiting
+            # out the budget would only burn device time
+            reason = ready_reason()
+            stop_launcher()
+            raise RuntimeError(f"{config}: vLLM healthy for 60 s but the shim is not ready: {reason}")
         if get_ok(SHIM + "/ready"):
             ready = {"kind": "ready", "config": config, "flags": " ".join(flags),
                      "start": "cold" if cold else "warm (compile cache reused)",
@@ -149,6 +158,13 @@ def start_launcher(config: str, flags: list[str], budget: float = 420) -> dict:
         time.sleep(0.25)
     stop_launcher()
     raise RuntimeError(f"launcher not ready after {budget} s: {log_path}")
+
+
+def ready_reason() -> str:
+    try:
+        return httpx.get(SHIM + "/ready", timeout=5).text[:500]
+    except httpx.HTTPError as exc:
+        return repr(exc)
 
 
 def engine_facts(log_path: Path) -> dict:

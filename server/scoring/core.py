@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -68,6 +69,14 @@ def _check_unicode(text: str, where: str) -> None:
         raise ApiError(422, f"{where} contains invalid Unicode (a lone surrogate)") from None
 
 
+def canary_passes(scores: list[float]) -> bool:
+    """A loaded engine that returns one constant (vLLM #27857: 0.5 for everything; vLLM 0.26's
+    online FP8 on this model, benchmarks/RESULTS.md) or lost its template still passes /health:
+    two unrelated documents must score differently."""
+    a, b = scores
+    return math.isfinite(a) and math.isfinite(b) and abs(a - b) > 1e-6
+
+
 class Scorer:
     def __init__(self, settings, encoder: PromptEncoder, engine: EngineClient, admission, metrics):
         self.settings = settings
@@ -106,15 +115,13 @@ class Scorer:
         self._check_request_tokens(jobs)
         return await self._run(jobs, head, query, instruction, req.raw)
 
-    async def canary(self) -> bool:
-        """Two unrelated documents must not score the same: a loaded engine that returns one
-        constant (vLLM #27857: 0.5 for everything) or a lost template would pass /health.
-        Scored through the normal path, but past the cache, which could hide a broken engine."""
+    async def canary(self) -> list[float]:
+        """Scores of two unrelated documents, through the normal path but past the cache (which
+        could hide a broken engine). See canary_passes."""
         docs = list(_CANARY_DOCS)
         computed = await self._compute(ScoreRequest(_CANARY_QUERY, docs),
                                        self.settings.default_instruction, docs, {d: d for d in docs})
-        a, b = (computed[d][0] for d in docs)
-        return abs(a - b) > 1e-6
+        return [computed[d][0] for d in docs]
 
     # --- request shaping ---------------------------------------------------------------------
     def _validate(self, req: ScoreRequest) -> None:

@@ -8,6 +8,7 @@ connection pool (per-request scans of every pooled connection, socket readabilit
 from __future__ import annotations
 
 import asyncio
+import math
 
 import aiohttp
 import orjson
@@ -43,7 +44,7 @@ class EngineClient:
         """Scores of fully rendered, tokenised prompts, in order."""
         body = {"model": self.model_name, "input": prompts, "use_activation": not raw}
         data = await self._post("/classify", body)
-        return [item["probs"][0] for item in sorted(data["data"], key=lambda d: d["index"])]
+        return _finite([item["probs"][0] for item in sorted(data["data"], key=lambda d: d["index"])])
 
     async def rerank(self, query: str, documents: list[str], instruction: str, raw: bool) -> list[float]:
         """Scores through vLLM's own /rerank (vLLM renders the template), in input order."""
@@ -53,7 +54,7 @@ class EngineClient:
         scores = [0.0] * len(documents)
         for item in data["results"]:
             scores[item["index"]] = item["relevance_score"]
-        return scores
+        return _finite(scores)
 
     async def _post(self, path: str, body: dict) -> dict:
         content = orjson.dumps(body)
@@ -104,6 +105,16 @@ class EngineClient:
                 return await r.text()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise EngineUnavailable("engine metrics unreachable") from exc
+
+
+def _finite(scores: list) -> list[float]:
+    # A broken engine (overflow under some quantisation) answers NaN, which JSON encoders turn
+    # into null: that must not reach a client as a score, nor sort as one.
+    for score in scores:
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise ApiError(502, f"the engine returned a score that is not a finite number: {score!r}",
+                           "engine_error")
+    return scores
 
 
 def _error_message(payload: bytes) -> str:

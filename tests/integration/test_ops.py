@@ -179,10 +179,12 @@ def test_several_workers_share_the_port_merge_metrics_and_drain(extra_shim):
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
 
 
-def test_readiness_refuses_an_engine_returning_constant_scores_fake_engine(tmp_path):
-    """A fake vLLM that answers 0.5 for everything (the failure of vLLM #27857): real vLLM
-    cannot be made to do this, so a fake engine stands in. /health says the engine is up, but
-    the service must not take traffic."""
+@pytest.mark.parametrize("constant", ["0.5", "nan"])
+def test_readiness_refuses_an_engine_returning_constant_scores_fake_engine(tmp_path, constant):
+    """A fake vLLM that answers one score for everything (0.5: vLLM #27857; NaN, which JSON makes
+    null: an overflowing quantised model): real vLLM cannot be made to do this on demand, so a
+    fake engine stands in. /health says the engine is up, but the service must not take traffic,
+    must say why in its log, and a request sent anyway gets a clear 502, never a null score."""
     import subprocess
     import sys
 
@@ -190,11 +192,12 @@ def test_readiness_refuses_an_engine_returning_constant_scores_fake_engine(tmp_p
 
     fake_port, port = free_port(), free_port()
     fake = subprocess.Popen([sys.executable, "-m", "benchmarks.fake_vllm", "--port", str(fake_port),
-                             "--constant", "0.5"], cwd=ROOT)
+                             "--constant", constant], cwd=ROOT)
     env = engine_env(RERANKER_MODEL=str(MODEL_DIR), RERANKER_VLLM_URL=f"http://127.0.0.1:{fake_port}",
                      RERANKER_PORT=str(port), RERANKER_HOST="127.0.0.1", RERANKER_RATE_LIMIT="")
+    log_path = tmp_path / "shim.log"
     shim = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env,
-                            stdout=open(tmp_path / "shim.log", "w"), stderr=subprocess.STDOUT)
+                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -207,6 +210,13 @@ def test_readiness_refuses_an_engine_returning_constant_scores_fake_engine(tmp_p
         time.sleep(1.5)  # a few watcher ticks
         ready = httpx.get(url + "/ready")
         assert ready.status_code == 503 and "canary" in ready.json()["reason"]
+        assert "engine canary failed" in log_path.read_text()
+        r = httpx.post(url + "/v1/rank", json={"query": "q", "docs": ["a", "b"]})
+        if constant == "nan":
+            assert r.status_code == 502 and "finite" in r.json()["detail"]
+        else:  # a constant is a valid score: only readiness can catch it
+            assert r.status_code == 200
+        assert httpx.get(url + "/livez").status_code == 200
     finally:
         shim.terminate()
         fake.terminate()
