@@ -1,4 +1,4 @@
-"""Start vLLM, wait for it, start the shim, and keep both running.
+"""Start vLLM and the shim side by side, wait for vLLM, and keep both running.
 
 Policy when vLLM dies on its own: restart it after a backoff (2 s, doubling, capped at 30 s);
 after `vllm_max_restarts` restarts within `vllm_restart_window` seconds, give up: drain the shim
@@ -51,12 +51,16 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
+            self._start_vllm()
+            # The shim starts alongside, not after: while the model loads it already answers
+            # liveness, and 503 + Retry-After instead of connection refused, and it is ready
+            # the moment its canary passes, not a shim start-up later.
+            if self.with_shim:
+                self._start_shim()
             try:
-                self._start_vllm_and_wait()
+                self._wait_healthy()
             except StartFailed as exc:  # a first start that fails is a configuration problem
                 raise GiveUp(str(exc)) from exc
-            if self.with_shim and not self.stopping:
-                self._start_shim()
             while not self.stopping:
                 self._watch()
                 time.sleep(_POLL_S)
@@ -77,10 +81,13 @@ class Supervisor:
             self.shim_signalled = True
 
     # --- vLLM ------------------------------------------------------------------------------
-    def _start_vllm_and_wait(self) -> None:
+    def _start_vllm(self) -> None:
         log.info("starting vLLM", extra={"argv": self.vllm_cmd})
         self.vllm = subprocess.Popen(self.vllm_cmd, env=vllm_environment(os.environ),
                                      start_new_session=True)
+
+    def _start_vllm_and_wait(self) -> None:
+        self._start_vllm()
         self._wait_healthy()
 
     def _wait_healthy(self) -> None:

@@ -19,7 +19,8 @@ BODY = {"query": "capital of France", "docs": [f"Paris fact number {i}." for i i
 @pytest.fixture(scope="module")
 def own():
     svc = start_launcher("lifecycle", "--drain-delay", "2", "--drain-timeout", "30",
-                         "--vllm-restart-backoff", "1", "--vllm-shutdown-timeout", "10")
+                         "--vllm-restart-backoff", "1", "--vllm-shutdown-timeout", "10",
+                         wait_ready=False)  # the first test watches it load
     yield svc
     svc.stop(signal.SIGKILL)
 
@@ -33,7 +34,27 @@ def vllm_process(svc) -> psutil.Process:
     raise AssertionError("vLLM process not found")
 
 
+def test_while_the_model_loads_clients_get_503_with_retry_after_not_refused(own):
+    """The shim starts alongside vLLM: during the (long) model load it is alive, not ready, and
+    tells clients to come back, instead of refusing connections."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            live = httpx.get(own.url + "/livez", timeout=2)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    assert live.status_code == 200
+    ready = httpx.get(own.url + "/ready")
+    assert ready.status_code == 503 and ready.json()["reason"] == "engine not ready"
+    r = httpx.post(own.url + "/v1/rank", json=BODY, timeout=30)
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and r.json()["detail"]
+    wait_until_ready(own, budget=600)
+    assert httpx.post(own.url + "/v1/rank", json=BODY, timeout=60).status_code == 200
+
+
 def test_killed_engine_gives_503_at_once_then_recovers_without_a_human(own):
+    wait_until_ready(own, budget=600)
     vllm_process(own).send_signal(signal.SIGKILL)
     started = time.monotonic()
     r = httpx.post(own.url + "/v1/rank", json=BODY, timeout=30)
@@ -58,6 +79,7 @@ def readiness_fails_within(svc, seconds: float) -> bool:
 
 
 def test_sigterm_under_load_loses_no_accepted_request(own):
+    wait_until_ready(own, budget=600)
     outcomes: list[tuple[float, str]] = []
     stop = threading.Event()
 
