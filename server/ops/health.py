@@ -45,7 +45,8 @@ async def ready(request: Request):
     elif state["engine"] != "up":
         reason = "engine not ready"
     elif not request.app.state.engine_verified:
-        reason = "engine canary failed: two unrelated documents score the same"
+        reason = ("engine canary not passed: two unrelated documents must score differently "
+                  "(checked once a second; the log says what the engine answered)")
     else:
         return {"status": "ready", **state}
     return FastJSONResponse({"status": "not_ready", "reason": reason, **state}, status_code=503)

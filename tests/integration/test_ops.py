@@ -207,10 +207,12 @@ def test_readiness_refuses_an_engine_returning_constant_scores_fake_engine(tmp_p
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        time.sleep(1.5)  # a few watcher ticks
+        deadline = time.monotonic() + 15  # the watcher runs the canary once a second
+        while time.monotonic() < deadline and "engine canary failed" not in log_path.read_text():
+            time.sleep(0.2)
+        assert "engine canary failed" in log_path.read_text()
         ready = httpx.get(url + "/ready")
         assert ready.status_code == 503 and "canary" in ready.json()["reason"]
-        assert "engine canary failed" in log_path.read_text()
         r = httpx.post(url + "/v1/rank", json={"query": "q", "docs": ["a", "b"]})
         if constant == "nan":
             assert r.status_code == 502 and "finite" in r.json()["detail"]
