@@ -83,8 +83,8 @@ class Supervisor:
     # --- vLLM ------------------------------------------------------------------------------
     def _start_vllm(self) -> None:
         log.info("starting vLLM", extra={"argv": self.vllm_cmd})
-        self.vllm = subprocess.Popen(self.vllm_cmd, env=vllm_environment(os.environ),
-                                     start_new_session=True)
+        env = vllm_environment(os.environ, tensor_parallel_size=self.settings.tensor_parallel_size)
+        self.vllm = subprocess.Popen(self.vllm_cmd, env=env, start_new_session=True)
 
     def _start_vllm_and_wait(self) -> None:
         self._start_vllm()

@@ -47,15 +47,21 @@ def gpu_visible() -> bool:
     return Path("/dev/nvidiactl").exists()
 
 
-def vllm_environment(base: dict[str, str], gpu: bool | None = None) -> dict[str, str]:
+def vllm_environment(base: dict[str, str], gpu: bool | None = None,
+                     tensor_parallel_size: int = 1) -> dict[str, str]:
     """One persistent volume at VLLM_CACHE_ROOT should hold every compile cache, so a restart
     reuses torch.compile (inductor) and Triton artefacts too, not only vLLM's own.
 
     On the CPU build, vLLM otherwise sizes its KV cache as a share (0.92) of all memory and
-    refuses to start when other processes hold some of it; a fixed space starts anywhere."""
+    refuses to start when other processes hold some of it; a fixed space starts anywhere. It also
+    runs the model in a third process (a worker under the engine core) even for one device;
+    running it inside the engine core saves that interpreter's start-up (7-10 s of 28-33 s here)
+    and scored as fast or faster (benchmarks/RESULTS.md). GPU vLLM already does so for one GPU."""
     env = dict(base)
     if not (gpu_visible() if gpu is None else gpu):
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
+        if tensor_parallel_size == 1:
+            env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     root = env.get("VLLM_CACHE_ROOT")
     if root:
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", f"{root}/inductor")

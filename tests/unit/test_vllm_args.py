@@ -61,6 +61,16 @@ def test_cpu_build_gets_a_fixed_kv_cache_space_unless_set():
     assert "VLLM_CPU_KVCACHE_SPACE" not in vllm_environment({}, gpu=True)
 
 
+def test_cpu_build_runs_the_model_inside_the_engine_core_for_one_device():
+    from launcher.vllm_args import vllm_environment
+
+    assert vllm_environment({}, gpu=False)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in vllm_environment({}, gpu=False, tensor_parallel_size=2)
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in vllm_environment({}, gpu=True)
+    assert vllm_environment({"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}, gpu=False)[
+        "VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+
+
 def test_boolean_settings_are_switches():
     s = parse(["--score-cache", "--no-enable-prefix-caching", "--enforce-eager"])
     assert s.score_cache and not s.enable_prefix_caching and s.enforce_eager
