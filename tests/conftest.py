@@ -63,6 +63,16 @@ class Service:
         return self.proc.returncode
 
 
+def eventually(check, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """True once check() is; for what a server writes just after it answers (access logs)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, eventually, free_port
 
 pytestmark = pytest.mark.engine
 
@@ -194,10 +194,11 @@ def test_client_request_id_passes_through_and_nginx_fills_in_a_missing_one(proxy
     assert given.status_code == 200 and given.headers["x-request-id"] == "deploy-test-0001"
     assert generated.status_code == 200
     assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["x-request-id"])  # nginx's $request_id
-    # the shim saw (and logged) the same id nginx logged
-    assert any("deploy-test-0001" in shim.log() for shim in shims)
-    assert "rid=deploy-test-0001" in proxy.access_log()
-    assert f"rid={generated.headers['x-request-id']}" in proxy.access_log()
+    # the shim saw (and logged) the same id nginx logged; both write their log line just after
+    # answering, so give them a moment
+    assert eventually(lambda: any("deploy-test-0001" in shim.log() for shim in shims))
+    assert eventually(lambda: "rid=deploy-test-0001" in proxy.access_log())
+    assert eventually(lambda: f"rid={generated.headers['x-request-id']}" in proxy.access_log())
 
 
 def test_requests_are_spread_over_both_shims(proxy, shims):
