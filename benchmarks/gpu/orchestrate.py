@@ -63,6 +63,9 @@ def cache_env() -> dict:
             "TRITON_CACHE_DIR": str(CACHE / "triton")}
 
 
+CLOCK: "Clock | None" = None  # the phase's budget, set by main()
+
+
 class Clock:
     def __init__(self, budget: float) -> None:
         self.start = time.monotonic()
@@ -117,6 +120,8 @@ def get_ok(url: str) -> bool:
 
 # --- the launcher (vLLM + shim) ------------------------------------------------------------------
 def start_launcher(config: str, flags: list[str], budget: float = 420) -> dict:
+    if CLOCK is not None:  # never run past the device call's own limit
+        budget = min(budget, CLOCK.left() - 15)
     LOGS.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + 60
     while get_ok(VLLM + "/health") or get_ok(SHIM + "/livez"):  # a previous one still stopping
@@ -464,6 +469,8 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", default="")
     args = p.parse_args(argv)
     clock = Clock(args.budget)
+    global CLOCK
+    CLOCK = clock
     WORK.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     gpu = gpu_name()
