@@ -362,7 +362,7 @@ def test_probes_use_named_container_ports_and_real_shim_endpoints(helm, values_f
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     startup = container["startupProbe"]
-    assert startup["httpGet"]["path"] == "/livez"
+    assert startup["httpGet"]["path"] == "/health"  # the model load, not only the shim's start
     env = env_map(container)
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     assert budget >= float(env["RERANKER_VLLM_STARTUP_TIMEOUT"]["value"]), \
