@@ -268,3 +268,25 @@ def test_healthcheck_command_passes_against_the_running_service(service):
     down = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, text=True,
                           timeout=timeout + 10)
     assert down.returncode != 0
+
+
+def test_bytecode_is_compiled_as_root_before_the_user_switch(tmp_path):
+    """The image's user cannot write .pyc files: without bytecode compiled at build time every
+    vLLM start recompiles its imports (benchmarks/import_time.py). The build step must run before
+    USER, and its command must really leave bytecode behind (run here on a scratch package)."""
+    sequence = instructions()
+    user_at = next(i for i, (kw, _) in enumerate(sequence) if kw == "USER")
+    compile_runs = [(i, args) for i, (kw, args) in enumerate(sequence)
+                    if kw == "RUN" and "compileall" in args]
+    assert compile_runs and all(i < user_at for i, _ in compile_runs)
+    command = next(c for c in shell_commands(compile_runs[0][1]) if "compileall" in c)
+    assert command[:3] == ["python3", "-m", "compileall"]
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text("VALUE = 1\n")
+    flags = []
+    for arg in command[3:]:  # the options, up to the directory list ($(...) in the Dockerfile)
+        if arg.startswith("$("):
+            break
+        flags.append(arg)
+    subprocess.run([sys.executable, "-m", "compileall", *flags, str(tmp_path)], check=True)
+    assert list((tmp_path / "pkg" / "__pycache__").glob("mod.*.pyc"))
