@@ -25,12 +25,14 @@ import time
 
 import uvicorn
 
+from server.ops.listener import queued_connections, refuse_new_connections
 from server.ops.logs import setup_logging
 from server.settings import Settings
 
 log = logging.getLogger("server")
 LISTEN_FD_ENV = "RERANKER_LISTEN_FD"
 _SETTLE_S = 0.5
+_ACCEPT_QUEUE_WAIT_S = 2.0
 GC_GEN0_THRESHOLD = 20_000
 
 
@@ -54,15 +56,26 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     async def shutdown(self, sockets=None) -> None:
-        # uvicorn closes every connection that has no request in progress. A connection accepted
-        # a moment ago may already carry a request that is not parsed yet: closing it would drop
-        # an accepted request. So stop accepting first, let such requests arrive, then shut down.
+        # Closing the listener resets connections still in its accept queue: refuse new ones
+        # first and accept what is queued (server/ops/listener.py). uvicorn then closes every
+        # connection that has no request in progress; one accepted a moment ago may carry a
+        # request not parsed yet, so stop accepting, let such requests arrive, then shut down.
+        await self._empty_accept_queues()
         for server in self.servers:
             server.close()
         for sock in sockets or []:
             sock.close()
         await asyncio.sleep(_SETTLE_S)
         await super().shutdown(sockets)
+
+
+    async def _empty_accept_queues(self) -> None:
+        listeners = [sock for server in self.servers for sock in server.sockets]
+        if not all(refuse_new_connections(sock) for sock in listeners):
+            return
+        deadline = time.monotonic() + _ACCEPT_QUEUE_WAIT_S
+        while any(queued_connections(s) for s in listeners) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # the server's accept loop is still running
 
 
 def serve(settings: Settings, sock: socket.socket | None = None) -> None:

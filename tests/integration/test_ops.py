@@ -229,3 +229,4 @@ def test_readiness_refuses_an_engine_returning_constant_scores_fake_engine(tmp_p
         fake.terminate()
         shim.wait(30)
         fake.wait(30)
+
