@@ -68,7 +68,6 @@ class DrainingServer(uvicorn.Server):
         await asyncio.sleep(_SETTLE_S)
         await super().shutdown(sockets)
 
-
     async def _empty_accept_queues(self) -> None:
         listeners = [sock for server in self.servers for sock in server.sockets]
         if not all(refuse_new_connections(sock) for sock in listeners):

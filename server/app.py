@@ -61,7 +61,7 @@ async def watch_engine_once(app: FastAPI) -> None:
 def _warn_canary(state, message: str, **kwargs) -> None:
     """The watcher retries every second: say why once a minute, not every tick."""
     now = time.monotonic()
-    if now - getattr(state, "canary_warned_at", -1e9) >= _CANARY_WARN_EVERY_S:
+    if now - state.canary_warned_at >= _CANARY_WARN_EVERY_S:
         state.canary_warned_at = now
         logging.getLogger("server").warning(message, **kwargs)
 
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.draining = False
     app.state.engine_verified = False
+    app.state.canary_warned_at = float("-inf")
     app.state.auth = Authenticator(settings)
     app.state.ratelimiter = RateLimiter(settings.rate_limit, settings.trusted_proxies, metrics)
     install_error_handlers(app)

@@ -9,7 +9,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import start_launcher, wait_until_ready
+from tests.conftest import eventually, start_launcher, wait_until_ready
 
 pytestmark = [pytest.mark.engine, pytest.mark.restart]
 
@@ -69,15 +69,6 @@ def test_killed_engine_gives_503_at_once_then_recovers_without_a_human(own):
     assert "restarting vLLM" in own.log()
 
 
-def readiness_fails_within(svc, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if httpx.get(svc.url + "/ready", timeout=5).status_code == 503:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_sigterm_under_load_loses_no_accepted_request(own):
     wait_until_ready(own, budget=600)
     outcomes: list[tuple[float, str]] = []
@@ -103,7 +94,8 @@ def test_sigterm_under_load_loses_no_accepted_request(own):
         time.sleep(3)
         term_at = time.monotonic()
         own.proc.send_signal(signal.SIGTERM)
-        assert readiness_fails_within(own, 1.0)  # readiness fails first, while requests are served
+        # readiness fails first, while requests are served
+        assert eventually(lambda: httpx.get(own.url + "/ready", timeout=5).status_code == 503, timeout=1.0)
         assert own.proc.wait(120) == 0
     finally:
         stop.set()
