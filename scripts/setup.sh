@@ -33,10 +33,19 @@ fi
 
 if [ "${SETUP_TEST_TOOLS:-0}" = 1 ]; then
   [ -x scripts/setup-helm.sh ] && scripts/setup-helm.sh
-  if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
-    echo "== installing nginx (Debian package)"
+  # Real parts the tests drive (Debian packages): nginx (proxy), hey (the seed's load test),
+  # redis-server (shared rate-limit store), prometheus + promtool (scrape, rules), chromium +
+  # chromedriver (playground page). Installed only when one is missing.
+  need=""
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need="$need nginx-light"
+  for pair in hey:hey redis-server:redis-server promtool:prometheus chromium:chromium chromedriver:chromium-driver; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need="$need ${pair#*:}"
+  done
+  if [ -n "$need" ]; then
+    echo "== installing Debian packages:$need"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null \
-      || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx >/dev/null
+    $SUDO apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
   fi
 fi
