@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 
-from server.dialects import cohere, legacy_rank, tei
+from server.dialects import DIALECTS
 from server.errors import install_error_handlers
 from server.ops import health
 from server.ops.admission import Admission
@@ -73,14 +73,18 @@ async def watch_engine(app: FastAPI, interval: float = 1.0) -> None:
         await watch_engine_once(app)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI:
+    """The shim. `engine_factory(settings)` builds the engine client at start-up (default: the
+    real vLLM client); in-process tests pass a fake engine here (tests/inprocess)."""
     settings = (settings or Settings()).per_worker()
     metrics = Metrics()
+    make_engine = engine_factory or (
+        lambda s: EngineClient(s.upstream_url, s.model_name, s.upstream_timeout))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         encoder = PromptEncoder(load_tokenizer(settings.tokenizer or settings.model_path))
-        engine = EngineClient(settings.upstream_url, settings.model_name, settings.upstream_timeout)
+        engine = make_engine(settings)
         admission = Admission(settings.max_inflight_pairs, settings.max_inflight_tokens,
                               settings.retry_after_seconds, metrics)
         app.state.engine = engine
@@ -106,7 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     # With neither auth nor rate limits configured, the guard would only cost time per request.
     guarded = app.state.auth.enabled or app.state.ratelimiter.item is not None
-    for dialect in (legacy_rank, cohere, tei):
+    app.state.dialect_of = {path: d for d in DIALECTS for path in d.paths}
+    for dialect in DIALECTS:
         app.include_router(dialect.router, dependencies=[Depends(guard)] if guarded else [])
-    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       dialect_of=app.state.dialect_of)
     return app

@@ -1,20 +1,27 @@
-"""One error type and one set of handlers: every error body has the same shape.
+"""The HTTP edge of every error: status codes and body shapes are decided here, nowhere else.
 
-Body: {"detail": str, "message": str, "type": str, "id": request id}. `detail` is what Jina-style
-clients (LangChain, LlamaIndex, Haystack) raise with; `message` is Cohere's field. TEI-shaped
-requests on /rerank also get TEI's `error` and `error_type`.
+The scoring core and the engine client raise domain errors (server/scoring/errors.py); ops code
+(auth, rate limits) raises `ApiError`, which already carries its status. One set of handlers turns
+either into a response, and the dialect that owns the route shapes the body (`Dialect.error`;
+default body: {"detail", "message", "type", "id"}). `detail` is what Jina-style clients
+(LangChain, LlamaIndex, Haystack) raise with; `message` is Cohere's field.
 """
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from server.responses import FastJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.responses import FastJSONResponse
+from server.scoring import errors as domain
 
 
 class ApiError(Exception):
+    """An error whose HTTP status is already known (auth, rate limit, HTTP-level problems)."""
+
     def __init__(self, status: int, detail: str, type_: str = "invalid_request",
                  headers: dict[str, str] | None = None):
         super().__init__(detail)
@@ -24,25 +31,48 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-class EngineUnavailable(ApiError):
-    """The engine cannot take work right now: 503 with Retry-After, clients should retry."""
-
-    def __init__(self, detail: str, retry_after: int = 1):
-        super().__init__(503, detail, "engine_unavailable", {"Retry-After": str(retry_after)})
+def retry_after(seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(max(1, int(seconds)))}
 
 
-class Overloaded(ApiError):
-    def __init__(self, detail: str, retry_after: int = 1, status: int = 429):
-        super().__init__(status, detail, "overloaded", {"Retry-After": str(retry_after)})
+# Domain error -> (status, type). 503 and 429 always come with Retry-After.
+_DOMAIN_STATUS: dict[type[domain.ScoringError], tuple[int, str]] = {
+    domain.InvalidInput: (422, "invalid_request"),
+    domain.TooLarge: (413, "payload_too_large"),
+    domain.NoRoom: (503, "overloaded"),
+    domain.EngineUnavailable: (503, "engine_unavailable"),
+    domain.EngineTimeout: (504, "timeout"),
+    domain.EngineRejected: (400, "invalid_request"),
+    domain.EngineBadAnswer: (502, "engine_error"),
+    domain.Cancelled: (499, "client_closed"),
+}
+
+
+def http_error(exc: Exception) -> ApiError:
+    """The one mapping from a domain error to an HTTP error."""
+    if isinstance(exc, ApiError):
+        return exc
+    for cls in type(exc).__mro__:
+        if cls in _DOMAIN_STATUS:
+            status, type_ = _DOMAIN_STATUS[cls]
+            headers = retry_after(exc.retry_after) if hasattr(exc, "retry_after") else {}
+            return ApiError(status, exc.detail, type_, headers)
+    raise TypeError(f"not a mapped error: {exc!r}")
+
+
+def default_error_body(status: int, detail: str, type_: str, request_id: str) -> tuple[int, dict]:
+    return status, {"detail": detail, "message": detail, "type": type_, "id": request_id}
 
 
 def error_response(request: Request | None, status: int, detail: str, type_: str,
                    headers: dict[str, str] | None = None) -> FastJSONResponse:
     request_id = request.scope.get("request_id", "") if request is not None else ""
-    body = {"detail": detail, "message": detail, "type": type_, "id": request_id}
-    if request is not None and request.scope.get("path") == "/rerank":  # TEI clients read these
-        body["error"] = detail
-        body["error_type"] = type_
+    shape = default_error_body
+    if request is not None:
+        dialect = request.app.state.dialect_of.get(request.scope.get("path"))
+        if dialect is not None:
+            shape = dialect.error
+    status, body = shape(status, detail, type_, request_id)
     return FastJSONResponse(body, status_code=status, headers=headers)
 
 
@@ -59,8 +89,10 @@ def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
-        return error_response(request, exc.status, exc.detail, exc.type, exc.headers)
+    @app.exception_handler(domain.ScoringError)
+    async def _api_error(request: Request, exc: Exception):
+        err = http_error(exc)
+        return error_response(request, err.status, err.detail, err.type, err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -74,7 +106,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        import logging
-
         logging.getLogger("server").exception("unhandled error")
         return error_response(request, 500, "internal error", "internal_error")

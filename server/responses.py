@@ -1,5 +1,10 @@
 """JSON responses serialised with orjson. Routes return these directly, so FastAPI skips its
-slower jsonable_encoder pass (orjson also writes NaN as null instead of failing)."""
+slower jsonable_encoder pass.
+
+Why not FastAPI's own: `ORJSONResponse` is deprecated since FastAPI 0.13x in favour of
+`response_model` serialisation, which validates every body against its model on the hot path.
+Bodies here are plain dicts built by the dialects; the tests validate them against the declared
+models instead (tests/inprocess/test_contracts.py)."""
 
 from __future__ import annotations
 

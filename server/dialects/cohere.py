@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.dialects.common import Document, document_texts, echo, ranking, score, search_units
+from server.dialects.common import Dialect, Document, document_texts, echo, ranking, score, search_units
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 
@@ -44,17 +44,28 @@ class RerankRequest(BaseModel):
 
 
 class RerankResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     index: int
     relevance_score: float
     document: dict[str, Any] | None = Field(None, description="only when return_documents")
 
 
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_tokens: int
+    total_tokens: int
+
+
 class RerankResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     id: str
     model: str
     results: list[RerankResult]
-    usage: dict[str, int]
-    meta: dict[str, Any]
+    usage: Usage
+    meta: dict[str, Any] = Field(description="Cohere's api_version, billed_units, tokens")
 
 
 async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
@@ -89,3 +100,8 @@ async def rerank_v1(body: RerankRequest, request: Request):
 @router.post("/v2/rerank", responses={200: {"model": RerankResponse}}, summary="Cohere v2 rerank")
 async def rerank_v2(body: RerankRequest, request: Request):
     return FastJSONResponse(await _rerank(body, request, "2"))
+
+
+DIALECT = Dialect("cohere", router,
+                  responses={"/v1/rerank": RerankResponse, "/v2/rerank": RerankResponse},
+                  bench={"shim": ("/v1/rerank", "documents")})

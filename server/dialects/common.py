@@ -1,17 +1,43 @@
-"""What every dialect adapter shares: running the core for a request, ranking, documents."""
+"""What every dialect adapter shares: its declaration (`Dialect`), running the core for a
+request, ranking, documents."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 
-from server.errors import ApiError
 from server.scoring.core import ScoreRequest, ScoreResult
+from server.errors import default_error_body
+from server.scoring.errors import Cancelled, InvalidInput
 
 Document = str | dict[str, Any]
+ErrorShape = Callable[[int, str, str, str], tuple[int, dict]]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """Everything the rest of the server needs to know about one API dialect. Registered once,
+    in server/dialects/__init__.py; the app mounts `router`, the middleware meters its paths
+    (label = path), the error handler shapes errors on those paths with `error`, the tests
+    validate every 200 body against `responses[path]`, and the load generator can target it.
+
+    error(status, detail, type, request_id) -> (status, body): a dialect may change the status
+    too (vLLM answers 400 where we answer 422, for instance)."""
+
+    name: str
+    router: APIRouter
+    responses: dict[str, Any]                       # path -> model of the 200 body
+    error: ErrorShape = default_error_body
+    # load-generator targets: name -> (path, key of the documents list in the body)
+    bench: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> list[str]:
+        return sorted({route.path for route in self.router.routes})
 
 
 # Below this many documents a request is over in milliseconds: watching for a disconnect would
@@ -39,7 +65,7 @@ async def _cancel_on_disconnect(request: Request, coro) -> ScoreResult:
         watch.cancel()
     if work not in done:
         work.cancel()
-        raise ApiError(499, "client closed the request", "client_closed")
+        raise Cancelled("client closed the request")
     return work.result()
 
 
@@ -68,7 +94,7 @@ def _text_of(i: int, doc: Document, rank_fields: list[str] | None) -> str:
     fields = rank_fields or ["text"]
     missing = [f for f in fields if f not in doc]
     if missing:
-        raise ApiError(422, f"documents[{i}] has no field {missing[0]!r} to rank on")
+        raise InvalidInput(f"documents[{i}] has no field {missing[0]!r} to rank on")
     values = [doc[f] if isinstance(doc[f], str) else str(doc[f]) for f in fields]
     if fields == ["text"]:
         return values[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.dialects.common import ranking, score
+from server.dialects.common import Dialect, ranking, score
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 
@@ -22,12 +22,16 @@ class RankRequest(BaseModel):
 
 
 class RankResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     doc: str
     score: float = Field(description="P(yes) in [0, 1]")
     rank: int = Field(description="1 = most relevant")
 
 
 class RankResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     results: list[RankResult]
 
 
@@ -39,3 +43,7 @@ async def rank(body: RankRequest, request: Request):
         {"doc": body.docs[i], "score": result.scores[i], "rank": r}
         for r, i in enumerate(ranking(result, None), start=1)
     ]})
+
+
+DIALECT = Dialect("legacy", router, responses={"/v1/rank": RankResponse},
+                  bench={"shim-rank": ("/v1/rank", "docs")})

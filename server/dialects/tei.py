@@ -13,10 +13,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from server.dialects.common import Document, document_texts, echo, ranking, score
-from server.errors import ApiError
+from server.dialects.cohere import RerankResult, Usage
+from server.dialects.common import Dialect, Document, document_texts, echo, ranking, score
+from server.errors import default_error_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
+from server.scoring.errors import InvalidInput
 
 router = APIRouter(tags=["tei / seed"])
 
@@ -62,18 +64,31 @@ RerankBody = Annotated[
 
 
 class TeiRank(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     index: int
     score: float
     text: str | None = None
 
 
+class SeedRanked(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int
+    score: float
+    document: str
+    index: int
+
+
 class SeedResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     query: str
-    reranked_documents: list[dict[str, Any]]
+    reranked_documents: list[SeedRanked]
     total_docs: int
     processed_in_ms: float
-    results: list[dict[str, Any]]
-    usage: dict[str, int]
+    results: list[RerankResult]
+    usage: Usage
     model: str
     id: str
 
@@ -92,7 +107,7 @@ async def _tei(body: TeiRequest, request: Request) -> list[dict]:
     result = await score(request, ScoreRequest(body.query, body.texts, body.instruction, body.raw_scores))
     if body.truncate is False and any(result.truncated):
         first = result.truncated.index(True)
-        raise ApiError(422, f"texts[{first}] is longer than the model accepts and truncate is false")
+        raise InvalidInput(f"texts[{first}] is longer than the model accepts and truncate is false")
     out = []
     for i in ranking(result, None):
         item = {"index": i, "score": result.scores[i]}
@@ -125,3 +140,12 @@ async def _seed(body: SeedRequest, request: Request) -> dict:
         "model": request.app.state.settings.model_name,
         "id": request.scope.get("request_id", ""),
     }
+
+
+def _error(status: int, detail: str, type_: str, request_id: str) -> tuple[int, dict]:
+    """TEI clients read `error` and `error_type`; everyone else reads `detail`/`message`."""
+    status, body = default_error_body(status, detail, type_, request_id)
+    return status, {**body, "error": detail, "error_type": type_}
+
+
+DIALECT = Dialect("tei", router, responses={"/rerank": list[TeiRank] | SeedResponse}, error=_error)

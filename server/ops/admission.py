@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from server.errors import Overloaded
+from server.scoring.errors import NoRoom
 
 
 class Admission:
@@ -41,4 +41,4 @@ class Admission:
 
     def _refuse(self, reason: str, detail: str) -> None:
         self.metrics.rejections.labels(reason=reason).inc()
-        raise Overloaded(detail, self.retry_after, status=503)
+        raise NoRoom(detail, self.retry_after, reason)

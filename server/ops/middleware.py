@@ -13,9 +13,10 @@ import time
 
 import orjson
 
+from server.errors import default_error_body
+
 log = logging.getLogger("server.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_ENDPOINTS = {"/v1/rank", "/v1/rerank", "/v2/rerank", "/rerank"}
 # Request ids only need to be unique, not secret: a random per-process prefix and a counter cost
 # a fraction of a urandom call per request.
 _ID_PREFIX = secrets.token_hex(8)
@@ -27,8 +28,11 @@ class _BodyTooLarge(Exception):
 
 
 class ServiceMiddleware:
-    def __init__(self, app, metrics, max_body_bytes: int) -> None:
+    def __init__(self, app, metrics, max_body_bytes: int, dialect_of: dict) -> None:
+        """`dialect_of`: scoring path -> its dialect (the registry). Those paths get metrics and
+        an access log line (probes and scrapes do not), and their dialect shapes a 413."""
         self.app = app
+        self.dialect_of = dialect_of
         self.metrics = metrics
         self.max_body = max_body_bytes
 
@@ -38,7 +42,7 @@ class ServiceMiddleware:
         request_id, declared_length = _read_headers(scope)
         scope["request_id"] = request_id
         path = scope["path"]
-        endpoint = path if path in _ENDPOINTS else None
+        endpoint = path if path in self.dialect_of else None
         status = {"code": 500, "started": False}
 
         async def send_wrapper(message):
@@ -80,11 +84,12 @@ class ServiceMiddleware:
 
     async def _too_large(self, scope, send) -> None:
         detail = f"request body larger than the limit of {self.max_body} bytes (max_body_bytes)"
-        body = orjson.dumps({"detail": detail, "message": detail, "type": "payload_too_large",
-                             "id": scope["request_id"]})
-        await send({"type": "http.response.start", "status": 413,
+        dialect = self.dialect_of.get(scope["path"])
+        shape = dialect.error if dialect is not None else default_error_body
+        status, body = shape(413, detail, "payload_too_large", scope["request_id"])
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": orjson.dumps(body)})
 
 
 def _read_headers(scope) -> tuple[str, int]:

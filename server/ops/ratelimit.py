@@ -11,7 +11,7 @@ from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from server.errors import Overloaded
+from server.errors import ApiError, retry_after
 
 
 class RateLimiter:
@@ -28,9 +28,10 @@ class RateLimiter:
         if self.limiter.hit(self.item, key):
             return
         reset_at, _ = self.limiter.get_window_stats(self.item, key)
-        retry_after = max(1, math.ceil(reset_at - time.time()))
+        wait = math.ceil(reset_at - time.time())
         self.metrics.rejections.labels(reason="rate_limit").inc()
-        raise Overloaded(f"rate limit exceeded: {self.item} per client", retry_after, status=429)
+        raise ApiError(429, f"rate limit exceeded: {self.item} per client", "rate_limited",
+                       retry_after(wait))
 
     def client_ip(self, request: Request) -> str:
         """The peer address; X-Forwarded-For is believed only when the peer is a trusted proxy."""

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from cachetools import TTLCache
 
-from server.errors import ApiError
 from server.scoring.engine import EngineClient
+from server.scoring.errors import InvalidInput, TooLarge
 from server.scoring.prompt import Piece, PromptEncoder
 
 # A token of Qwen's BPE is rarely longer than this many characters; text beyond
@@ -65,7 +65,7 @@ def _check_unicode(text: str, where: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ApiError(422, f"{where} contains invalid Unicode (a lone surrogate)") from None
+        raise InvalidInput(f"{where} contains invalid Unicode (a lone surrogate)") from None
 
 
 def canary_passes(scores: list[float]) -> bool:
@@ -126,20 +126,20 @@ class Scorer:
     # --- request shaping ---------------------------------------------------------------------
     def _validate(self, req: ScoreRequest) -> None:
         if not req.query or not req.query.strip():
-            raise ApiError(422, "query must be a non-empty string")
+            raise InvalidInput("query must be a non-empty string")
         if not req.documents:
-            raise ApiError(422, "documents must contain at least one document")
+            raise InvalidInput("documents must contain at least one document")
         limit = self.settings.max_documents
         if len(req.documents) > limit:
-            raise ApiError(422, f"too many documents: {len(req.documents)} > limit {limit} "
+            raise InvalidInput(f"too many documents: {len(req.documents)} > limit {limit} "
                                 "(max_documents); split the request")
         _check_unicode(req.query, "query")
         for i, doc in enumerate(req.documents):
             _check_unicode(doc, f"documents[{i}]")
         if req.max_tokens_per_doc is not None and req.max_tokens_per_doc < 1:
-            raise ApiError(422, "max_tokens_per_doc must be >= 1")
+            raise InvalidInput("max_tokens_per_doc must be >= 1")
         if req.max_chunks_per_doc is not None and req.max_chunks_per_doc < 1:
-            raise ApiError(422, "max_chunks_per_doc must be >= 1")
+            raise InvalidInput("max_chunks_per_doc must be >= 1")
 
     async def _cut_query(self, query: str) -> str:
         limit = self.settings.max_query_tokens
@@ -159,7 +159,7 @@ class Scorer:
         if req.max_tokens_per_doc:
             room = min(room, req.max_tokens_per_doc)
         if room < 1:
-            raise ApiError(422, "query and instruction leave no room for a document within "
+            raise InvalidInput("query and instruction leave no room for a document within "
                                 f"max_model_len={self.settings.max_model_len} tokens")
         if req.max_chunks_per_doc is not None:
             chunks = req.max_chunks_per_doc
@@ -193,7 +193,7 @@ class Scorer:
     def _check_request_tokens(self, jobs: list[_Job]) -> None:
         total = sum(j.tokens for j in jobs)
         if total > self.settings.max_request_tokens:
-            raise ApiError(413, f"request too large: {total} document tokens > limit "
+            raise TooLarge(f"request too large: {total} document tokens > limit "
                                 f"{self.settings.max_request_tokens} (max_request_tokens)")
 
     async def _encode(self, texts: list[str]) -> list[Piece]:

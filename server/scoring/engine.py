@@ -13,7 +13,7 @@ import math
 import aiohttp
 import orjson
 
-from server.errors import ApiError, EngineUnavailable
+from server.scoring.errors import EngineBadAnswer, EngineRejected, EngineTimeout, EngineUnavailable
 
 # vLLM's uvicorn closes idle keep-alive connections after 5 s; expiring ours first avoids the
 # race where a request goes out on a connection the server is closing (facts.md).
@@ -72,7 +72,7 @@ class EngineClient:
                 self._mark_down()
                 raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
             except asyncio.TimeoutError as exc:
-                raise ApiError(504, "the engine did not answer in time", "timeout") from exc
+                raise EngineTimeout("the engine did not answer in time") from exc
         raise AssertionError("unreachable")
 
     def _result(self, status: int, payload: bytes) -> dict:
@@ -81,7 +81,7 @@ class EngineClient:
             return orjson.loads(payload)
         message = _error_message(payload)
         if status in (400, 422):
-            raise ApiError(400, f"rejected by the engine: {message}", "invalid_request")
+            raise EngineRejected(f"rejected by the engine: {message}")
         if status in (429, 503):
             raise EngineUnavailable(f"engine busy or unavailable: {message}")
         self._mark_down()
@@ -112,8 +112,7 @@ def _finite(scores: list) -> list[float]:
     # into null: that must not reach a client as a score, nor sort as one.
     for score in scores:
         if not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise ApiError(502, f"the engine returned a score that is not a finite number: {score!r}",
-                           "engine_error")
+            raise EngineBadAnswer(f"the engine returned a score that is not a finite number: {score!r}")
     return scores
 
 
