@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
             yield
         finally:
             watcher.cancel()
+            await app.state.scorer.aclose()
             await engine.aclose()
 
     app = FastAPI(title="Qwen3 Reranker", description=DESCRIPTION, version="0.1.0",

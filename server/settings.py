@@ -85,6 +85,23 @@ class Settings(BaseSettings):
     pairs_per_engine_call: int = Field(64, description="large requests go to vLLM in concurrent slices")
     upstream_timeout: float = Field(120.0, description="seconds for one call to vLLM")
 
+    # --- cross-request batching and priority dispatch (server/scoring/dispatch.py) -------------
+    batching: bool = Field(True, description="coalesce concurrent requests into shared /classify "
+                           "calls and dispatch interactive work first (engine_api=tokens)")
+    batch_max_tokens: int = Field(16384, description="prompt tokens per /classify call")
+    batch_max_prompts: int = Field(512, description="prompts per /classify call")
+    batch_fill_ms: float = Field(1.0, description="while calls are in flight, let a batch fill "
+                                 "this long before sending it (an idle engine gets work at once)")
+    engine_token_budget: int = Field(
+        0, description="bulk work is held in the shim while this many prompt tokens are in the "
+        "engine; 0 = auto: 1.5 x max_num_batched_tokens (32768 on GPU, 8192 on CPU)")
+    engine_max_calls: int = Field(8, description="/classify calls in flight at once")
+    interactive_max_tokens: int = Field(
+        4096, description="requests with at most this many prompt tokens are interactive "
+        "(dispatched first); larger ones are bulk. A caller may also say X-Priority: bulk|interactive")
+    bulk_max_wait_s: float = Field(1.0, description="bulk work waiting this long goes before "
+                                   "interactive work (no class starves)")
+
     # admission control: in-flight work, counted in (query, document) pairs and tokens
     max_inflight_pairs: int = 4096
     max_inflight_tokens: int = 0  # 0 = no token bound
@@ -142,6 +159,13 @@ class Settings(BaseSettings):
     @property
     def upstream_url(self) -> str:
         return (self.vllm_url or f"http://{self.vllm_host}:{self.vllm_port}").rstrip("/")
+
+    @property
+    def engine_token_budget_resolved(self) -> int:
+        if self.engine_token_budget > 0:
+            return self.engine_token_budget
+        step = self.max_num_batched_tokens or (32768 if Path("/dev/nvidiactl").exists() else 8192)
+        return int(step * 1.5)
 
     def per_worker(self) -> "Settings":
         """The share of one shim worker: in-flight bounds and rate limits are per process, so

@@ -48,6 +48,8 @@ _WATCH_FROM_DOCS = 32
 async def score(request: Request, req: ScoreRequest) -> ScoreResult:
     """Run the core; a client that disconnects cancels its work (and vLLM's, via the socket)."""
     scorer = request.app.state.scorer
+    if req.priority is None:  # a caller may mark its work: X-Priority: interactive | bulk
+        req.priority = request.headers.get("x-priority")
     if len(req.documents) < _WATCH_FROM_DOCS:
         result = await scorer.score(req)
     else:

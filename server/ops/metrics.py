@@ -31,6 +31,17 @@ class Metrics:
                                   "control or rate limits", ["reason"], registry=r)
         self.cache_hits = Counter("reranker_score_cache_hits", "Score cache hits", registry=r)
         self.cache_misses = Counter("reranker_score_cache_misses", "Score cache misses", registry=r)
+        # dispatch (server/scoring/dispatch.py): work waiting in the shim, per priority class
+        self.queue_depth = Gauge("reranker_queue_depth", "Prompts waiting in the shim's dispatch "
+                                 "queue", ["class"], registry=r, multiprocess_mode="livesum")
+        self.queue_wait = Histogram("reranker_queue_wait_seconds", "Time work waited in the shim's "
+                                    "dispatch queue", ["class"], buckets=LATENCY_BUCKETS, registry=r)
+        self.engine_outstanding_tokens = Gauge(
+            "reranker_engine_outstanding_tokens", "Prompt tokens sent to the engine and not answered",
+            registry=r, multiprocess_mode="livesum")
+        self.batch_prompts = Histogram("reranker_engine_batch_prompts", "Prompts per /classify call",
+                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+                                       registry=r)
         self.engine_up = Gauge("reranker_engine_up", "1 when vLLM answers /health", registry=r,
                                multiprocess_mode="livemax")
         self.draining = Gauge("reranker_draining", "1 while the shim drains", registry=r,

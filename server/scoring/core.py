@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from cachetools import TTLCache
 
+from server.scoring.dispatch import Dispatcher
 from server.scoring.engine import EngineClient
 from server.scoring.errors import InvalidInput, TooLarge
 from server.scoring.prompt import Piece, PromptEncoder
@@ -40,6 +41,7 @@ class ScoreRequest:
     raw: bool = False                    # logit(yes) - logit(no) instead of P(yes)
     max_tokens_per_doc: int | None = None
     max_chunks_per_doc: int | None = None  # None: the server's chunking setting decides
+    priority: str | None = None          # "interactive" | "bulk"; None: decided by size
 
 
 @dataclass
@@ -84,10 +86,17 @@ class Scorer:
         self.engine = engine
         self.admission = admission
         self.metrics = metrics
+        # Coalescing needs the token path (/classify takes prompts of different requests).
+        self.dispatcher = (Dispatcher(engine, settings, metrics)
+                           if settings.batching and settings.engine_api == "tokens" else None)
         self.cache: TTLCache | None = (
             TTLCache(settings.score_cache_entries, settings.score_cache_ttl)
             if settings.score_cache else None
         )
+
+    async def aclose(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.aclose()
 
     async def score(self, req: ScoreRequest) -> ScoreResult:
         started = time.perf_counter()
@@ -113,7 +122,7 @@ class Scorer:
         budget, chunks = self._budget(head, req)
         jobs = await self._jobs(docs, keys, budget, chunks)
         self._check_request_tokens(jobs)
-        return await self._run(jobs, head, query, instruction, req.raw)
+        return await self._run(jobs, head, query, instruction, req)
 
     async def canary(self) -> list[float]:
         """Scores of two unrelated documents, through the normal path but past the cache (which
@@ -140,6 +149,8 @@ class Scorer:
             raise InvalidInput("max_tokens_per_doc must be >= 1")
         if req.max_chunks_per_doc is not None and req.max_chunks_per_doc < 1:
             raise InvalidInput("max_chunks_per_doc must be >= 1")
+        if req.priority not in (None, "interactive", "bulk"):
+            raise InvalidInput(f"priority must be 'interactive' or 'bulk', not {req.priority!r}")
 
     async def _cut_query(self, query: str) -> str:
         limit = self.settings.max_query_tokens
@@ -203,15 +214,20 @@ class Scorer:
 
     # --- engine work -----------------------------------------------------------------------------
     async def _run(self, jobs: list[_Job], head: list[int], query: str, instruction: str,
-                   raw: bool) -> dict[str, tuple[float, int, bool]]:
+                   req: ScoreRequest) -> dict[str, tuple[float, int, bool]]:
         if not jobs:
             return {}
         owners = [j for j in jobs for _ in j.chunks]
         prompts = [self.encoder.assemble(head, c) for j in jobs for c in j.chunks]
         texts = [t for j in jobs for t in j.texts]
         tokens = sum(len(p) for p in prompts)
+        klass = req.priority or (
+            "interactive" if tokens <= self.settings.interactive_max_tokens else "bulk")
         async with self.admission.admit(len(prompts), tokens):
-            scores = await self._score_slices(prompts, texts, query, instruction, raw)
+            if self.dispatcher is not None:
+                scores = await self.dispatcher.classify(prompts, req.raw, klass)
+            else:
+                scores = await self._score_slices(prompts, texts, query, instruction, req.raw)
         best: dict[str, float] = {}
         for job, score in zip(owners, scores):
             best[job.key] = max(score, best.get(job.key, float("-inf")))

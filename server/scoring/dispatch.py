@@ -1,0 +1,230 @@
+"""Cross-request batching and token-budgeted priority dispatch in front of vLLM's /classify.
+
+Why this exists (benchmarks/RESULTS.md, ../shared/reference/operations.md sections 3-4):
+- Each client request used to be one HTTP call to vLLM. A call costs vLLM's API server and engine
+  core a fixed overhead, so small requests (3 documents) left the GPU mostly idle. `/classify`
+  takes many pre-tokenised prompts per call, so concurrent requests are coalesced here.
+- vLLM's scheduler runs RUNNING requests first and never preempts for token budget, so once bulk
+  work fills the engine, a small request waits behind all of it, whatever its vLLM priority. Only
+  the shim can keep bulk work out of the engine: outstanding engine tokens are kept under a budget
+  and the rest waits here, where interactive work is dispatched first.
+
+Model: a request's prompts become items of at most `batch_max_tokens` tokens, queued by class
+(interactive, bulk). One loop dispatches: the interactive queue first, unless the oldest bulk item
+has waited `bulk_max_wait_s` (bounded wait: bulk never starves); interactive calls only need a free
+call slot, bulk calls must also fit the engine token budget. A call takes as many queued items of
+one class as fit `batch_max_tokens` / `batch_max_prompts`. While calls are in flight the loop lets
+a batch fill for `batch_fill_ms` first (the engine is busy anyway); an idle engine gets work at
+once, so a lone request never waits for the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from server.scoring.errors import EngineRejected
+
+log = logging.getLogger("server.dispatch")
+CLASSES = ("interactive", "bulk")
+
+
+@dataclass(eq=False)
+class _Item:
+    prompts: list[list[int]]
+    tokens: int
+    raw: bool
+    klass: str
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Dispatcher:
+    def __init__(self, engine, settings, metrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.max_tokens = settings.batch_max_tokens
+        self.max_prompts = settings.batch_max_prompts
+        self.fill_s = settings.batch_fill_ms / 1000.0
+        self.budget = settings.engine_token_budget_resolved
+        self.max_calls = settings.engine_max_calls
+        self.bulk_max_wait_s = settings.bulk_max_wait_s
+        self.queues: dict[str, deque[_Item]] = {k: deque() for k in CLASSES}
+        self.queued_prompts = dict.fromkeys(CLASSES, 0)
+        self.calls = 0                # /classify calls in flight
+        self.outstanding = 0          # prompt tokens in flight in the engine
+        self._changed = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+        self._calls_tasks: set[asyncio.Task] = set()
+
+    # --- the caller's side ---------------------------------------------------------------------
+    async def classify(self, prompts: list[list[int]], raw: bool, klass: str) -> list[float]:
+        """Scores of `prompts`, in order, dispatched with the other requests' work."""
+        self._ensure_running()
+        loop = asyncio.get_running_loop()
+        items = [_Item(part, sum(len(p) for p in part), raw, klass, loop.create_future())
+                 for part in self._split(prompts)]
+        for item in items:
+            self.queues[klass].append(item)
+            self.queued_prompts[klass] += len(item.prompts)
+        self._publish_depth(klass)
+        self._changed.set()
+        try:
+            parts = await asyncio.gather(*(item.future for item in items))
+        except BaseException:
+            # Cancelled (client gone) or failed: queued items of this request must not be sent.
+            for item in items:
+                if not item.future.cancel() and not item.future.cancelled():
+                    item.future.exception()  # retrieved: no "never retrieved" warning
+            self._drop_cancelled(klass)
+            raise
+        return [score for part in parts for score in part]
+
+    def _split(self, prompts: list[list[int]]) -> list[list[list[int]]]:
+        parts, current, tokens = [], [], 0
+        for p in prompts:
+            if current and (tokens + len(p) > self.max_tokens or len(current) >= self.max_prompts):
+                parts.append(current)
+                current, tokens = [], 0
+            current.append(p)
+            tokens += len(p)
+        if current:
+            parts.append(current)
+        return parts
+
+    # --- the loop --------------------------------------------------------------------------------
+    def _ensure_running(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def aclose(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        for task in list(self._calls_tasks):
+            task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            klass = self._pick()
+            if klass is None:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            if self.calls and self.fill_s:
+                await asyncio.sleep(self.fill_s)  # the engine is busy: let the batch grow
+                klass = self._pick() or klass
+            batch = self._take(klass)
+            if batch:
+                self._launch(klass, batch)
+
+    def _pick(self) -> str | None:
+        """The class to dispatch next, or None when nothing may go now."""
+        for klass in CLASSES:
+            self._pop_done_heads(klass)
+        inter, bulk = self.queues["interactive"], self.queues["bulk"]
+        order = CLASSES
+        if bulk and (not inter or time.monotonic() - bulk[0].queued_at >= self.bulk_max_wait_s):
+            order = ("bulk", "interactive")
+        for klass in order:
+            if self.queues[klass] and self._room(klass, self.queues[klass][0].tokens):
+                return klass
+        return None
+
+    def _room(self, klass: str, tokens: int) -> bool:
+        if self.calls >= self.max_calls:
+            return False
+        if klass == "interactive":  # small by definition: only a call slot is needed
+            return True
+        return self.outstanding == 0 or self.outstanding + tokens <= self.budget
+
+    def _take(self, klass: str) -> list[_Item]:
+        queue, batch, tokens, prompts = self.queues[klass], [], 0, 0
+        while queue:
+            item = queue[0]
+            if item.future.done():  # cancelled while queued
+                queue.popleft()
+                self.queued_prompts[klass] -= len(item.prompts)
+                continue
+            if batch and (item.raw != batch[0].raw or tokens + item.tokens > self.max_tokens
+                          or prompts + len(item.prompts) > self.max_prompts
+                          or (klass == "bulk" and self.outstanding + tokens + item.tokens > self.budget)):
+                break
+            queue.popleft()
+            batch.append(item)
+            tokens += item.tokens
+            prompts += len(item.prompts)
+        now = time.monotonic()
+        for item in batch:
+            self.queued_prompts[klass] -= len(item.prompts)
+            self.metrics.queue_wait.labels(klass).observe(now - item.queued_at)
+        self._publish_depth(klass)
+        return batch
+
+    def _launch(self, klass: str, batch: list[_Item]) -> None:
+        tokens = sum(item.tokens for item in batch)
+        self.calls += 1
+        self.outstanding += tokens
+        self.metrics.engine_outstanding_tokens.set(self.outstanding)
+        self.metrics.batch_prompts.observe(sum(len(item.prompts) for item in batch))
+        task = asyncio.get_running_loop().create_task(self._call(batch, tokens))
+        self._calls_tasks.add(task)
+        task.add_done_callback(self._calls_tasks.discard)
+
+    async def _call(self, batch: list[_Item], tokens: int) -> None:
+        try:
+            prompts = [p for item in batch for p in item.prompts]
+            try:
+                scores = await self.engine.classify(prompts, batch[0].raw)
+            except EngineRejected:
+                if len(batch) == 1:
+                    raise
+                # One request's input may be what the engine refused: score each request on its
+                # own so only that request fails.
+                await asyncio.gather(*(self._call_alone(item) for item in batch))
+                return
+            at = 0
+            for item in batch:
+                n = len(item.prompts)
+                if not item.future.done():
+                    item.future.set_result(scores[at: at + n])
+                at += n
+        except Exception as exc:  # engine down, timeout, bad answer: every caller learns it
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+        finally:
+            self.calls -= 1
+            self.outstanding -= tokens
+            self.metrics.engine_outstanding_tokens.set(self.outstanding)
+            self._changed.set()
+
+    async def _call_alone(self, item: _Item) -> None:
+        try:
+            result = await self.engine.classify(item.prompts, item.raw)
+            if not item.future.done():
+                item.future.set_result(result)
+        except Exception as exc:
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    def _pop_done_heads(self, klass: str) -> None:
+        queue = self.queues[klass]
+        while queue and queue[0].future.done():
+            self.queued_prompts[klass] -= len(queue.popleft().prompts)
+
+    def _drop_cancelled(self, klass: str) -> None:
+        queue = self.queues[klass]
+        if any(item.future.done() for item in queue):
+            kept = deque(item for item in queue if not item.future.done())
+            for item in queue:
+                if item.future.done():
+                    self.queued_prompts[klass] -= len(item.prompts)
+            self.queues[klass] = kept
+            self._publish_depth(klass)
+
+    def _publish_depth(self, klass: str) -> None:
+        self.metrics.queue_depth.labels(klass).set(self.queued_prompts[klass])

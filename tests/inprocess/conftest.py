@@ -1,0 +1,92 @@
+"""The in-process test layer: the real app (create_app), the real tokenizer and prompt, and a
+fake engine in place of vLLM. Fast (no vLLM start) and able to force what a real engine can't
+show on demand: slowness, a gate held shut, refusals, outages. Real-vLLM behaviour stays in
+tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+
+from server.app import create_app
+from server.scoring.errors import EngineRejected
+from server.settings import Settings
+from tests.conftest import MAX_MODEL_LEN, MODEL_NAME, ensure_model
+
+POISON = "POISON-PILL"  # a document the fake engine refuses, as vLLM refuses bad input
+
+
+class FakeEngine:
+    """Stands in for vLLM's /classify: a deterministic score from the prompt's token ids."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.model_name = MODEL_NAME
+        self.base_url = "fake://engine"
+        self.healthy = True
+        self.delay = delay
+        self.gate: asyncio.Event | None = None   # when set to an Event, calls wait for it
+        self.fail: Exception | None = None       # raised by every call while set
+        self.poison_ids: list[int] = []          # token ids of POISON: such prompts are refused
+        self.calls: list[list[list[int]]] = []
+
+    @staticmethod
+    def logit(prompt: list[int]) -> float:
+        tail = prompt[-48:]
+        return (sum((i + 1) * t for i, t in enumerate(tail)) % 997) / 997 * 8 - 4
+
+    async def classify(self, prompts: list[list[int]], raw: bool) -> list[float]:
+        self.calls.append(prompts)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        if self.poison_ids and any(_contains(p, self.poison_ids) for p in prompts):
+            raise EngineRejected("rejected by the engine: poisoned prompt")
+        logits = [self.logit(p) for p in prompts]
+        return logits if raw else [1 / (1 + math.exp(-x)) for x in logits]
+
+    async def rerank(self, query, documents, instruction, raw):  # engine_api=rerank is not faked
+        raise NotImplementedError
+
+    async def check_health(self) -> bool:
+        return self.healthy
+
+    async def metrics_text(self) -> str:
+        return "vllm:num_requests_running 0\n"
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _contains(seq: list[int], sub: list[int]) -> bool:
+    n = len(sub)
+    return any(seq[i:i + n] == sub for i in range(len(seq) - n + 1))
+
+
+def settings(**overrides) -> Settings:
+    base = dict(model=str(ensure_model()), served_model_name=MODEL_NAME, max_model_len=MAX_MODEL_LEN,
+                rate_limit="", workers=1)
+    return Settings(**{**base, **overrides})
+
+
+@asynccontextmanager
+async def running(fake: FakeEngine | None = None, **overrides):
+    """The app started (lifespan: tokenizer, canary) around `fake`; yields (app, client, fake)."""
+    fake = fake or FakeEngine()
+    app = create_app(settings(**overrides), engine_factory=lambda s: fake)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shim") as client:
+            fake.calls.clear()  # the start-up canary is not the test's traffic
+            yield app, client, fake
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"

@@ -1,0 +1,137 @@
+"""Cross-request batching and priority dispatch (server/scoring/dispatch.py), with a fake engine
+that can be held shut or slowed down, which a real engine can't do on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.inprocess.conftest import POISON, FakeEngine, running
+
+pytestmark = pytest.mark.anyio
+
+Q = "capital of France"
+SMALL = {"query": Q, "docs": ["Paris is the capital.", "Bananas.", "Lyon."]}
+
+
+def big(n_docs: int = 8, words: int = 300) -> dict:
+    return {"query": Q, "docs": [f"document {i} " + "text " * words for i in range(n_docs)]}
+
+
+def scores(response) -> dict[str, float]:
+    return {r["doc"]: r["score"] for r in response.json()["results"]}
+
+
+async def test_concurrent_requests_share_engine_calls_and_keep_their_scores(anyio_backend):
+    async with running(FakeEngine(delay=0.01), engine_max_calls=1) as (app, client, fake):
+        bodies = [{"query": f"{Q} {i}", "docs": SMALL["docs"]} for i in range(24)]
+        alone = [scores(await client.post("/v1/rank", json=b)) for b in bodies[:3]]
+        fake.calls.clear()
+        together = await asyncio.gather(*(client.post("/v1/rank", json=b) for b in bodies))
+        assert all(r.status_code == 200 for r in together)
+        assert len(fake.calls) < len(bodies) / 2  # coalesced into a few calls
+        assert [scores(r) for r in together[:3]] == alone  # and each got its own scores back
+
+
+async def test_uncoalesced_path_gives_the_same_scores(anyio_backend):
+    async with running(batching=False) as (app, client, fake):
+        plain = [scores(await client.post("/v1/rank", json=big(3, 50)))]
+    async with running() as (app, client, fake):
+        assert [scores(await client.post("/v1/rank", json=big(3, 50)))] == plain
+
+
+async def test_interactive_work_goes_before_queued_bulk_work(anyio_backend):
+    fake = FakeEngine()
+    async with running(fake, engine_max_calls=1, interactive_max_tokens=1000,
+                       batch_max_tokens=2000) as (app, client, fake):
+        fake.gate = asyncio.Event()
+        first = asyncio.create_task(client.post("/v1/rank", json=big(1, 10)))  # holds the slot
+        while not fake.calls:
+            await asyncio.sleep(0.001)
+        bulk = asyncio.create_task(client.post("/v1/rank", json=big(8, 300)))
+        await asyncio.sleep(0.02)
+        small = asyncio.create_task(client.post("/v1/rank", json=SMALL))
+        await asyncio.sleep(0.02)
+        depth = app.state.metrics.queue_depth
+        assert depth.labels("bulk")._value.get() > 0 and depth.labels("interactive")._value.get() == 3
+        fake.gate.set()
+        await asyncio.gather(first, bulk, small)
+        sizes = [len(call) for call in fake.calls]
+        assert sizes[1] == 3, sizes  # the small request was the next call, ahead of the bulk work
+        assert depth.labels("bulk")._value.get() == 0
+
+
+async def test_bulk_never_starves_under_a_steady_small_request_stream(anyio_backend):
+    # one call slot and room for two small requests per call: eight small streams keep the
+    # interactive queue from ever running empty, so only the bounded wait lets bulk through
+    async with running(FakeEngine(delay=0.004), engine_max_calls=1, interactive_max_tokens=1000,
+                       batch_max_prompts=6, bulk_max_wait_s=0.2) as (app, client, fake):
+        stop = asyncio.Event()
+
+        async def small_stream():
+            while not stop.is_set():
+                await client.post("/v1/rank", json=SMALL)
+
+        streams = [asyncio.create_task(small_stream()) for _ in range(8)]
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        try:  # a starving implementation fails here in seconds instead of hanging the run
+            r = await asyncio.wait_for(client.post("/v1/rank", json=big(4, 300)), 5)
+        finally:
+            waited = time.monotonic() - started
+            stop.set()
+            await asyncio.gather(*streams)
+        assert r.status_code == 200
+        assert waited < 1.5, waited  # bounded by bulk_max_wait_s plus a few engine calls
+
+
+async def test_a_request_cancelled_while_queued_frees_its_place(anyio_backend):
+    fake = FakeEngine()
+    async with running(fake, engine_max_calls=1) as (app, client, fake):
+        fake.gate = asyncio.Event()
+        scorer = app.state.scorer
+        holder = asyncio.create_task(client.post("/v1/rank", json=SMALL))
+        while not fake.calls:
+            await asyncio.sleep(0.001)
+        queued = asyncio.create_task(client.post("/v1/rank", json=big(6, 100)))
+        await asyncio.sleep(0.05)
+        assert scorer.admission.pairs == 3 + 6
+        queued.cancel()
+        await asyncio.gather(queued, return_exceptions=True)
+        assert scorer.admission.pairs == 3  # its admission is released at once
+        fake.gate.set()
+        assert (await holder).status_code == 200
+        await asyncio.sleep(0.05)
+        assert [len(c) for c in fake.calls] == [3]  # its prompts never reached the engine
+        assert app.state.metrics.queue_depth.labels("bulk")._value.get() == 0
+
+
+async def test_one_refused_request_does_not_fail_the_others_in_its_batch(anyio_backend):
+    fake = FakeEngine(delay=0.01)
+    async with running(fake, engine_max_calls=1) as (app, client, fake):
+        fake.poison_ids = app.state.scorer.encoder.encode_plain([" " + POISON])[0].ids[1:]
+        bodies = [SMALL] * 6 + [{"query": Q, "docs": [POISON]}] + [SMALL] * 6
+        results = await asyncio.gather(*(client.post("/v1/rank", json=b) for b in bodies))
+        assert [r.status_code for r in results] == [200] * 6 + [400] + [200] * 6
+        assert "rejected by the engine" in results[6].json()["detail"]
+
+
+async def test_priority_header_marks_work_and_bad_values_are_refused(anyio_backend):
+    fake = FakeEngine()
+    async with running(fake, engine_max_calls=1) as (app, client, fake):
+        r = await client.post("/v1/rank", json=SMALL, headers={"X-Priority": "bulk"})
+        assert r.status_code == 200
+        wait = app.state.metrics.queue_wait
+        assert wait.labels("bulk")._sum.get() >= 0 and _count(wait, "bulk") == 1
+        r = await client.post("/v1/rank", json=SMALL, headers={"X-Priority": "urgent"})
+        assert r.status_code == 422 and "priority" in r.json()["detail"]
+
+
+def _count(histogram, klass: str) -> float:
+    for metric in histogram.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count") and sample.labels.get("class") == klass:
+                return sample.value
+    return 0.0
