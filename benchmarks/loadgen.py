@@ -112,7 +112,13 @@ WORKLOADS = {
     "rag": Workload("rag", 20, 390, (8, 32), 400),
     "rag100": Workload("rag100", 100, 390, (8,), 100),
     "long": Workload("long", 10, 3600, (8,), 100, min_model_len=4096),
+    # the interactive half of `mixed`: 3 short documents, a new query each time
+    "small": Workload("small", 3, 12, (10,), 2000),
 }
+# mixed: `small` at low concurrency while `long` saturates the engine, for MIXED_SECONDS; then
+# `long` alone for the same time: small-request latency under load, and what it costs bulk.
+MIXED = ("small", 10, "long", 8)
+MIXED_SECONDS = 20.0
 
 TARGETS = {
     # name: (which base URL, path, body shape)
@@ -542,6 +548,10 @@ def main(argv=None) -> int:
 
     failures = 0
     for name in [n.strip() for n in args.workloads.split(",") if n.strip()]:
+        if name == "mixed":
+            for target in targets:
+                emit(mixed(args, counter, bases, target, common))
+            continue
         if name not in WORKLOADS:
             raise SystemExit(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
         w = smoke(WORKLOADS[name]) if args.smoke else WORKLOADS[name]
@@ -587,6 +597,43 @@ def main(argv=None) -> int:
     if out:
         out.close()
     return 1 if failures else 0
+
+
+def mixed(args, counter: TokenCounter, bases: dict, target: str, common: dict) -> dict:
+    """Small requests at low concurrency while long ones saturate the engine, then long alone."""
+    import threading
+
+    small_name, small_c, long_name, long_c = MIXED
+    seconds = 4.0 if args.smoke else MIXED_SECONDS
+    base, path, _ = TARGETS[target]
+    urls = [u + path for u in bases[base]]
+
+    def run(name: str, c: int, tag: str, out: dict) -> None:
+        w = smoke(WORKLOADS[name]) if args.smoke else WORKLOADS[name]
+        corpus = build_corpus(w, counter, args.seed)
+        make = Requests(w, corpus, counter, target, args.model,
+                        zlib.crc32(f"{args.seed}/mixed/{tag}/{target}".encode()), None)
+        out[tag] = closed_loop(urls, make, c, 10**6, c, 1, args.timeout, seconds)
+        out[tag]["pairs_s"] = round(out[tag]["ok"] * w.docs / out[tag]["wall_s"], 1)
+
+    got: dict = {}
+    threads = [threading.Thread(target=run, args=(small_name, small_c, "small", got)),
+               threading.Thread(target=run, args=(long_name, long_c, "long", got))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    run(long_name, long_c, "long_alone", got)
+    small, long_, alone = got["small"], got["long"], got["long_alone"]
+    return {"kind": "mixed", "target": target, "workload": "mixed", "url": ",".join(urls),
+            "small_concurrency": small_c, "long_concurrency": long_c, "seconds": seconds,
+            "small_p50_ms": small["p50_ms"], "small_p95_ms": small["p95_ms"],
+            "small_p99_ms": small["p99_ms"], "small_req_s": small["req_s"],
+            "long_pairs_s": long_["pairs_s"], "long_alone_pairs_s": alone["pairs_s"],
+            "long_share_of_alone": round(long_["pairs_s"] / alone["pairs_s"], 3) if alone["pairs_s"] else None,
+            "long_p95_ms": long_["p95_ms"],
+            "errors": small["errors"] + long_["errors"] + alone["errors"],
+            "error_kinds": {**small["error_kinds"], **long_["error_kinds"]}, **common}
 
 
 if __name__ == "__main__":

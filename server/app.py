@@ -8,12 +8,13 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.security import HTTPAuthorizationCredentials
 
 from server.dialects import DIALECTS
 from server.errors import install_error_handlers
 from server.ops import health
 from server.ops.admission import Admission
-from server.ops.auth import Authenticator
+from server.ops.auth import Authenticator, bearer_scheme
 from server.ops.metrics import Metrics
 from server.ops.middleware import ServiceMiddleware
 from server.ops.ratelimit import RateLimiter
@@ -32,10 +33,11 @@ P(yes) of the official Qwen3-Reranker prompt; `raw_scores` gives logit(yes) - lo
 _CANARY_WARN_EVERY_S = 60.0
 
 
-async def guard(request: Request) -> None:
+async def guard(request: Request,
+                credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> None:
     """Auth then rate limit: the one dependency every scoring route carries."""
     state = request.app.state
-    identity = state.auth.identify(request)
+    identity = state.auth.identify(credentials)
     state.ratelimiter.check(request, identity)
 
 

@@ -394,6 +394,61 @@ def phase_custom(clock: Clock, config: str, flags: list[str], workloads: str, ta
         loadgen(clock, config, w, targets=targets, concurrency=concurrency, est_s=40)
 
 
+HEY = os.environ.get("BENCH_HEY", str(ROOT / ".tools" / "hey"))
+SEED_BODY = {"query": "如何申请差旅报销", "docs": ["员工手册第3章", "财务系统操作指南", "OA审批流程说明"]}
+
+
+def hey(config: str, target: str, url: str, body: dict, n: int = 5000, c: int = 50) -> None:
+    """The seed document's own load test: `hey -n 5000 -c 50 -m POST` with a fixed body."""
+    import re
+
+    body_file = WORK / f"hey-{target}.json"
+    body_file.write_text(json.dumps(body, ensure_ascii=False))
+    cmd = [HEY, "-n", str(n), "-c", str(c), "-m", "POST", "-T", "application/json",
+           "-D", str(body_file), url]
+    log(f"{config}: hey -n {n} -c {c} {url}")
+    try:
+        text = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        emit({"kind": "error", "config": config, "target": target, "error": f"hey: {exc}"})
+        return
+    def grab(pattern: str) -> float | None:
+        m = re.search(pattern, text)
+        return float(m.group(1)) if m else None
+    codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", text))
+    emit({"kind": "hey", "config": config, "target": target, "workload": "seed", "concurrency": c,
+          "requests": n, "req_s": grab(r"Requests/sec:\s+([\d.]+)"),
+          "p50_ms": _ms(grab(r"50%+ in ([\d.]+) secs")), "p95_ms": _ms(grab(r"95%+ in ([\d.]+) secs")),
+          "p99_ms": _ms(grab(r"99%+ in ([\d.]+) secs")),
+          "status_codes": {k: int(v) for k, v in codes.items()},
+          "errors": n - int(codes.get("200", 0))})
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def phase_batching(clock: Clock, budgets: list[int]) -> None:
+    """Issue 11: cross-request batching and priority dispatch (the launcher's defaults) against
+    the same shim with batching off (the old one-call-per-request path) and raw vLLM, same
+    engine, same run: hey seed c=50/c=120, mixed, rag/long; then the engine token budget."""
+    ensure_launcher("defaults", [])
+    vllm_seed = {"model": NAME, "query": SEED_BODY["query"], "documents": SEED_BODY["docs"]}
+    with Shims(1, batching="false") as old:
+        for c in (50, 120):
+            hey("defaults", "shim", SHIM + "/v1/rank", SEED_BODY, c=c)
+            hey("defaults", "shim-nobatch", old.urls[0] + "/v1/rank", SEED_BODY, c=c)
+            hey("defaults", "vllm", VLLM + "/rerank", vllm_seed, c=c)
+        loadgen(clock, "defaults", "mixed", targets="shim,vllm", est_s=90)
+        loadgen(clock, "nobatch", "mixed", shim=old.urls, targets="shim", est_s=45)
+        loadgen(clock, "defaults", "rag", targets="shim,vllm", est_s=60)
+        loadgen(clock, "nobatch", "rag", shim=old.urls, targets="shim", est_s=30)
+        loadgen(clock, "defaults", "long,rag100", targets="shim,vllm", est_s=60)
+    for budget in budgets:
+        with Shims(1, engine_token_budget=str(budget)) as shim:
+            loadgen(clock, f"budget{budget}", "mixed", shim=shim.urls, targets="shim", est_s=45)
+
+
 def score_probe(seed: int = 7, queries: int = 8, docs: int = 25) -> list[list[float]]:
     """Scores of a fixed set of pairs (mixed lengths) through the running shim."""
     import random
@@ -460,7 +515,8 @@ def phase_fp8(clock: Clock) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["baseline", "levers", "custom", "fp8", "stop"])
+    p.add_argument("phase", choices=["baseline", "levers", "custom", "fp8", "batching", "stop"])
+    p.add_argument("--budgets", default="32768,98304", help="engine token budgets for `batching`")
     p.add_argument("--budget", type=float, default=540, help="seconds this call may take")
     p.add_argument("--config", default="custom")
     p.add_argument("--flags", default="", help="launcher flags for `custom`")
@@ -483,6 +539,8 @@ def main(argv=None) -> int:
             phase_levers(clock)
         elif args.phase == "fp8":
             phase_fp8(clock)
+        elif args.phase == "batching":
+            phase_batching(clock, [int(b) for b in args.budgets.split(",") if b])
         elif args.phase == "custom":
             phase_custom(clock, args.config, shlex.split(args.flags), args.workloads, args.targets,
                          args.concurrency)

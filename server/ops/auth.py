@@ -2,6 +2,8 @@
 
 Off unless keys or a JWT key are configured. When off, any Authorization header is accepted:
 the Cohere and Jina SDKs refuse to start without a key, so they always send a dummy one.
+The header is parsed by FastAPI's `HTTPBearer` (which also declares the scheme in OpenAPI when
+auth is on); this module only decides whether the token is good.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import hmac
 from pathlib import Path
 
 import jwt
-from fastapi import Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from server.errors import ApiError
 
@@ -26,12 +28,12 @@ class Authenticator:
     def enabled(self) -> bool:
         return bool(self.keys or self.jwt_keys)
 
-    def identify(self, request: Request) -> str | None:
+    def identify(self, credentials: HTTPAuthorizationCredentials | None) -> str | None:
         """The caller's identity (key or JWT subject) for rate limiting; raises 401 when refused."""
         if not self.enabled:
             return None
-        token = _bearer(request)
-        if token is None:
+        token = credentials.credentials.strip() if credentials is not None else ""
+        if not token:
             raise _unauthorized("missing bearer token")
         if self._key_matches(token.encode()):
             return "key:" + token[-8:]
@@ -56,12 +58,9 @@ class Authenticator:
         raise _unauthorized(f"invalid token: {last_error}")
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+# auto_error=False: a missing or non-bearer header reaches `identify`, which answers 401 in our
+# error shape with WWW-Authenticate (HTTPBearer's own error would be FastAPI's 403/401 body).
+bearer_scheme = HTTPBearer(auto_error=False, description="an API key or a JWT")
 
 
 def _unauthorized(detail: str) -> ApiError:
