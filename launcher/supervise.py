@@ -21,14 +21,11 @@ import time
 import httpx
 
 from launcher.vllm_args import vllm_environment
+from server.ops.supervision import GiveUp, RestartBudget, forward, on_stop_signals
 
 log = logging.getLogger("launcher")
 _POLL_S = 0.5
 _PROGRESS_EVERY_S = 10.0
-
-
-class GiveUp(Exception):
-    pass
 
 
 class StartFailed(Exception):
@@ -44,12 +41,11 @@ class Supervisor:
         self.shim: subprocess.Popen | None = None
         self.stopping = False
         self.shim_signalled = False
-        self.restarts: list[float] = []
+        self.restarts = RestartBudget.from_settings(settings)
 
     # --- entry -----------------------------------------------------------------------------
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        on_stop_signals(self._on_signal)
         try:
             self._start_vllm()
             # The shim starts alongside, not after: while the model loads it already answers
@@ -76,8 +72,7 @@ class Supervisor:
         self.stopping = True
         # Readiness must fail at once, not after the next poll of the main loop: pass the signal
         # on now so the shim starts draining. A second signal reaches the shim too (stop now).
-        if self.shim is not None and self.shim.poll() is None:
-            self.shim.send_signal(signum)
+        if forward(signum, [self.shim]):
             self.shim_signalled = True
 
     # --- vLLM ------------------------------------------------------------------------------
@@ -121,13 +116,13 @@ class Supervisor:
             self._restart_vllm()
         if self.shim is not None and self.shim.poll() is not None and not self.stopping:
             log.error("shim exited", extra={"returncode": self.shim.returncode})
-            self._count_restart()
+            self.restarts.spend()
             self._start_shim()
 
     def _restart_vllm(self) -> None:
         while not self.stopping:
-            delay = self._count_restart()  # raises GiveUp when the budget is spent
-            log.info("restarting vLLM", extra={"backoff_s": delay, "restarts": len(self.restarts)})
+            delay = self.restarts.spend()  # raises GiveUp when the budget is spent
+            log.info("restarting vLLM", extra={"backoff_s": delay, "restarts": len(self.restarts.times)})
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not self.stopping:
                 time.sleep(_POLL_S)
@@ -138,14 +133,6 @@ class Supervisor:
                 return
             except StartFailed as exc:
                 log.error("vLLM restart failed", extra={"reason": str(exc)})
-
-    def _count_restart(self) -> float:
-        now = time.monotonic()
-        window = self.settings.vllm_restart_window
-        self.restarts = [t for t in self.restarts if now - t < window] + [now]
-        if len(self.restarts) > self.settings.vllm_max_restarts:
-            raise GiveUp(f"{len(self.restarts) - 1} restarts within {window:.0f} s")
-        return min(30.0, self.settings.vllm_restart_backoff * 2 ** (len(self.restarts) - 1))
 
     # --- shim ------------------------------------------------------------------------------
     def _start_shim(self) -> None:

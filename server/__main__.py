@@ -6,7 +6,8 @@ to `drain_timeout` for in-flight requests before exiting.
 
 With `workers` > 1 this process becomes a small pre-fork supervisor: it binds the socket once,
 starts that many worker interpreters sharing it, forwards signals and restarts a worker that
-dies. Metrics are merged across workers with prometheus-client's multiprocess mode; admission
+dies, by the same restart policy as the launcher (server/ops/supervision.py): backoff, and exit
+non-zero when the budget is spent. Metrics are merged across workers with prometheus-client's multiprocess mode; admission
 and rate limits are split evenly between workers (see Settings.per_worker).
 """
 
@@ -27,6 +28,7 @@ import uvicorn
 
 from server.ops.listener import queued_connections, refuse_new_connections
 from server.ops.logs import setup_logging
+from server.ops.supervision import GiveUp, RestartBudget, forward, on_stop_signals
 from server.settings import Settings
 
 log = logging.getLogger("server")
@@ -110,33 +112,47 @@ def supervise_workers(settings: Settings) -> int:
         return subprocess.Popen([sys.executable, "-m", "server"], env=env, pass_fds=[sock.fileno()])
 
     workers = [start() for _ in range(settings.shim_workers)]
+    budget = RestartBudget.from_settings(settings)
+    restart_at: dict[int, float] = {}  # worker slot -> when its replacement may start
     stopping = False
+    code = 0
 
     def on_signal(signum, frame):
         nonlocal stopping
         stopping = True
-        for w in workers:
-            if w.poll() is None:
-                w.send_signal(signum)
+        forward(signum, workers)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    on_stop_signals(on_signal)
     while not stopping:
+        now = time.monotonic()
         for i, w in enumerate(workers):
-            if w.poll() is not None and not stopping:
-                log.error("worker exited; restarting", extra={"pid": w.pid, "returncode": w.returncode})
-                _mark_dead(w.pid)
+            if w.poll() is None or stopping:
+                continue
+            if i not in restart_at:
+                log.error("worker exited", extra={"pid": w.pid, "returncode": w.returncode})
+                _mark_dead(w.pid, env["PROMETHEUS_MULTIPROC_DIR"])
+                try:
+                    restart_at[i] = now + budget.spend()
+                except GiveUp as exc:
+                    log.error("giving up on workers", extra={"reason": str(exc)})
+                    stopping, code = True, 1
+                    forward(signal.SIGTERM, workers)
+                    break
+            elif now >= restart_at[i]:
+                del restart_at[i]
                 workers[i] = start()
         time.sleep(0.5)
     for w in workers:
         w.wait()
-    return 0
+    return code
 
 
-def _mark_dead(pid: int) -> None:
+def _mark_dead(pid: int, metrics_dir: str) -> None:
+    # The directory is set for the workers only: name it (without it prometheus_client raised
+    # here, and a worker's death took the whole supervisor down).
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid)
+    multiprocess.mark_process_dead(pid, metrics_dir)
 
 
 def main() -> None:

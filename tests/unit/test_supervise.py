@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from launcher.supervise import GiveUp, Supervisor
+from launcher.supervise import Supervisor
+from server.ops.supervision import GiveUp
 from server.settings import Settings
 
 
@@ -14,27 +15,27 @@ def supervisor(**settings) -> Supervisor:
 
 def test_backoff_doubles_and_is_capped():
     sup = supervisor(vllm_max_restarts=10, vllm_restart_backoff=2.0)
-    assert [sup._count_restart() for _ in range(6)] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert [sup.restarts.spend() for _ in range(6)] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
 
 def test_gives_up_after_max_restarts_within_the_window():
     sup = supervisor(vllm_max_restarts=3, vllm_restart_window=600)
     for _ in range(3):
-        sup._count_restart()
+        sup.restarts.spend()
     with pytest.raises(GiveUp):
-        sup._count_restart()
+        sup.restarts.spend()
 
 
 def test_restarts_outside_the_window_are_forgotten(monkeypatch):
-    import launcher.supervise as supervise
+    import server.ops.supervision as supervise
 
     now = [1000.0]
     monkeypatch.setattr(supervise.time, "monotonic", lambda: now[0])
     sup = supervisor(vllm_max_restarts=2, vllm_restart_window=60)
-    sup._count_restart()
-    sup._count_restart()
+    sup.restarts.spend()
+    sup.restarts.spend()
     now[0] += 61
-    assert sup._count_restart() == 2.0  # a fresh budget, and the backoff starts again
+    assert sup.restarts.spend() == 2.0  # a fresh budget, and the backoff starts again
 
 
 def test_an_engine_that_cannot_start_makes_the_launcher_exit_non_zero():
