@@ -173,9 +173,11 @@ def test_copied_snippets_reproduce_the_pages_ranking(service, browser):
         assert "does not answer /score" in score
 
 
-def test_with_auth_a_wrong_key_shows_the_401_and_the_right_key_ranks(extra_shim, browser):
+def test_auth_wrong_key_shows_401_right_key_ranks_429_shows_retry_after(extra_shim, browser):
+    """The page's calls get the same auth and rate limit as any client (2 scoring calls a minute
+    per key here; refused keys are not counted)."""
     key = "playground-test-key-7f3a"
-    shim = extra_shim(api_keys=key)
+    shim = extra_shim(api_keys=key, rate_limit="2/minute")
     page = Playground(browser, shim.url + "/playground")
     assert page.el("key-row").is_displayed()
     fill(page, QUERY, DOCS)
@@ -198,6 +200,15 @@ def test_with_auth_a_wrong_key_shows_the_401_and_the_right_key_ranks(extra_shim,
     for name in ("curl", "cohere", "jina", "score"):
         snippet = page.snippet(name)
         assert key not in snippet and "RERANKER_API_KEY" in snippet, name
+
+    page.rank()  # the third scoring call for this key within a minute (the API call above was one)
+    limited = api_rank(shim.url, {"query": QUERY, "documents": DOCS}, key=key)
+    assert limited.status_code == 429
+    shown = re.fullmatch(r"HTTP 429: (.+)\nRetry after (\d+) s\.", page.error())
+    assert shown, page.error()
+    assert shown[1] == limited.json()["detail"]
+    assert abs(int(shown[2]) - int(limited.headers["Retry-After"])) <= 1
+    assert page.results() == []
 
 
 def start_shim_without_engine() -> Service:
