@@ -148,6 +148,9 @@ def test_copied_snippets_reproduce_the_pages_ranking(service, browser):
     answer = api_rank(service.url, {"query": QUERY, "documents": DOCS, "instruction": instruction,
                                     "top_n": 2}).json()
     assert shown == [(r["index"], pytest.approx(r["relevance_score"], abs=1e-6)) for r in answer["results"]]
+    # the instruction moves the scores, so a snippet that dropped it would not match below
+    default = api_rank(service.url, {"query": QUERY, "documents": DOCS, "top_n": 2}).json()
+    assert [r["relevance_score"] for r in default["results"]] != pytest.approx([s for _, s in shown], abs=1e-6)
 
     env = {**os.environ, "RERANKER_API_KEY": "unused"}
     curl = page.snippet("curl")
