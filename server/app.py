@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
+from server import playground
 from server.dialects import DIALECTS
 from server.errors import install_error_handlers
 from server.ops import health
@@ -111,6 +112,8 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
     app.state.ratelimiter = RateLimiter(settings.rate_limit, settings.trusted_proxies, metrics)
     install_error_handlers(app)
     app.include_router(health.router)
+    if settings.playground:  # the page is public; the scoring calls it makes are guarded below
+        app.include_router(playground.router)
     # With neither auth nor rate limits configured, the guard would only cost time per request.
     guarded = app.state.auth.enabled or app.state.ratelimiter.item is not None
     app.state.dialect_of = {path: d for d in DIALECTS for path in d.paths}

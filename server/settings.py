@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     log_documents: bool = Field(False, description="log document and query text (off: privacy)")
     workers: int = Field(0, description="shim worker processes; 0 = auto (one per 4 CPUs, 1..4)")
 
+    # --- playground (issue 14) -------------------------------------------------------------------
+    # A static page at / and /playground to try the reranker in a browser. The page itself is public;
+    # the scoring calls it makes carry the user's key and get the same auth as any client.
+    playground: bool = Field(True, description="serve the browser playground at / and /playground")
+
     @field_validator("extra_vllm_args", "trusted_proxies", "api_keys", mode="before")
     @classmethod
     def _lists(cls, value):

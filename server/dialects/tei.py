@@ -3,7 +3,8 @@
 A body with `texts` is TEI (the rule llama.cpp uses): the answer is TEI's bare array
 `[{index, score, text?}]`. Any other body is the seed shape (`query`, `documents`,
 `instruction`), answered with the seed fields plus the Jina/vLLM fields `results` and `usage`,
-so vLLM-style clients that post to /rerank work too.
+so vLLM-style clients that post to /rerank work too. A seed `results` item also carries
+`truncated: true` when its document was cut to fit the model (the key is absent otherwise).
 """
 
 from __future__ import annotations
@@ -80,6 +81,12 @@ class SeedRanked(BaseModel):
     index: int
 
 
+class SeedResult(RerankResult):
+    truncated: bool | None = Field(
+        None, description="present (true) only when the document was cut to fit the model; "
+                          "absent otherwise (the playground marks such documents)")
+
+
 class SeedResponse(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -87,7 +94,7 @@ class SeedResponse(BaseModel):
     reranked_documents: list[SeedRanked]
     total_docs: int
     processed_in_ms: float
-    results: list[RerankResult]
+    results: list[SeedResult]
     usage: Usage
     model: str
     id: str
@@ -128,6 +135,8 @@ async def _seed(body: SeedRequest, request: Request) -> dict:
         item = {"index": i, "relevance_score": result.scores[i]}
         if body.return_documents:
             item["document"] = echo(body.documents[i])
+        if result.truncated and result.truncated[i]:  # only when cut: other bodies stay as they were
+            item["truncated"] = True
         results.append(item)
     return {
         "query": body.query,

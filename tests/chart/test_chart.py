@@ -767,3 +767,14 @@ def test_chart_declares_a_kube_version_guard():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2"
     assert chart["kubeVersion"].startswith(">=1.27")
+
+
+# --- playground (issue 14) -------------------------------------------------------------------------------
+
+
+def test_playground_value_reaches_the_setting_and_only_takes_a_boolean(helm, monkeypatch):
+    for args, expected in (((), True), (("--set", "playground.enabled=false"), False)):
+        _, _, container = workload(render(*args))
+        monkeypatch.setenv("RERANKER_PLAYGROUND", env_map(container)["RERANKER_PLAYGROUND"]["value"])
+        assert Settings().playground is expected, args
+    assert "playground" in render_fails("--set", "playground.enabled=maybe")
