@@ -146,11 +146,10 @@ class TokenCounter:
         if self.tok is not None:
             sample = make_text(random.Random(0), 4000)
             self.tokens_per_word = self.count([sample])[0] / 4000
-            from_prompt = ("<|im_start|>system\nJudge whether the Document meets the requirements "
-                           "based on the Query and the Instruct provided. Note that the answer can only "
-                           "be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n<Instruct>: Given a web "
-                           "search query, retrieve relevant passages that answer the query\n<Query>: "
-                           "\n<Document>:<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+            from server.scoring.prompt import render
+            from server.settings import DEFAULT_INSTRUCTION
+
+            from_prompt = render("", "", DEFAULT_INSTRUCTION)  # the template with empty slots
             self.template_tokens = len(self.tok.encode(from_prompt, add_special_tokens=False).ids)
 
     @property

@@ -169,15 +169,13 @@ def _calibrate(model, tok, target_std: float = 2.0) -> None:
     """Centre the yes-no margin on 0 and give it a spread of ~target_std logits."""
     import torch
 
-    prefix = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the "
-              "Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\"."
-              "<|im_end|>\n<|im_start|>user\n")
-    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-    instruction = "Given a web search query, retrieve relevant passages that answer the query"
+    from server.scoring.prompt import render
+    from server.settings import DEFAULT_INSTRUCTION
+
     states = []
     with torch.no_grad():
         for q, d in CALIBRATION_PAIRS:
-            ids = tok.encode(f"{prefix}<Instruct>: {instruction}\n<Query>: {q}\n<Document>: {d}{suffix}").ids
+            ids = tok.encode(render(q, d, DEFAULT_INSTRUCTION)).ids
             out = model.model(torch.tensor([ids]))
             states.append(out.last_hidden_state[0, -1].float())
         h = torch.stack(states)

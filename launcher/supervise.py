@@ -86,7 +86,7 @@ class Supervisor:
         self._wait_healthy()
 
     def _wait_healthy(self) -> None:
-        url = f"http://{self._local_host()}:{self.settings.vllm_port}/health"
+        url = self._vllm_url() + "/health"
         started = time.monotonic()
         next_progress = started + _PROGRESS_EVERY_S
         while not self.stopping:
@@ -105,9 +105,9 @@ class Supervisor:
                 next_progress = now + _PROGRESS_EVERY_S
             time.sleep(_POLL_S)
 
-    def _local_host(self) -> str:
-        host = self.settings.vllm_host
-        return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    def _vllm_url(self) -> str:
+        """The vLLM this launcher started (not a --vllm-url, which only the shim mode uses)."""
+        return self.settings.model_copy(update={"vllm_url": ""}).upstream_url
 
     def _watch(self) -> None:
         if self.vllm.poll() is not None:
@@ -137,7 +137,7 @@ class Supervisor:
     # --- shim ------------------------------------------------------------------------------
     def _start_shim(self) -> None:
         env = {**os.environ, **self.settings.to_env()}
-        env["RERANKER_VLLM_URL"] = f"http://{self._local_host()}:{self.settings.vllm_port}"
+        env["RERANKER_VLLM_URL"] = self._vllm_url()
         self.shim = subprocess.Popen([sys.executable, "-m", "server"], env=env, start_new_session=True)
         log.info("shim started", extra={"pid": self.shim.pid, "port": self.settings.port})
 

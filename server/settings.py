@@ -163,7 +163,12 @@ class Settings(BaseSettings):
 
     @property
     def upstream_url(self) -> str:
-        return (self.vllm_url or f"http://{self.vllm_host}:{self.vllm_port}").rstrip("/")
+        """Where the shim reaches vLLM: vllm_url, else the vLLM this launcher starts (a
+        wildcard bind address is reached on loopback)."""
+        if self.vllm_url:
+            return self.vllm_url.rstrip("/")
+        host = "127.0.0.1" if self.vllm_host in ("0.0.0.0", "::", "") else self.vllm_host
+        return f"http://{host}:{self.vllm_port}"
 
     @property
     def engine_token_budget_resolved(self) -> int:
