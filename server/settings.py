@@ -93,8 +93,13 @@ class Settings(BaseSettings):
     batch_fill_ms: float = Field(1.0, description="while calls are in flight, let a batch fill "
                                  "this long before sending it (an idle engine gets work at once)")
     engine_token_budget: int = Field(
-        0, description="bulk work is held in the shim while this many prompt tokens are in the "
-        "engine; 0 = auto: 1.5 x max_num_batched_tokens (32768 on GPU, 8192 on CPU)")
+        0, description="while interactive work is around, bulk work is held in the shim once this "
+        "many prompt tokens are in the engine; 0 = auto: 0.5 x max_num_batched_tokens (16384 on GPU; "
+        "measured on an H200, benchmarks/RESULTS.md)")
+    bulk_budget_factor: int = Field(8, description="with no interactive work for "
+                                    "interactive_memory_s, bulk may use this many times the budget")
+    interactive_memory_s: float = Field(2.0, description="how long one interactive request keeps "
+                                        "the tight bulk budget in force")
     engine_max_calls: int = Field(8, description="/classify calls in flight at once")
     interactive_max_tokens: int = Field(
         4096, description="requests with at most this many prompt tokens are interactive "
@@ -175,7 +180,7 @@ class Settings(BaseSettings):
         if self.engine_token_budget > 0:
             return self.engine_token_budget
         step = self.max_num_batched_tokens or (32768 if Path("/dev/nvidiactl").exists() else 8192)
-        return int(step * 1.5)
+        return step // 2
 
     def per_worker(self) -> "Settings":
         """The share of one shim worker: in-flight bounds and rate limits are per process, so

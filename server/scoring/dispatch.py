@@ -16,6 +16,14 @@ call slot, bulk calls must also fit the engine token budget. A call takes as man
 one class as fit `batch_max_tokens` / `batch_max_prompts`. While calls are in flight the loop lets
 a batch fill for `batch_fill_ms` first (the engine is busy anyway); an idle engine gets work at
 once, so a lone request never waits for the deadline.
+
+The bulk budget adapts: while interactive work has been seen in the last
+`interactive_memory_s`, bulk may hold only `engine_token_budget` tokens in the engine (small
+requests then wait behind at most that much); with no interactive traffic, bulk may fill the
+engine up to `bulk_budget_factor` times that, which a GPU needs to stay busy on bulk alone.
+Identical prompts in one call (concurrent identical requests: retries, popular queries, a load
+test's fixed body) are sent once: the engine's answer for a prompt does not depend on who asked.
+Measurements: benchmarks/RESULTS.md (issue 11).
 """
 
 from __future__ import annotations
@@ -50,6 +58,9 @@ class Dispatcher:
         self.max_prompts = settings.batch_max_prompts
         self.fill_s = settings.batch_fill_ms / 1000.0
         self.budget = settings.engine_token_budget_resolved
+        self.bulk_budget = self.budget * settings.bulk_budget_factor
+        self.interactive_memory_s = settings.interactive_memory_s
+        self.last_interactive = float("-inf")
         self.max_calls = settings.engine_max_calls
         self.bulk_max_wait_s = settings.bulk_max_wait_s
         self.queues: dict[str, deque[_Item]] = {k: deque() for k in CLASSES}
@@ -67,6 +78,8 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         items = [_Item(part, sum(len(p) for p in part), raw, klass, loop.create_future())
                  for part in self._split(prompts)]
+        if klass == "interactive":
+            self.last_interactive = time.monotonic()
         for item in items:
             self.queues[klass].append(item)
             self.queued_prompts[klass] += len(item.prompts)
@@ -138,10 +151,17 @@ class Dispatcher:
             return False
         if klass == "interactive":  # small by definition: only a call slot is needed
             return True
-        return self.outstanding == 0 or self.outstanding + tokens <= self.budget
+        return self.outstanding == 0 or self.outstanding + tokens <= self._bulk_budget()
+
+    def _bulk_budget(self) -> int:
+        """Tight while interactive work is around, wide when bulk has the engine to itself."""
+        if time.monotonic() - self.last_interactive < self.interactive_memory_s:
+            return self.budget
+        return self.bulk_budget
 
     def _take(self, klass: str) -> list[_Item]:
         queue, batch, tokens, prompts = self.queues[klass], [], 0, 0
+        budget = self._bulk_budget()
         while queue:
             item = queue[0]
             if item.future.done():  # cancelled while queued
@@ -150,7 +170,7 @@ class Dispatcher:
                 continue
             if batch and (item.raw != batch[0].raw or tokens + item.tokens > self.max_tokens
                           or prompts + len(item.prompts) > self.max_prompts
-                          or (klass == "bulk" and self.outstanding + tokens + item.tokens > self.budget)):
+                          or (klass == "bulk" and self.outstanding + tokens + item.tokens > budget)):
                 break
             queue.popleft()
             batch.append(item)
@@ -175,9 +195,11 @@ class Dispatcher:
 
     async def _call(self, batch: list[_Item], tokens: int) -> None:
         try:
-            prompts = [p for item in batch for p in item.prompts]
+            unique: dict[tuple[int, ...], int] = {}
+            slots = [unique.setdefault(tuple(p), len(unique)) for item in batch for p in item.prompts]
             try:
-                scores = await self.engine.classify(prompts, batch[0].raw)
+                distinct = await self.engine.classify([list(p) for p in unique], batch[0].raw)
+                scores = [distinct[i] for i in slots]
             except EngineRejected:
                 if len(batch) == 1:
                     raise

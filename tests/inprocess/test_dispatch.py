@@ -13,6 +13,7 @@ from tests.inprocess.conftest import POISON, FakeEngine, running
 pytestmark = pytest.mark.anyio
 
 Q = "capital of France"
+BULK = {"X-Priority": "bulk"}
 SMALL = {"query": Q, "docs": ["Paris is the capital.", "Bananas.", "Lyon."]}
 
 
@@ -129,9 +130,59 @@ async def test_priority_header_marks_work_and_bad_values_are_refused(anyio_backe
         assert r.status_code == 422 and "priority" in r.json()["detail"]
 
 
+async def until(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
 def _count(histogram, klass: str) -> float:
     for metric in histogram.collect():
         for sample in metric.samples:
             if sample.name.endswith("_count") and sample.labels.get("class") == klass:
                 return sample.value
     return 0.0
+
+
+async def test_identical_concurrent_requests_send_each_prompt_once(anyio_backend):
+    async with running(FakeEngine(delay=0.01), engine_max_calls=1) as (app, client, fake):
+        first = await client.post("/v1/rank", json=SMALL)
+        fake.calls.clear()
+        same = await asyncio.gather(*(client.post("/v1/rank", json=SMALL) for _ in range(20)))
+        assert all(scores(r) == scores(first) for r in same)
+        sent = [p for call in fake.calls for p in call]
+        assert len(sent) <= 3 * len(fake.calls)  # at most the 3 distinct prompts per call
+        assert len(fake.calls) < 20
+
+
+async def test_bulk_budget_is_tight_only_while_interactive_work_is_around(anyio_backend):
+    fake = FakeEngine()
+    async with running(fake, engine_token_budget=1000, bulk_budget_factor=8,
+                       interactive_max_tokens=500, batch_max_tokens=1200,
+                       interactive_memory_s=0.5) as (app, client, fake):
+        dispatcher = app.state.scorer.dispatcher
+        await asyncio.sleep(0.6)  # past the start-up canary's interactive_memory_s
+        fake.gate = asyncio.Event()
+        bulk = [asyncio.create_task(client.post("/v1/rank", json=big(3, 80), headers=BULK))
+                for _ in range(4)]
+        await until(lambda: app.state.scorer.admission.pairs == 12)  # all four admitted
+        await asyncio.sleep(0.05)
+        wide = dispatcher.outstanding
+        assert wide > 1000  # no interactive work: bulk fills the engine past the tight budget
+        fake.gate.set()
+        await asyncio.gather(*bulk)
+        fake.gate = asyncio.Event()
+        n0 = len(fake.calls)
+        small = asyncio.create_task(client.post("/v1/rank", json=SMALL))
+        await asyncio.sleep(0.05)
+        bulk = [asyncio.create_task(client.post("/v1/rank", json=big(3, 80), headers=BULK))
+                for _ in range(4)]
+        await until(lambda: app.state.scorer.admission.pairs == 15)
+        await asyncio.sleep(0.05)
+        small_tokens = sum(len(p) for p in fake.calls[n0])  # the small request's call
+        # interactive work seen: bulk in the engine stays within the tight budget, the rest waits
+        assert 0 < dispatcher.outstanding - small_tokens <= 1000 < wide
+        assert app.state.metrics.queue_depth.labels("bulk")._value.get() > 0
+        fake.gate.set()
+        await asyncio.gather(small, *bulk)
