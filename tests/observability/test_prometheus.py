@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from tests.chart import test_chart as chart
-from tests.conftest import ROOT, Service, start_shim
+from tests.conftest import ROOT, Service, eventually, start_shim
 from tests.observability.conftest import Prometheus
 
 pytestmark = pytest.mark.engine
@@ -133,8 +133,6 @@ def run(service, tmp_path_factory):
         for job in config["scrape_configs"]:
             job["static_configs"] = [{"targets": [shim.url.removeprefix("http://")], "labels": labels}]
         prom = Prometheus(config, tmp_path_factory.mktemp("prometheus"))
-        from tests.conftest import eventually
-
         assert eventually(prom.targets_up, timeout=20, interval=0.2), prom.api("targets")
         time.sleep(IDLE_S)
         idle_at = time.time()
@@ -290,7 +288,10 @@ def test_every_dashboard_expression_parses_and_returns_data(run):
 def test_dashboard_core_panels_show_the_load(run):
     """The values an operator reads off the dashboard match the load that was sent."""
     panels = {title: expr for title, expr in _dashboard_targets()}
-    value = lambda title: run.prom.value(_grafana(panels[title], run.shim), at=run.at)  # noqa: E731
+
+    def value(title: str) -> float:
+        return run.prom.value(_grafana(panels[title], run.shim), at=run.at)
+
     assert abs(value("Requests/s") - run.client_rate()) <= 0.1 * run.client_rate()
     assert value("5xx ratio") == 0.0
     assert value("Ready instances") == 1.0
