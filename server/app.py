@@ -74,6 +74,7 @@ async def watch_engine(app: FastAPI, interval: float = 1.0) -> None:
     while True:
         await asyncio.sleep(interval)
         await watch_engine_once(app)
+        health.publish_state(app.state)
 
 
 def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI:
@@ -89,10 +90,13 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
         encoder = PromptEncoder(load_tokenizer(settings.tokenizer or settings.model_path))
         engine = make_engine(settings)
         admission = Admission(settings.max_inflight_pairs, settings.max_inflight_tokens,
-                              settings.retry_after_seconds, metrics)
+                              settings.retry_after_seconds, metrics,
+                              capacity_tokens=settings.saturation_capacity_tokens)
         app.state.engine = engine
+        app.state.admission = admission
         app.state.scorer = Scorer(settings, encoder, engine, admission, metrics)
         await watch_engine_once(app)
+        health.publish_state(app.state)
         watcher = asyncio.create_task(watch_engine(app))
         try:
             yield

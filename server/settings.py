@@ -112,6 +112,18 @@ class Settings(BaseSettings):
     max_inflight_tokens: int = 0  # 0 = no token bound
     retry_after_seconds: int = 1
 
+    # --- saturation: the autoscaling signal (issue 13) -------------------------------------------
+    # reranker_engine_saturation = prompt tokens in flight to the engine / this capacity; 1.0 is
+    # the in-flight work at which the engine reaches its full throughput, past it requests only
+    # queue. 75,000 is measured (benchmarks/RESULTS.md, Qwen3-Reranker-0.6B bf16, one H200):
+    # rag (20 docs, ~9,400 prompt tokens a request) at concurrency 8, i.e. ~75k tokens in flight,
+    # already moves ~500k tokens/s at p50 147 ms; concurrency 32 (300k in flight) adds no
+    # throughput, only latency (p95 621 ms). The H100 shows the same knee (948 pairs/s at c=8,
+    # 929 at c=32). It is about two of vLLM's 32k-token GPU batches; re-measure for bigger models
+    # or other GPUs (the in-flight tokens where pairs/s stops growing). Pod-wide, not per worker.
+    saturation_capacity_tokens: int = Field(
+        75_000, gt=0, description="in-flight prompt tokens that fill the engine (saturation 1.0)")
+
     # rate limiting: "N/period" per API key, else per client IP; empty = off
     rate_limit: str = "300/minute"
     trusted_proxies: StrList = Field(default_factory=list, description="CIDRs allowed to set X-Forwarded-For")

@@ -52,11 +52,24 @@ async def ready(request: Request):
     return FastJSONResponse({"status": "not_ready", "reason": reason, **state}, status_code=503)
 
 
+def publish_state(state) -> None:
+    """Engine, canary and drain state into the gauges, and the saturation integral up to now.
+    Every worker's engine watcher calls this once a second (so with several workers no worker's
+    multiprocess file holds a stale value), and /metrics calls it before rendering."""
+    metrics = state.metrics
+    engine = getattr(state, "engine", None)
+    metrics.engine_up.set(1 if engine is not None and engine.healthy else 0)
+    metrics.engine_verified.set(1 if state.engine_verified else 0)
+    metrics.draining.set(1 if state.draining else 0)
+    admission = getattr(state, "admission", None)
+    if admission is not None:
+        admission.flush()
+
+
 @router.get("/metrics", summary="Prometheus metrics of the shim")
 async def metrics(request: Request):
     state = request.app.state
-    state.metrics.engine_up.set(1 if state.engine.healthy else 0)
-    state.metrics.draining.set(1 if state.draining else 0)
+    publish_state(state)
     body, content_type = state.metrics.render()
     return Response(body, media_type=content_type)
 

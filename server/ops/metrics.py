@@ -10,6 +10,10 @@ from prometheus_client import generate_latest, multiprocess
 # Reranking calls on a GPU take milliseconds: buckets must resolve well below 300 ms.
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
                    0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
+QUEUE_CLASSES = ("interactive", "bulk")
+# Known reasons of reranker_admission_rejections_total, exported at 0 from the start so rate()
+# and alert ratios have a series before the first refusal.
+REJECTION_REASONS = ("pairs", "tokens", "rate_limit")
 
 
 class Metrics:
@@ -31,11 +35,6 @@ class Metrics:
                                   "control or rate limits", ["reason"], registry=r)
         self.cache_hits = Counter("reranker_score_cache_hits", "Score cache hits", registry=r)
         self.cache_misses = Counter("reranker_score_cache_misses", "Score cache misses", registry=r)
-        # dispatch (server/scoring/dispatch.py): work waiting in the shim, per priority class
-        self.queue_depth = Gauge("reranker_queue_depth", "Prompts waiting in the shim's dispatch "
-                                 "queue", ["class"], registry=r, multiprocess_mode="livesum")
-        self.queue_wait = Histogram("reranker_queue_wait_seconds", "Time work waited in the shim's "
-                                    "dispatch queue", ["class"], buckets=LATENCY_BUCKETS, registry=r)
         self.engine_outstanding_tokens = Gauge(
             "reranker_engine_outstanding_tokens", "Prompt tokens sent to the engine and not answered",
             registry=r, multiprocess_mode="livesum")
@@ -46,6 +45,33 @@ class Metrics:
                                multiprocess_mode="livemax")
         self.draining = Gauge("reranker_draining", "1 while the shim drains", registry=r,
                               multiprocess_mode="livemax")
+        # --- readiness canary, saturation, priority queues (dashboard, alerts, autoscaling) -----
+        # All three state gauges are set every second by each worker's engine watcher
+        # (server/ops/health.py publish_state), so no worker's file goes stale between scrapes.
+        self.engine_verified = Gauge("reranker_engine_verified", "1 when the readiness canary "
+                                     "passed: the engine scores two unrelated documents "
+                                     "differently", registry=r, multiprocess_mode="livemin")
+        # Saturation = prompt tokens in flight to the engine / saturation_capacity_tokens (the
+        # pod's share; the workers' values add up). The gauge is the value now; the counter is
+        # its integral over time, so rate(reranker_engine_saturation_seconds_total[w]) is the
+        # exact mean over w, whatever the scrape interval (what the HPA scales on).
+        self.saturation = Gauge("reranker_engine_saturation", "In-flight engine prompt tokens / "
+                                "saturation_capacity_tokens (1 = the engine is full)",
+                                registry=r, multiprocess_mode="livesum")
+        self.saturation_seconds = Counter("reranker_engine_saturation_seconds", "Integral of "
+                                          "reranker_engine_saturation over time; rate() = mean "
+                                          "saturation", registry=r)
+        # Priority dispatch (server/scoring/dispatch.py) sets these. Every class exists from the
+        # start (zeros, not absent series), so dashboards and alerts find them.
+        self.queue_depth = Gauge("reranker_queue_depth", "Prompts waiting in the shim's dispatch queue",
+                                 ["class"], registry=r, multiprocess_mode="livesum")
+        self.queue_wait = Histogram("reranker_queue_wait_seconds", "Time waited before dispatch "
+                                    "to the engine", ["class"], buckets=LATENCY_BUCKETS, registry=r)
+        for name in QUEUE_CLASSES:
+            self.queue_depth.labels(name)
+            self.queue_wait.labels(name)
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason=reason)
         self.gpu_memory = _gpu_memory_gauge(r)
 
     def render(self) -> tuple[bytes, str]:

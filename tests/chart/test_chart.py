@@ -32,14 +32,17 @@ RELEASE = "rr"
 NAMESPACE = "rerank"
 
 # The CRDs these ci files need, passed as --api-versions (what a cluster with them installed reports).
-CRD_API_VERSIONS = ["monitoring.coreos.com/v1/ServiceMonitor", "keda.sh/v1alpha1/ScaledObject"]
+CRD_API_VERSIONS = ["monitoring.coreos.com/v1/ServiceMonitor", "keda.sh/v1alpha1/ScaledObject",
+                    "monitoring.coreos.com/v1/PrometheusRule"]
 # helm lint has no --api-versions: for files that enable CRD objects, lint with the documented escape hatch.
 LINT_EXTRA = {
     "keda-values.yaml": ["--set", "keda.skipCapabilitiesCheck=true"],
     "servicemonitor-networkpolicy-values.yaml": ["--set", "serviceMonitor.skipCapabilitiesCheck=true"],
+    "observability-values.yaml": ["--set", "serviceMonitor.skipCapabilitiesCheck=true",
+                                  "--set", "prometheusRule.skipCapabilitiesCheck=true"],
 }
 KUBE_VERSIONS = ["1.27.0", "1.30.0", "1.33.0", "1.35.0"]
-CRD_KINDS = {"ServiceMonitor", "ScaledObject"}
+CRD_KINDS = {"ServiceMonitor", "ScaledObject", "PrometheusRule"}
 
 # What the shim serves (port 8000, named "http").
 SHIM_GET_ENDPOINTS = {"/livez", "/ready", "/health", "/metrics", "/metrics/engine"}
@@ -187,7 +190,7 @@ def test_chart_lints_strict_with_each_ci_values_file(helm, values_file):
 
 def test_ci_matrix_covers_the_required_scenarios():
     required = {"default", "cpu-only", "hpa-off", "keda", "ingress-tls", "auth-secret",
-                "servicemonitor-networkpolicy", "pvc-model"}
+                "servicemonitor-networkpolicy", "pvc-model", "observability"}
     have = {name.removesuffix("-values.yaml") for name in CI_FILES}
     assert required <= have, required - have
 
@@ -285,33 +288,53 @@ def test_autoscaler_targets_the_rendered_deployment_and_owns_replicas(helm, valu
         assert 0 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
 
 
-def test_default_hpa_scales_on_cpu_and_requests_per_second_with_slow_scale_down(helm):
+def test_default_hpa_scales_on_saturation_alone_with_slow_scale_down(helm):
     objs = render()
     hpa = one(objs, "HorizontalPodAutoscaler")
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
-    metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == "reranker_engine_saturation"
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "0.7"}
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+
+
+def test_seed_cpu_and_request_rate_shape_is_still_available(helm):
+    objs = render("--set", "autoscaling.saturation.enabled=false", "--set",
+                  "autoscaling.targetCPUUtilizationPercentage=50", "--set", "autoscaling.requestsPerSecond.enabled=true")
+    metrics = {m["type"]: m for m in one(objs, "HorizontalPodAutoscaler")["spec"]["metrics"]}
     assert metrics["Resource"]["resource"]["name"] == "cpu"
     assert metrics["Resource"]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 50}
     pods = metrics["Pods"]["pods"]
     assert pods["metric"]["name"] == "reranker_requests_per_second"
     assert pods["target"] == {"type": "AverageValue", "averageValue": "15"}
-    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
     # The CPU target is a percentage of requests: the container must request CPU.
     _, _, container = workload(objs)
     assert container["resources"]["requests"]["cpu"]
 
 
-def test_prometheus_adapter_rule_produces_the_hpa_metric_from_the_request_counter():
+def test_hpa_without_any_metric_is_refused(helm):
+    err = render_fails("--set", "autoscaling.saturation.enabled=false")
+    assert "needs at least one metric" in err
+
+
+def test_every_hpa_pods_metric_has_a_prometheus_adapter_rule(helm):
     doc = yaml.safe_load((CHART / "prometheus-adapter-rules.yaml").read_text())
-    (rule,) = doc["rules"]["custom"]
-    default_metric = yaml.safe_load((CHART / "values.yaml").read_text())["autoscaling"]["requestsPerSecond"]
-    assert rule["name"]["as"] == default_metric["metricName"]
-    assert re.search(rule["name"]["matches"], "reranker_request_total")
-    assert rule["seriesQuery"].startswith("reranker_request_total{")
-    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
-    assert "rate(<<.Series>>{<<.LabelMatchers>>}" in rule["metricsQuery"]
-    assert "by (<<.GroupBy>>)" in rule["metricsQuery"]
+    rules = {rule["name"]["as"]: rule for rule in doc["rules"]["custom"]}
+    hpa = one(render("--set", "autoscaling.requestsPerSecond.enabled=true"), "HorizontalPodAutoscaler")
+    names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert names == ["reranker_engine_saturation", "reranker_requests_per_second"]
+    sources = {"reranker_engine_saturation": "reranker_engine_saturation_seconds_total",
+               "reranker_requests_per_second": "reranker_request_total"}
+    for name in names:
+        rule = rules[name]
+        assert re.search(rule["name"]["matches"], sources[name])
+        assert rule["seriesQuery"].startswith(sources[name] + "{")
+        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+        assert "rate(<<.Series>>{<<.LabelMatchers>>}" in rule["metricsQuery"]
+        assert "by (<<.GroupBy>>)" in rule["metricsQuery"]
+    # tests/observability/test_prometheus.py runs these queries against a real Prometheus.
 
 
 def test_keda_scaled_object_queries_this_releases_request_rate(helm):
@@ -324,6 +347,17 @@ def test_keda_scaled_object_queries_this_releases_request_rate(helm):
     assert "reranker_request_total" in query and f'namespace="{NAMESPACE}"' in query
     assert f'service="{one(objs, "Service")["metadata"]["name"]}"' in query
     assert prom["metricType"] == "AverageValue" and prom["metadata"]["threshold"] == "20"
+
+
+def test_keda_defaults_to_this_releases_saturation(helm):
+    objs = render("--set", "autoscaling.enabled=false", "--set", "keda.enabled=true",
+                  "--api-versions", "keda.sh/v1alpha1/ScaledObject")
+    (trigger,) = one(objs, "ScaledObject")["spec"]["triggers"]  # CPU is an option, off by default
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    svc = one(objs, "Service")["metadata"]["name"]
+    assert trigger["metadata"]["query"] == (
+        f'sum(rate(reranker_engine_saturation_seconds_total{{namespace="{NAMESPACE}",service="{svc}"}}[2m]))')
+    assert trigger["metadata"]["threshold"] == "0.7"
 
 
 def test_hpa_and_keda_together_are_refused(helm):
@@ -741,7 +775,8 @@ def test_values_schema_is_self_contained_and_closed():
     assert '"$ref"' not in text, "no $ref: a remote one breaks offline rendering"
     assert schema["additionalProperties"] is False
     for key in ("image", "model", "cache", "gpu", "vllm", "server", "drain", "probes", "autoscaling", "keda",
-                "auth", "service", "ingress", "serviceMonitor", "networkPolicy", "podDisruptionBudget"):
+                "auth", "service", "ingress", "serviceMonitor", "networkPolicy", "podDisruptionBudget",
+                "prometheusRule", "grafanaDashboard"):
         assert schema["properties"][key]["additionalProperties"] is False, key
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(values) <= set(schema["properties"]), "every top-level value is declared in the schema"
@@ -778,3 +813,209 @@ def test_playground_value_reaches_the_setting_and_only_takes_a_boolean(helm, mon
         monkeypatch.setenv("RERANKER_PLAYGROUND", env_map(container)["RERANKER_PLAYGROUND"]["value"])
         assert Settings().playground is expected, args
     assert "playground" in render_fails("--set", "playground.enabled=maybe")
+
+
+# --- observability: dashboard, alert rules, saturation, client IP (issue 13) ---------------------------------
+
+FILES = CHART / "files"
+RULES_TEST = ROOT / "tests" / "observability" / "rules_test.yaml"
+PROM_API = ["--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
+DURATION = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+# The structure the Prometheus Operator's PrometheusRule CRD (monitoring.coreos.com/v1) accepts for what the
+# chart renders, written down here because kubernetes-validate knows no CRDs.
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name", "namespace", "labels"],
+                     "properties": {"name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"},
+                                    "namespace": {"type": "string"}, "labels": STRING_MAP}},
+        "spec": {"type": "object", "required": ["groups"], "additionalProperties": False, "properties": {
+            "groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "rules"], "additionalProperties": False,
+                "properties": {"name": {"type": "string", "minLength": 1}, "interval": {"type": "string"},
+                               "rules": {"type": "array", "minItems": 1, "items": {
+                                   "type": "object", "required": ["expr"], "additionalProperties": False,
+                                   "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                   "properties": {
+                                       "alert": {"type": "string", "minLength": 1},
+                                       "record": {"type": "string", "pattern": r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
+                                       "expr": {"type": "string", "minLength": 1},
+                                       "for": {"type": "string", "pattern": DURATION},
+                                       "keep_firing_for": {"type": "string", "pattern": DURATION},
+                                       "labels": STRING_MAP, "annotations": STRING_MAP}}}}}}}},
+    },
+}
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess:
+    import shutil
+
+    tool = shutil.which("promtool") or "/usr/bin/promtool"
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=120)
+
+
+def _rules_file(pr: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump({"groups": pr["spec"]["groups"]}, sort_keys=False))
+    return path
+
+
+def _dashboard_cm(objs: list[dict]) -> dict | None:
+    found = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def test_dashboard_and_alert_rules_are_off_by_default(helm):
+    objs = render(*PROM_API)
+    assert maybe(objs, "PrometheusRule") is None
+    assert _dashboard_cm(objs) is None
+
+
+def test_dashboard_configmap_carries_the_sidecar_label_and_the_shipped_json(helm):
+    objs = render("--set", "grafanaDashboard.enabled=true")
+    cm = _dashboard_cm(objs)
+    labels = cm["metadata"]["labels"]
+    assert labels["grafana_dashboard"] == "1"
+    assert is_subset(one(objs, "Service")["metadata"]["labels"], labels), "the chart's own labels too"
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    (key,) = cm["data"]
+    assert key.endswith(".json")
+    assert json.loads(cm["data"][key]) == json.loads((FILES / "reranker-dashboard.json").read_text())
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(cm, version, strict=True)
+
+
+def test_dashboard_label_annotations_and_namespace_are_configurable(helm):
+    # a sidecar with another label: add it, and drop the default one with null (helm merges maps)
+    cm = _dashboard_cm(render("--set", "grafanaDashboard.enabled=true", "--set", "grafanaDashboard.labels.dashboards=reranker",
+                              "--set", "grafanaDashboard.labels.grafana_dashboard=null",
+                              "--set", "grafanaDashboard.annotations.grafana_folder=Search",
+                              "--set", "grafanaDashboard.namespace=monitoring"))
+    assert cm["metadata"]["labels"]["dashboards"] == "reranker" and "grafana_dashboard" not in cm["metadata"]["labels"]
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Search"}
+    assert cm["metadata"]["namespace"] == "monitoring"
+
+
+def test_deploy_copies_are_the_chart_files():
+    for deployed, shipped in (("grafana/reranker-dashboard.json", "reranker-dashboard.json"),
+                              ("prometheus/reranker.rules.yaml", "reranker.rules.yaml")):
+        path = ROOT / "deploy" / deployed
+        assert path.is_symlink() and path.resolve() == (FILES / shipped).resolve(), deployed
+
+
+def test_prometheus_rule_without_its_crd_fails_with_a_clear_message(helm):
+    err = render_fails("--set", "prometheusRule.enabled=true")
+    assert "monitoring.coreos.com/v1/PrometheusRule" in err and "--api-versions" in err
+
+
+def test_prometheus_rule_is_valid_and_scoped_to_this_release(helm, tmp_path):
+    import jsonschema
+
+    objs = render("--set", "prometheusRule.enabled=true", "--set", "prometheusRule.labels.release=kps", *PROM_API)
+    pr = one(objs, "PrometheusRule")
+    jsonschema.validate(pr, PROMETHEUS_RULE_SCHEMA)
+    assert pr["metadata"]["labels"]["release"] == "kps"
+    assert is_subset(one(objs, "Service")["metadata"]["labels"], pr["metadata"]["labels"])
+    shipped = yaml.safe_load((FILES / "reranker.rules.yaml").read_text())["groups"]
+    assert [g["name"] for g in pr["spec"]["groups"]] == [g["name"] for g in shipped]
+    scope = f'namespace="{NAMESPACE}",job="{RELEASE}-reranker"'
+    for group, source in zip(pr["spec"]["groups"], shipped):
+        assert len(group["rules"]) == len(source["rules"])
+        for rule, src in zip(group["rules"], source["rules"]):
+            assert rule["expr"] == src["expr"].replace('job=~".+"', scope)
+            assert 'job=~".+"' not in rule["expr"]
+    rules = _rules_file(pr, tmp_path / "rules.yaml")
+    out = _promtool("check", "rules", str(rules))
+    assert out.returncode == 0, out.stdout + out.stderr
+    # Scoped: another release's engine being down is not this release's alert.
+    tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": f'reranker_engine_up{{{scope},instance="a"}}', "values": "0x20"},
+            {"series": 'reranker_engine_up{namespace="other",job="rr-reranker",instance="b"}', "values": "0x20"},
+        ],
+        "alert_rule_test": [{"eval_time": "15m", "alertname": "RerankerEngineNotReady", "exp_alerts": [{
+            "exp_labels": {"severity": "warning", "namespace": NAMESPACE, "job": f"{RELEASE}-reranker",
+                           "instance": "a"},
+            "exp_annotations": {
+                "summary": "Reranker a: engine not up for 10 minutes",
+                "description": "vLLM behind a (rr-reranker) has not answered /health for 10 minutes; "
+                               "the instance takes no traffic."}}]}]}]}
+    (tmp_path / "scoped_test.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    out = _promtool("test", "rules", str(tmp_path / "scoped_test.yaml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_rendered_rules_pass_the_shipped_unit_tests(helm, tmp_path):
+    # The unit tests span several namespaces of one job: select by the job alone (prometheusRule.selector).
+    pr = one(render("--set", "prometheusRule.enabled=true", "--set", 'prometheusRule.selector=job="rr-reranker"',
+                    *PROM_API), "PrometheusRule")
+    tests = yaml.safe_load(RULES_TEST.read_text())
+    tests["rule_files"] = [str(_rules_file(pr, tmp_path / "rules.yaml"))]
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    out = _promtool("test", "rules", str(tmp_path / "tests.yaml"))
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
+def test_prometheus_rule_alert_labels_runbook_urls_and_disabled_alerts(helm):
+    pr = one(render("--set", "prometheusRule.enabled=true", "--set", "prometheusRule.alertLabels.team=search",
+                    "--set", "prometheusRule.alertLabels.severity=info",
+                    "--set", "prometheusRule.runbookBaseUrl=https://wiki.example.com/reranker",
+                    "--set-json", 'prometheusRule.disabledAlerts=["RerankerQueueWaitHigh"]', *PROM_API),
+             "PrometheusRule")
+    rules = [r for g in pr["spec"]["groups"] for r in g["rules"]]
+    alerts = {r["alert"]: r for r in rules if "alert" in r}
+    assert "RerankerQueueWaitHigh" not in alerts and "RerankerSaturated" in alerts
+    for name, rule in alerts.items():
+        assert rule["labels"]["team"] == "search"
+        assert rule["labels"]["severity"] in {"critical", "warning"}, "an alert's own severity wins"
+        assert rule["annotations"]["runbook_url"] == f"https://wiki.example.com/reranker#{name.lower()}"
+        assert rule["annotations"]["summary"]
+    assert all("labels" not in r for r in rules if "record" in r)
+
+
+def test_service_monitor_keeps_the_route_label_and_tells_its_two_paths_apart(helm):
+    sm = one(render_ci("observability-values.yaml"), "ServiceMonitor")
+    for endpoint in sm["spec"]["endpoints"]:
+        assert endpoint["honorLabels"] is True, "the dashboard groups by the shim's `endpoint` label"
+        assert {"sourceLabels": ["__metrics_path__"], "targetLabel": "metrics_path"} in endpoint["relabelings"]
+
+
+def test_saturation_capacity_and_trusted_proxies_reach_the_settings(helm, monkeypatch):
+    _, _, container = workload(render_ci("observability-values.yaml"))
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for key in list(os.environ):
+        if key.startswith("RERANKER_"):
+            monkeypatch.delenv(key)
+    for name, value in env.items():
+        if name.startswith("RERANKER_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.saturation_capacity_tokens == 60000
+    assert settings.trusted_proxies == ["10.244.0.0/16"]
+
+
+def test_default_saturation_capacity_is_the_settings_default(helm):
+    _, _, container = workload(render())
+    assert "RERANKER_SATURATION_CAPACITY_TOKENS" not in env_map(container)
+    assert Settings.model_fields["saturation_capacity_tokens"].default == 75_000
+
+
+def test_trusted_proxies_must_be_addresses_or_cidrs(helm):
+    err = render_fails("--set-json", 'server.trustedProxies=["ingress-nginx"]')
+    assert "trustedProxies" in err
+
+
+def test_notes_warn_when_the_ingress_hides_client_ips_from_rate_limits(helm):
+    out = run_helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
+                   "--set", "ingress.enabled=true")
+    assert out.returncode == 0, out.stderr
+    assert "server.trustedProxies is empty" in out.stdout
+    trusted = run_helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
+                       "--set", "ingress.enabled=true", "--set-json", 'server.trustedProxies=["10.244.0.0/16"]')
+    assert trusted.returncode == 0 and "server.trustedProxies is empty" not in trusted.stdout
+    unlimited = run_helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
+                         "--set", "ingress.enabled=true", "--set", "server.rateLimit=")
+    assert unlimited.returncode == 0 and "server.trustedProxies is empty" not in unlimited.stdout

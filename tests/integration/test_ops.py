@@ -216,6 +216,9 @@ def test_readiness_refuses_an_engine_returning_constant_scores_fake_engine(tmp_p
         assert eventually(lambda: "engine canary failed" in log_path.read_text(), timeout=15)
         ready = httpx.get(url + "/ready")
         assert ready.status_code == 503 and "canary" in ready.json()["reason"]
+        # what the RerankerEngineCanaryFailing alert sees: engine up, canary not passed
+        metrics = httpx.get(url + "/metrics").text
+        assert "reranker_engine_up 1.0" in metrics and "reranker_engine_verified 0.0" in metrics
         r = httpx.post(url + "/v1/rank", json={"query": "q", "docs": ["a", "b"]})
         if constant == "nan":
             assert r.status_code == 502 and "finite" in r.json()["detail"]

@@ -26,3 +26,44 @@ def test_gpu_memory_metric_from_nvml_fake_because_ci_has_no_gpu(monkeypatch):
 def test_no_gpu_metric_without_nvml(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails, as on a CPU-only host
     assert "gpu_memory_used_bytes" not in Metrics().render()[0].decode()
+
+
+def test_saturation_gauge_and_its_integral_follow_in_flight_tokens():
+    """reranker_engine_saturation is in-flight tokens / capacity; its counter integrates it over time,
+    including while a long request is still running (the watcher flushes once a second)."""
+    import asyncio
+    import time
+
+    from server.ops.admission import Admission
+
+    metrics = Metrics()
+    admission = Admission(max_pairs=100, max_tokens=0, retry_after=1, metrics=metrics, capacity_tokens=1000)
+
+    def value(name):
+        return metrics.registry.get_sample_value(name)
+
+    async def scenario():
+        started = time.monotonic()
+        async with admission.admit(2, 500), admission.admit(1, 250):
+            assert value("reranker_engine_saturation") == 0.75
+            await asyncio.sleep(0.2)
+            admission.flush()  # what the engine watcher does while the requests run
+            running = value("reranker_engine_saturation_seconds_total")
+            assert 0.75 * 0.2 <= running <= 0.75 * (time.monotonic() - started)
+        assert value("reranker_engine_saturation") == 0.0
+        done = value("reranker_engine_saturation_seconds_total")
+        await asyncio.sleep(0.1)
+        admission.flush()
+        assert value("reranker_engine_saturation_seconds_total") == done, "idle adds nothing"
+
+    asyncio.run(scenario())
+
+
+def test_series_for_every_queue_class_and_rejection_reason_exist_from_the_start():
+    text = Metrics().render()[0].decode()
+    for line in ('reranker_queue_depth{class="interactive"} 0.0', 'reranker_queue_depth{class="bulk"} 0.0',
+                 'reranker_queue_wait_seconds_count{class="interactive"} 0.0',
+                 'reranker_admission_rejections_total{reason="pairs"} 0.0',
+                 'reranker_admission_rejections_total{reason="rate_limit"} 0.0',
+                 "reranker_engine_verified 0.0"):
+        assert line in text, line

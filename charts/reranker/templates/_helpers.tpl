@@ -149,8 +149,8 @@ $mapping is a dict valuesKey -> FIELD. Null values are skipped (the launcher def
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail (printf "autoscaling.minReplicas (%d) must be <= autoscaling.maxReplicas (%d)" (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- end }}
-{{- if and .Values.autoscaling.enabled (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.requestsPerSecond.enabled) (empty .Values.autoscaling.extraMetrics) }}
-{{- fail "autoscaling.enabled needs at least one metric: targetCPUUtilizationPercentage, requestsPerSecond.enabled or extraMetrics" }}
+{{- if and .Values.autoscaling.enabled (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.saturation.enabled) (not .Values.autoscaling.requestsPerSecond.enabled) (empty .Values.autoscaling.extraMetrics) }}
+{{- fail "autoscaling.enabled needs at least one metric: saturation.enabled, targetCPUUtilizationPercentage, requestsPerSecond.enabled or extraMetrics" }}
 {{- end }}
 {{- if and .Values.keda.enabled (gt (int .Values.keda.minReplicaCount) (int .Values.keda.maxReplicaCount)) }}
 {{- fail (printf "keda.minReplicaCount (%d) must be <= keda.maxReplicaCount (%d)" (int .Values.keda.minReplicaCount) (int .Values.keda.maxReplicaCount)) }}
