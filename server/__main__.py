@@ -139,8 +139,21 @@ def _mark_dead(pid: int) -> None:
     multiprocess.mark_process_dead(pid)
 
 
+def _settings() -> Settings:
+    """Settings from RERANKER_* variables; a bad value is one line on stderr and exit 2."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "RERANKER_" + "_".join(map(str, error["loc"])).upper()
+            print(f"reranker shim: {name}: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main() -> None:
-    settings = Settings()
+    settings = _settings()
     setup_logging(settings.log_level)
     if LISTEN_FD_ENV in os.environ:  # a worker of the pre-fork supervisor
         sock = socket.socket(fileno=int(os.environ[LISTEN_FD_ENV]))
