@@ -31,7 +31,7 @@ def test_seed_hey_load_test_against_default_settings_is_all_200(extra_shim):
     hey = shutil.which("hey") or "/usr/bin/hey"
     shim = extra_shim(defaults=True)
     out = subprocess.run([hey, "-n", "5000", "-c", "50", "-m", "POST", "-H", "content-type: application/json",
-                          "-d", SEED_BODY, f"{shim.url}/v1/rank"], capture_output=True, text=True, timeout=180)
+                          "-d", SEED_BODY, f"{shim.url}/v1/rank"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     codes = {int(code): int(n) for code, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out.stdout)}
     assert codes == {200: 5000}, out.stdout[-2000:]
