@@ -7,7 +7,8 @@ to `drain_timeout` for in-flight requests before exiting.
 With `workers` > 1 this process becomes a small pre-fork supervisor: it binds the socket once,
 starts that many worker interpreters sharing it, forwards signals and restarts a worker that
 dies. Metrics are merged across workers with prometheus-client's multiprocess mode; admission
-and rate limits are split evenly between workers (see Settings.per_worker).
+limits are split evenly between workers (Settings.per_worker), and so are rate limits unless a
+shared store holds them (server/ops/ratelimit.py).
 """
 
 from __future__ import annotations
