@@ -76,8 +76,8 @@ def check_tokenizer(source: str) -> None:
 
 
 def _hub_file(repo: str, filename: str) -> str:
-    from huggingface_hub import hf_hub_download
     from huggingface_hub import errors as hf
+    from huggingface_hub import hf_hub_download
 
     def kind(name: str) -> type[BaseException]:
         return getattr(hf, name, ConfigError)  # older huggingface_hub: names may be missing
