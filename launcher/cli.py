@@ -14,6 +14,7 @@ import sys
 
 from pydantic import ValidationError
 
+from launcher import preflight
 from launcher.demo_model import build as build_demo_model
 from launcher.supervise import Supervisor
 from launcher.vllm_args import build_vllm_command
@@ -30,7 +31,8 @@ def parse(argv: list[str]) -> Settings:
                             _cli_implicit_flags=True)
     except ValidationError as exc:
         for error in exc.errors():
-            print(f"reranker: --{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}",
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"reranker: --{'-'.join(map(str, error['loc'])).replace('_', '-')}: {message}",
                   file=sys.stderr)
         raise SystemExit(2) from None
     if passthrough:
@@ -41,13 +43,21 @@ def parse(argv: list[str]) -> Settings:
 def main(argv: list[str] | None = None) -> None:
     settings = parse(sys.argv[1:] if argv is None else argv)
     setup_logging(settings.log_level)
+    try:
+        preflight.check_ports(settings)  # first: it is instant
+        if settings.mode != "shim" and not settings.model:
+            log.info("no --model given: using the offline demo model", extra={"path": DEMO_MODEL_DIR})
+            build_demo_model("tiny", DEMO_MODEL_DIR)
+        architectures = preflight.check_model(settings)
+    except preflight.ConfigError as exc:
+        # One line on stderr, what happened and what to do; exit 2 = fix the configuration.
+        print(f"reranker: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     if settings.mode == "shim":
         os.environ.update(settings.to_env())
         os.execv(sys.executable, [sys.executable, "-m", "server"])
-    if not settings.model:
-        log.info("no --model given: using the offline demo model", extra={"path": DEMO_MODEL_DIR})
-        build_demo_model("tiny", DEMO_MODEL_DIR)
-    supervisor = Supervisor(settings, build_vllm_command(settings), with_shim=settings.mode == "all")
+    supervisor = Supervisor(settings, build_vllm_command(settings, architectures),
+                            with_shim=settings.mode == "all")
     sys.exit(supervisor.run())
 
 

@@ -22,15 +22,12 @@ QWEN3_OVERRIDES = {
 
 
 def read_architectures(model: str) -> list[str]:
-    """Architectures from the checkpoint's config.json (local dir or Hub)."""
-    local = Path(model)
-    if local.is_dir():
-        config = local / "config.json"
-    else:
-        from huggingface_hub import hf_hub_download
+    """Architectures from the checkpoint's config.json (local dir or Hub); a missing path, an
+    unreachable hub or a checkpoint that is not a Qwen3 reranker raises preflight.ConfigError
+    with one line that says what to do."""
+    from launcher.preflight import check_qwen3_reranker, model_config
 
-        config = Path(hf_hub_download(model, "config.json"))
-    return list(json.loads(config.read_text()).get("architectures") or [])
+    return check_qwen3_reranker(model, model_config(model))
 
 
 def needs_qwen3_overrides(settings, architectures: list[str] | None = None) -> bool:

@@ -7,8 +7,9 @@ to `drain_timeout` for in-flight requests before exiting.
 With `workers` > 1 this process becomes a small pre-fork supervisor: it binds the socket once,
 starts that many worker interpreters sharing it, forwards signals and restarts a worker that
 dies, by the same restart policy as the launcher (server/ops/supervision.py): backoff, and exit
-non-zero when the budget is spent. Metrics are merged across workers with prometheus-client's multiprocess mode; admission
-and rate limits are split evenly between workers (see Settings.per_worker).
+non-zero when the budget is spent. Metrics are merged across workers with prometheus-client's
+multiprocess mode; admission limits are split evenly between workers (Settings.per_worker), and
+so are rate limits unless a shared store holds them (server/ops/ratelimit.py).
 """
 
 from __future__ import annotations
@@ -155,8 +156,21 @@ def _mark_dead(pid: int, metrics_dir: str) -> None:
     multiprocess.mark_process_dead(pid, metrics_dir)
 
 
+def _settings() -> Settings:
+    """Settings from RERANKER_* variables; a bad value is one line on stderr and exit 2."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "RERANKER_" + "_".join(map(str, error["loc"])).upper()
+            print(f"reranker shim: {name}: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main() -> None:
-    settings = Settings()
+    settings = _settings()
     setup_logging(settings.log_level)
     if LISTEN_FD_ENV in os.environ:  # a worker of the pre-fork supervisor
         sock = socket.socket(fileno=int(os.environ[LISTEN_FD_ENV]))

@@ -39,7 +39,7 @@ async def guard(request: Request,
     """Auth then rate limit: the one dependency every scoring route carries."""
     state = request.app.state
     identity = state.auth.identify(credentials)
-    state.ratelimiter.check(request, identity)
+    await state.ratelimiter.check(request, identity)
 
 
 async def watch_engine_once(app: FastAPI) -> None:
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
         app.state.engine = engine
         app.state.admission = admission
         app.state.scorer = Scorer(settings, encoder, engine, admission, metrics)
+        await app.state.ratelimiter.start()
         await watch_engine_once(app)
         health.publish_state(app.state)
         watcher = asyncio.create_task(watch_engine(app))
@@ -113,13 +114,13 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
     app.state.engine_verified = False
     app.state.canary_warned_at = float("-inf")
     app.state.auth = Authenticator(settings)
-    app.state.ratelimiter = RateLimiter(settings.rate_limit, settings.trusted_proxies, metrics)
+    app.state.ratelimiter = RateLimiter(settings, metrics, auth_enabled=app.state.auth.enabled)
     install_error_handlers(app)
     app.include_router(health.router)
     if settings.playground:  # the page is public; the scoring calls it makes are guarded below
         app.include_router(playground.router)
     # With neither auth nor rate limits configured, the guard would only cost time per request.
-    guarded = app.state.auth.enabled or app.state.ratelimiter.item is not None
+    guarded = app.state.auth.enabled or app.state.ratelimiter.enabled
     app.state.dialect_of = {path: d for d in DIALECTS for path in d.paths}
     for dialect in DIALECTS:
         app.include_router(dialect.router, dependencies=[Depends(guard)] if guarded else [])

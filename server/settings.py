@@ -124,8 +124,16 @@ class Settings(BaseSettings):
     saturation_capacity_tokens: int = Field(
         75_000, gt=0, description="in-flight prompt tokens that fill the engine (saturation 1.0)")
 
-    # rate limiting: "N/period" per API key, else per client IP; empty = off
-    rate_limit: str = "300/minute"
+    # --- rate limits (server/ops/ratelimit.py; docs/deployment.md "Rate limits") ----------------
+    # Off unless set: a typical caller is one backend service behind one IP (or a proxy), and a
+    # default per-IP limit throttles exactly that caller. Overload is handled by admission control.
+    rate_limit: str = Field("", description='"N/second|minute|hour|day" per API key when auth is '
+                            'on, else per client IP; empty = off')
+    rate_limit_storage: str = Field(
+        "memory://", description="limits storage URI: memory:// (per process) or a shared "
+        "redis://host:6379/0, rediss://, redis+sentinel://, redis+cluster://")
+    rate_limit_storage_timeout: float = Field(
+        0.2, gt=0, description="seconds per shared-store call; slower calls fail open")
     trusted_proxies: StrList = Field(default_factory=list, description="CIDRs allowed to set X-Forwarded-For")
 
     # auth: off unless keys or a JWT key are configured
@@ -158,6 +166,38 @@ class Settings(BaseSettings):
     @classmethod
     def _lists(cls, value):
         return _split_list(value)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        value = value.strip()
+        if value:  # imported only when configured: the launcher validates settings too
+            from server.ops.ratelimit import parse_limit
+
+            parse_limit(value)  # raises ValueError with the accepted forms
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _rate_limit_storage(cls, value: str) -> str:
+        value = value.strip() or "memory://"
+        if value != "memory://":
+            from server.ops.ratelimit import storage_scheme
+
+            storage_scheme(value)  # raises ValueError naming the supported schemes
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP network: {cidr!r} (write CIDRs such as 10.0.0.0/8)") from None
+        return value
 
     # --- derived -------------------------------------------------------------------------------
     @property
@@ -195,18 +235,15 @@ class Settings(BaseSettings):
         return step // 2
 
     def per_worker(self) -> "Settings":
-        """The share of one shim worker: in-flight bounds and rate limits are per process, so
-        with N workers each enforces 1/N (rounded up). A client whose keep-alive connection
-        sticks to one worker therefore gets 1/N of its rate budget: for exact per-client limits
-        run one worker or limit at the proxy."""
+        """The share of one shim worker: in-flight bounds are per process, so with N workers
+        each enforces 1/N (rounded up). Rate limits are not split here: the rate limiter does it
+        itself (server/ops/ratelimit.py), and only for in-process counters; a shared store
+        holds one exact budget for every worker of every replica."""
         n = self.shim_workers
         if n <= 1:
             return self
         share = {"max_inflight_pairs": -(-self.max_inflight_pairs // n),
                  "max_inflight_tokens": -(-self.max_inflight_tokens // n)}
-        if self.rate_limit:
-            amount, _, period = self.rate_limit.partition("/")
-            share["rate_limit"] = f"{-(-int(amount.split()[0]) // n)}/{period}"
         return self.model_copy(update=share)
 
     def to_env(self) -> dict[str, str]:

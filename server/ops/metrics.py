@@ -33,6 +33,9 @@ class Metrics:
         self.tokens = Counter("reranker_prompt_tokens", "Prompt tokens sent to the engine", registry=r)
         self.rejections = Counter("reranker_admission_rejections", "Requests refused by admission "
                                   "control or rate limits", ["reason"], registry=r)
+        self.ratelimit_store_errors = Counter(
+            "reranker_ratelimit_store_errors", "Shared rate-limit store calls that failed or timed "
+            "out (each one served with per-process limits instead)", registry=r)
         self.cache_hits = Counter("reranker_score_cache_hits", "Score cache hits", registry=r)
         self.cache_misses = Counter("reranker_score_cache_misses", "Score cache misses", registry=r)
         self.engine_outstanding_tokens = Gauge(

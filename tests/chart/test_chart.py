@@ -1019,3 +1019,122 @@ def test_notes_warn_when_the_ingress_hides_client_ips_from_rate_limits(helm):
     unlimited = run_helm("install", RELEASE, str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
                          "--set", "ingress.enabled=true", "--set", "server.rateLimit=")
     assert unlimited.returncode == 0 and "server.trustedProxies is empty" not in unlimited.stdout
+
+
+# --- rate limits: off by default, a shared store, the bundled try-out Redis ------------------------------------
+
+REDIS_ON = ("--set", "server.rateLimit=600/minute", "--set", "redis.enabled=true")
+
+
+def by_component(objs: list[dict], kind: str, component: str) -> dict:
+    found = [o for o in objs if o["kind"] == kind
+             and o["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+    assert len(found) == 1, f"expected one {kind} of component {component}, got {len(found)}"
+    return found[0]
+
+
+def test_rate_limiting_is_off_by_default_and_no_redis_is_rendered(helm):
+    objs = render()
+    _, _, container = workload(objs)
+    env = env_map(container)
+    assert not {"RERANKER_RATE_LIMIT", "RERANKER_RATE_LIMIT_STORAGE"} & set(env)
+    assert not any("redis" in o["metadata"]["name"] for o in objs)
+    assert Settings().rate_limit == "", "the chart's default is the service's default: off"
+
+
+def test_storage_uri_from_an_existing_secret(helm, monkeypatch):
+    objs = render_ci("ratelimit-shared-store-values.yaml")
+    assert maybe(objs, "Secret") is None, "an existing secret is never (re)created"
+    assert not any("redis" in o["metadata"]["name"] for o in objs), "no bundled Redis"
+    env = env_map(workload(objs)[2])
+    assert env["RERANKER_RATE_LIMIT_STORAGE"]["valueFrom"]["secretKeyRef"] == {
+        "name": "reranker-ratelimit-redis", "key": "uri"}
+    assert "value" not in env["RERANKER_RATE_LIMIT_STORAGE"], "the URI may hold a password"
+    for key in list(os.environ):
+        if key.startswith("RERANKER_"):
+            monkeypatch.delenv(key)
+    for name in ("RERANKER_RATE_LIMIT", "RERANKER_TRUSTED_PROXIES", "RERANKER_RATE_LIMIT_STORAGE_TIMEOUT"):
+        monkeypatch.setenv(name, env[name]["value"])
+    monkeypatch.setenv("RERANKER_RATE_LIMIT_STORAGE", "redis://:pw@redis.cache.svc:6379/0")  # what the Secret holds
+    s = Settings()
+    assert (s.rate_limit, s.trusted_proxies, s.rate_limit_storage_timeout) == ("600/minute", ["10.244.0.0/16"], 0.1)
+
+
+def test_storage_uri_from_values_reaches_the_settings(helm, monkeypatch):
+    uri = "redis+sentinel://s1:26379,s2:26379/mymaster"
+    env = env_map(workload(render("--set", "server.rateLimit=100/second",
+                                  "--set-json", f'server.rateLimitStorage.uri="{uri}"'))[2])
+    assert env["RERANKER_RATE_LIMIT_STORAGE"]["value"] == uri
+    monkeypatch.setenv("RERANKER_RATE_LIMIT_STORAGE", uri)
+    assert Settings().rate_limit_storage == uri
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_bundled_redis_renders_valid_objects(helm, kube_version):
+    objs = render(*REDIS_ON, "--set", "networkPolicy.enabled=true", kube_version=kube_version)
+    for obj in objs:
+        kubernetes_validate.validate(obj, kube_version, strict=True)
+    lint = run_helm("lint", "--strict", str(CHART), *REDIS_ON)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_bundled_redis_is_wired_to_the_shim_and_kept_apart_from_its_selectors(helm, monkeypatch):
+    objs = render(*REDIS_ON, "--set", "networkPolicy.enabled=true")
+    redis_dep = by_component(objs, "Deployment", "redis")
+    redis_svc = by_component(objs, "Service", "redis")
+    redis_pod_labels = redis_dep["spec"]["template"]["metadata"]["labels"]
+    server_dep = by_component(objs, "Deployment", "server")
+    server_labels = server_dep["spec"]["template"]["metadata"]["labels"]
+    server_svc = by_component(objs, "Service", "server")
+    # each Service selects its own pods, and only them
+    assert is_subset(redis_svc["spec"]["selector"], redis_pod_labels)
+    assert not is_subset(redis_svc["spec"]["selector"], server_labels)
+    assert not is_subset(server_svc["spec"]["selector"], redis_pod_labels)
+    pdb = one(objs, "PodDisruptionBudget")
+    assert not is_subset(pdb["spec"]["selector"]["matchLabels"], redis_pod_labels)
+    assert one(objs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"] == server_dep["metadata"]["name"]
+    # the shim points at that Service, and Settings accepts what is rendered
+    (container,) = server_dep["spec"]["template"]["spec"]["containers"]
+    uri = env_map(container)["RERANKER_RATE_LIMIT_STORAGE"]["value"]
+    port = redis_svc["spec"]["ports"][0]["port"]
+    assert uri == f"redis://{redis_svc['metadata']['name']}:{port}/0"
+    monkeypatch.setenv("RERANKER_RATE_LIMIT_STORAGE", uri)
+    monkeypatch.setenv("RERANKER_RATE_LIMIT", env_map(container)["RERANKER_RATE_LIMIT"]["value"])
+    assert Settings().rate_limit_storage == uri
+    # a counter store, not a database: no persistence, capped memory, non-root, read-only root
+    (redis,) = redis_dep["spec"]["template"]["spec"]["containers"]
+    args = redis["args"]
+    assert args[args.index("--save") + 1] == "" and args[args.index("--appendonly") + 1] == "no"
+    assert args[args.index("--maxmemory") + 1] == "64mb"
+    assert redis_dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert redis["securityContext"]["readOnlyRootFilesystem"] is True
+    assert redis["securityContext"]["allowPrivilegeEscalation"] is False
+    assert redis["readinessProbe"]["tcpSocket"]["port"] in {p["name"] for p in redis["ports"]}
+    # with network policies on, only this release's reranker pods reach it
+    np = by_component(objs, "NetworkPolicy", "redis")
+    assert is_subset(np["spec"]["podSelector"]["matchLabels"], redis_pod_labels)
+    (rule,) = np["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert is_subset(peer["podSelector"]["matchLabels"], server_labels)
+    assert not is_subset(peer["podSelector"]["matchLabels"], one(objs, "Pod")["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["--set", "redis.enabled=true"], "without server.rateLimit limits nothing"),
+    (["--set", "server.rateLimitStorage.uri=redis://r:6379/0"], "without server.rateLimit limits nothing"),
+    ([*REDIS_ON, "--set", "server.rateLimitStorage.uri=redis://r:6379/0"], "set only one of"),
+    (["--set", "server.rateLimit=1/second", "--set", "server.rateLimitStorage.uri=redis://r:6379/0",
+      "--set", "server.rateLimitStorage.existingSecret=s"], "set only one of"),
+], ids=["redis-without-limit", "uri-without-limit", "redis-and-uri", "uri-and-secret"])
+def test_contradictory_rate_limit_values_are_refused(helm, sets, message):
+    assert message in render_fails(*sets)
+
+
+@pytest.mark.parametrize("bad", [
+    ["--set", "server.rateLimitStorage.url=redis://r:6379"],                       # typo
+    ["--set", "server.rateLimitStorage.uri=memcached://m:11211"],                  # unsupported store
+    ["--set", "redis.maxMemory=lots"],                                             # not a size
+], ids=["typo", "scheme", "size"])
+def test_rate_limit_values_are_schema_checked(helm, bad):
+    err = render_fails(*bad)
+    assert "additional properties" in err or "does not match pattern" in err, err
