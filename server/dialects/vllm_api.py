@@ -481,8 +481,13 @@ async def tokenize(request: Request, body: Any = Body(None, examples=[
              responses={200: {"model": DetokenizeResponse}})
 async def detokenize(body: DetokenizeRequest, request: Request):
     tokenizer = request.app.state.scorer.encoder.tokenizer
-    # Ids outside the vocabulary are skipped, as vLLM's tokenizer skips them.
-    return FastJSONResponse({"prompt": tokenizer.decode(body.tokens, skip_special_tokens=False)})
+    # Ids outside the vocabulary are skipped, as vLLM's tokenizer skips them; ids past 32 bits
+    # do not fit the tokenizer's type: a 400, as on vLLM.
+    try:
+        text = tokenizer.decode(body.tokens, skip_special_tokens=False)
+    except OverflowError as exc:
+        raise InvalidInput(str(exc)) from None
+    return FastJSONResponse({"prompt": text})
 
 
 # --- /classify, /pooling: the client's own prompts, passed to vLLM -------------------------------
@@ -508,15 +513,24 @@ async def _pass_through(request: Request, path: str, prompts: int = 1, tokens: i
     content = await request.body()
     async with state.scorer.admission.admit(prompts, tokens):
         status, payload = await state.engine.forward("POST", path, content)
+    if status == 200:
+        try:
+            prompt_tokens = orjson.loads(payload).get("usage", {}).get("prompt_tokens")
+        except (orjson.JSONDecodeError, AttributeError):
+            prompt_tokens = None
+        if isinstance(prompt_tokens, int):
+            state.metrics.tokens.inc(prompt_tokens)
+    return _relay(request, status, payload)
+
+
+def _relay(request: Request, status: int, payload: bytes) -> Response:
+    """vLLM's answer as it is; its error bodies get our `detail` and request id added."""
+    if status == 200:
+        return Response(payload, media_type="application/json")
     try:
         answer = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return Response(payload, status_code=status, media_type="application/json")
-    if status == 200:
-        prompt_tokens = (answer.get("usage") or {}).get("prompt_tokens") if isinstance(answer, dict) else None
-        if isinstance(prompt_tokens, int):
-            state.metrics.tokens.inc(prompt_tokens)
-        return Response(payload, media_type="application/json")
     if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
         answer.setdefault("detail", answer["error"].get("message", ""))
         answer.setdefault("id", request.scope.get("request_id", ""))
@@ -583,11 +597,10 @@ async def version(request: Request):
     cached = getattr(state, "vllm_version", None)
     if cached is None:
         status, payload = await state.engine.forward("GET", "/version")
-        cached = orjson.loads(payload) if status == 200 else None
-        if cached is None:
-            return FastJSONResponse(orjson.loads(payload), status_code=status)
-        state.vllm_version = cached  # one engine version per shim process
-    return FastJSONResponse(cached)
+        if status != 200:
+            return _relay(request, status, payload)
+        cached = state.vllm_version = payload  # asked once: restarts bring back the same vLLM
+    return Response(cached, media_type="application/json")
 
 
 @router.get("/v1/models", summary="The served model, as vLLM lists it (with max_model_len)",

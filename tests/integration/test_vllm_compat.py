@@ -298,6 +298,7 @@ def test_version_and_models_as_vllm_lists_them(clients):
     ("/tokenize", {"messages": [{"role": "user", "content": "hi"}]}),   # passed to vLLM: its error
     ("/detokenize", {"tokens": "abc"}),
     ("/detokenize", {"tokens": [-1]}),
+    ("/detokenize", {"tokens": [2**32]}),
     ("/classify", {"input": "x", "normalize": True}),
     ("/classify", {}),
     ("/pooling", {"input": "x", "task": "score"}),
