@@ -69,7 +69,9 @@ def error_response(request: Request | None, status: int, detail: str, type_: str
     request_id = request.scope.get("request_id", "") if request is not None else ""
     shape = default_error_body
     if request is not None:
-        dialect = request.app.state.dialect_of.get(request.scope.get("path"))
+        # A route that speaks several dialects (/rerank: TEI or vLLM) names the one the body
+        # speaks in scope["dialect"]; otherwise the route's owner shapes the error.
+        dialect = request.scope.get("dialect") or request.app.state.dialect_of.get(request.scope.get("path"))
         if dialect is not None:
             shape = dialect.error
     status, body = shape(status, detail, type_, request_id)

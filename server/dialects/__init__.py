@@ -5,6 +5,6 @@ shape) + one entry below. The app, the middleware (metrics, access log), the err
 contract tests and the load generator all read this tuple.
 """
 
-from server.dialects import cohere, legacy_rank, tei
+from server.dialects import cohere, legacy_rank, tei, vllm_api
 
-DIALECTS = (legacy_rank.DIALECT, cohere.DIALECT, tei.DIALECT)
+DIALECTS = (legacy_rank.DIALECT, cohere.DIALECT, tei.DIALECT, vllm_api.DIALECT)

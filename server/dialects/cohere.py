@@ -4,15 +4,19 @@ One liberal request schema (Cohere v1 ⊇ Jina ⊇ Cohere v2, plus what gateways
 and one union response envelope that every client family parses: Cohere SDKs read `results`
 and `meta`, Jina clients (LangChain, LlamaIndex, Haystack) read `results`, `model`, `usage`.
 `document` is left out, never null, when documents are not requested (LiteLLM rejects null).
+A body carrying a field only vLLM's rerank has (`use_activation`, `truncate_prompt_tokens`,
+`request_id`, ...: vllm_api.VLLM_ONLY_FIELDS) is a vLLM client's: it gets vLLM's answer (documents
+echoed unless return_documents is false) with Cohere's `meta`, and vLLM's errors.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Body, Depends, Request
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from server.dialects import vllm_api
 from server.dialects.common import Dialect, Document, document_texts, echo, ranking, score, search_units
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
@@ -91,15 +95,49 @@ async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
     }
 
 
+def _speaks(body: Any) -> str:
+    return "vllm" if isinstance(body, dict) and not vllm_api.VLLM_ONLY_FIELDS.isdisjoint(body) else "cohere"
+
+
+RerankBody = Annotated[
+    Annotated[RerankRequest, Tag("cohere")] | Annotated[vllm_api.VllmRerankRequest, Tag("vllm")],
+    Discriminator(_speaks),
+]
+
+
+async def _errors_as_spoken(request: Request) -> None:
+    """A vLLM body's errors are vLLM's (set before FastAPI reports a schema error; the body is
+    the one FastAPI already parsed)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return
+    if _speaks(body) == "vllm":
+        request.scope["dialect"] = vllm_api.DIALECT
+
+
+async def _answer(body, request: Request, version: str) -> dict:
+    if isinstance(body, RerankRequest):
+        return await _rerank(body, request, version)
+    answer = await vllm_api.rerank_answer(request, body)
+    tokens = answer["usage"]["prompt_tokens"]
+    documents = len(vllm_api.as_list(body.documents))
+    answer["meta"] = {"api_version": {"version": version},
+                      "billed_units": {"search_units": search_units(documents)},
+                      "tokens": {"input_tokens": tokens, "output_tokens": 0}}
+    return answer
+
+
 @router.post("/v1/rerank", responses={200: {"model": RerankResponse}},
-             summary="Cohere v1 / Jina rerank")
-async def rerank_v1(body: RerankRequest, request: Request):
-    return FastJSONResponse(await _rerank(body, request, "1"))
+             summary="Cohere v1 / Jina rerank (and vLLM's, for bodies with vLLM's own fields)")
+async def rerank_v1(request: Request, body: Annotated[RerankBody, Body()], _=Depends(_errors_as_spoken)):
+    return FastJSONResponse(await _answer(body, request, "1"))
 
 
-@router.post("/v2/rerank", responses={200: {"model": RerankResponse}}, summary="Cohere v2 rerank")
-async def rerank_v2(body: RerankRequest, request: Request):
-    return FastJSONResponse(await _rerank(body, request, "2"))
+@router.post("/v2/rerank", responses={200: {"model": RerankResponse}},
+             summary="Cohere v2 rerank (and vLLM's, for bodies with vLLM's own fields)")
+async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()], _=Depends(_errors_as_spoken)):
+    return FastJSONResponse(await _answer(body, request, "2"))
 
 
 DIALECT = Dialect("cohere", router,

@@ -58,7 +58,29 @@ async def score(request: Request, req: ScoreRequest) -> ScoreResult:
     return result
 
 
-async def _cancel_on_disconnect(request: Request, coro) -> ScoreResult:
+async def score_all(request: Request, reqs: list[ScoreRequest], concurrency: int = 16) -> list[ScoreResult]:
+    """Several core calls for one HTTP request (vLLM's N:N /score pairs different queries: one
+    call per distinct query), at most `concurrency` at a time, under one disconnect watch
+    (one receiver of the request's messages, not one per call)."""
+    if len(reqs) == 1:
+        return [await score(request, reqs[0])]
+    scorer = request.app.state.scorer
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(req: ScoreRequest) -> ScoreResult:
+        async with gate:
+            return await scorer.score(req)
+
+    work = asyncio.gather(*(one(r) for r in reqs))
+    if sum(len(r.documents) for r in reqs) < _WATCH_FROM_DOCS:
+        results = await work
+    else:
+        results = await _cancel_on_disconnect(request, work)
+    request.app.state.metrics.tokens.inc(sum(r.prompt_tokens for r in results))
+    return results
+
+
+async def _cancel_on_disconnect(request: Request, coro):
     work = asyncio.ensure_future(coro)
     watch = asyncio.ensure_future(_disconnected(request))
     try:

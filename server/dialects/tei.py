@@ -1,9 +1,10 @@
 """POST /rerank: TEI's shape or the seed shape, told apart by the body.
 
 A body with `texts` is TEI (the rule llama.cpp uses): the answer is TEI's bare array
-`[{index, score, text?}]`. Any other body is the seed shape (`query`, `documents`,
-`instruction`), answered with the seed fields plus the Jina/vLLM fields `results` and `usage`,
-so vLLM-style clients that post to /rerank work too. A seed `results` item also carries
+`[{index, score, text?}]`, errors TEI's. Any other body is the seed shape (`query`, `documents`,
+`instruction`), which is also vLLM's rerank body (`/rerank` is vLLM's route): every vLLM field is
+honoured, and the answer is the seed fields plus vLLM's whole answer (`id`, `model`, `usage`,
+`results[{index, document, relevance_score}]`), errors vLLM's (server/dialects/vllm_api.py). A seed `results` item also carries
 `truncated: true` when its document was cut to fit the model (the key is absent otherwise).
 """
 
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from server.dialects import vllm_api
 from server.dialects.cohere import RerankResult, Usage
-from server.dialects.common import Dialect, Document, document_texts, echo, ranking, score
+from server.dialects.common import Dialect, ranking, score
 from server.errors import default_error_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
@@ -38,20 +40,19 @@ class TeiRequest(BaseModel):
     instruction: str | None = None
 
 
-class SeedRequest(BaseModel):
+class SeedRequest(vllm_api.VllmRerankRequest):
+    """The seed body, a superset of vLLM's RerankRequest: vLLM's fields (use_activation,
+    truncate_prompt_tokens, max_tokens_per_query, request_id, ...) mean what they mean on vLLM."""
+
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
         "query": "如何申请差旅报销", "documents": ["员工手册第3章", "财务系统操作指南", "OA审批流程说明"],
         "instruction": "Given a question, retrieve documents that answer it"}]})
 
-    query: str
-    documents: list[Document]
-    instruction: str | None = None
-    top_n: int | None = Field(None, ge=0)
+    top_n: int | None = Field(None, ge=0, description="null/0 = all")
     return_documents: bool = True
     raw_scores: bool = False
-    max_tokens_per_doc: int | None = Field(None, ge=1)
+    max_tokens_per_doc: int | None = Field(None, ge=0, description="cut each document to N tokens (0/null: no cut)")
     max_chunks_per_doc: int | None = Field(None, ge=1)
-    model: str | None = None
 
 
 def _dialect(body: Any) -> str:
@@ -100,11 +101,26 @@ class SeedResponse(BaseModel):
     id: str
 
 
-@router.post("/rerank", summary="TEI (body has `texts`) or seed-style rerank",
+async def _errors_as_spoken(request: Request) -> None:
+    """Errors answer in the dialect the body speaks: TEI's for TEI bodies, vLLM's otherwise.
+    Runs before FastAPI reports a schema error, on the body it has already parsed (Starlette
+    caches it); a body that is not JSON stays with TEI's shape."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return
+    if _dialect(body) == "seed":
+        request.scope["dialect"] = vllm_api.DIALECT
+
+
+@router.post("/rerank", summary="TEI (body has `texts`), or seed-style / vLLM rerank",
              responses={200: {"content": {"application/json": {"schema": {"anyOf": [
                  {"type": "array", "items": TeiRank.model_json_schema()},
                  SeedResponse.model_json_schema()]}}}}})
-async def rerank(request: Request, body: RerankBody = Body()):
+async def rerank(request: Request, body: Annotated[RerankBody, Body()],
+                 _=Depends(_errors_as_spoken)):
+    # Annotated[..., Body()], not "= Body()": only this form keeps the discriminator, so schema
+    # errors name the fields of the body's own dialect.
     if isinstance(body, TeiRequest):
         return FastJSONResponse(await _tei(body, request))
     return FastJSONResponse(await _seed(body, request))
@@ -125,30 +141,35 @@ async def _tei(body: TeiRequest, request: Request) -> list[dict]:
 
 
 async def _seed(body: SeedRequest, request: Request) -> dict:
-    texts = document_texts(body.documents)
-    req = ScoreRequest(body.query, texts, body.instruction, body.raw_scores,
-                       body.max_tokens_per_doc, body.max_chunks_per_doc)
+    if isinstance(body.query, dict):
+        vllm_api.texts_of([body.query], "query")
+    documents = vllm_api.as_list(body.documents)
+    texts = vllm_api.texts_of(documents, "documents")
+    req = await vllm_api.core_request(request, body, body.query, texts, raw=body.raw_scores,
+                                      max_chunks_per_doc=body.max_chunks_per_doc)
     result = await score(request, req)
     order = ranking(result, body.top_n)
-    results = []
-    for i in order:
-        item = {"index": i, "relevance_score": result.scores[i]}
-        if body.return_documents:
-            item["document"] = echo(body.documents[i])
-        if result.truncated and result.truncated[i]:  # only when cut: other bodies stay as they were
-            item["truncated"] = True
-        results.append(item)
     return {
         "query": body.query,
         "reranked_documents": [{"rank": r, "score": result.scores[i], "document": texts[i], "index": i}
                                for r, i in enumerate(order, start=1)],
         "total_docs": len(texts),
         "processed_in_ms": round(result.elapsed_ms, 3),
-        "results": results,
-        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        "results": _mark_truncated(
+            vllm_api.rerank_results(result, documents, body.top_n, body.return_documents), result),
+        "usage": vllm_api.usage(result.prompt_tokens),
         "model": request.app.state.settings.model_name,
-        "id": request.scope.get("request_id", ""),
+        "id": vllm_api.response_id(request, body),
     }
+
+
+def _mark_truncated(results: list[dict], result) -> list[dict]:
+    """The playground's truncation marks: only on items whose document was cut, so other bodies
+    stay exactly vLLM's."""
+    for item in results:
+        if result.truncated and result.truncated[item["index"]]:
+            item["truncated"] = True
+    return results
 
 
 def _error(status: int, detail: str, type_: str, request_id: str) -> tuple[int, dict]:

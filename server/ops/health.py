@@ -1,7 +1,7 @@
 """Probes and metrics routes. None of these need auth, so probes and scrapers always get in.
 
 /livez   the shim process is alive (Kubernetes liveness: never fails while the model loads)
-/health  200 {"status": "ok"} when the service can score; 503 otherwise (alias /healthz)
+/health  200 {"status": "ok"} when the service can score; 503 otherwise (aliases /healthz, /ping)
 /ready   readiness: vLLM up with the model loaded, scoring for real (a canary pair must not score
          the same), and not draining; turns 503 first on SIGTERM
 """
@@ -29,6 +29,8 @@ async def livez():
 
 @router.get("/health", summary="200 when the service can score, 503 otherwise")
 @router.get("/healthz", include_in_schema=False)
+@router.get("/ping", include_in_schema=False)   # SageMaker's probe (vLLM answers it too)
+@router.post("/ping", include_in_schema=False)
 async def health(request: Request):
     state = _state(request)
     ok = state["engine"] == "up"
@@ -79,9 +81,3 @@ async def engine_metrics(request: Request):
     text = await request.app.state.engine.metrics_text()
     return Response(text, media_type="text/plain; version=0.0.4")
 
-
-@router.get("/v1/models", summary="The served model (OpenAI-style list)")
-async def models(request: Request):
-    settings = request.app.state.settings
-    return {"object": "list", "data": [{"id": settings.model_name, "object": "model",
-                                        "owned_by": "reranker", "max_model_len": settings.max_model_len}]}

@@ -75,6 +75,32 @@ class EngineClient:
                 raise EngineTimeout("the engine did not answer in time") from exc
         raise AssertionError("unreachable")
 
+    async def forward(self, method: str, path: str, content: bytes | None = None) -> tuple[int, bytes]:
+        """A vLLM route passed through as it is (vLLM's own /classify, /pooling, /version, ...):
+        its status and JSON body come back for the caller to relay, 4xx included. Failures to
+        get an answer, and vLLM's 5xx (but 501: "not supported", a client matter), are domain
+        errors like every other engine call's."""
+        for attempt in (0, 1):
+            try:
+                async with self._session.request(method, path, data=content, headers=_JSON) as response:
+                    payload = await response.read()
+                    status = response.status
+                    break
+            except aiohttp.ClientConnectorError as exc:
+                self._mark_down()
+                raise EngineUnavailable("engine unreachable: connection refused") from exc
+            except _RETRYABLE as exc:
+                if attempt == 0:
+                    continue
+                self._mark_down()
+                raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
+            except asyncio.TimeoutError as exc:
+                raise EngineTimeout("the engine did not answer in time") from exc
+        if status < 500 or status == 501:
+            return status, payload
+        self._result(status, payload)  # raises the mapped domain error
+        raise AssertionError("unreachable")
+
     def _result(self, status: int, payload: bytes) -> dict:
         if status == 200:
             self.healthy = True

@@ -77,6 +77,12 @@ class PromptEncoder:
         self._instructions: dict[str, list[int]] = {}
 
     @property
+    def tokenizer(self):
+        """The served tokenizer as vLLM uses it on whole strings (special tokens recognised):
+        what /tokenize and /detokenize answer with."""
+        return self._special
+
+    @property
     def template_tokens(self) -> int:
         return len(self.template_head) + len(self.template_tail)
 

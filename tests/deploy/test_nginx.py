@@ -230,6 +230,16 @@ def test_ready_and_metrics_are_local_only_while_health_is_public(proxy):
         assert remote.get(proxy.url + "/health", timeout=10).status_code == 200
 
 
+def test_vllm_routes_pass_through_nginx(proxy):
+    """vLLM's own routes (docs/vllm-compat.md) are part of the API behind the proxy."""
+    with httpx.Client(base_url=proxy.url, timeout=30) as client:
+        scored = client.post("/score", json={"queries": "q", "documents": DOCS})
+        assert scored.status_code == 200 and len(scored.json()["data"]) == len(DOCS)
+        assert client.post("/tokenize", json={"prompt": "q"}).json()["count"] == 1
+        assert client.get("/version").json()["version"]
+        assert client.get("/ping").status_code == 200
+
+
 def test_unknown_path_returns_404_json(proxy):
     for method, path in (("GET", "/nope"), ("POST", "/v3/rerank"), ("GET", "/admin")):
         response = httpx.request(method, proxy.url + path, timeout=10)
