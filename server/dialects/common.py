@@ -32,6 +32,9 @@ class Dialect:
     router: APIRouter
     responses: dict[str, Any]                       # path -> model of the 200 body
     error: ErrorShape = default_error_body
+    # paths whose 200 body is vLLM's own, relayed as it is (its contract is vLLM's: checked
+    # against the real engine in tests/integration/test_vllm_compat.py, not against a fake)
+    relayed: frozenset[str] = frozenset()
     # load-generator targets: name -> (path, key of the documents list in the body)
     bench: dict[str, tuple[str, str]] = field(default_factory=dict)
 

@@ -578,7 +578,10 @@ def _try(model: type[BaseModel], body: dict) -> Any:
              "(`queries`+`documents`, ...); anything else goes to vLLM, which answers it or says "
              "which shapes it expects.",
              responses={200: {"model": VllmRerankResponse | ScoreResponse | EngineAnswer}})
-async def invocations(request: Request, body: Any = Body(None)):
+async def invocations(request: Request, body: Any = Body(None, examples=[
+        {"query": "What is the capital of France?",
+         "documents": ["Paris is the capital of France.", "Bananas are yellow."]},
+        {"text_1": "What is the capital of France?", "text_2": ["Paris is the capital of France."]}])):
     if isinstance(body, dict) and not _is_classify_body(body):
         rerank = _try(VllmRerankRequest, body)
         if rerank is not None:
@@ -664,4 +667,5 @@ DIALECT = Dialect(
                "/classify": EngineAnswer, "/pooling": EngineAnswer,
                "/invocations": VllmRerankResponse | ScoreResponse | EngineAnswer,
                "/version": VersionResponse, "/v1/models": ModelList},
+    relayed=frozenset({"/classify", "/pooling", "/version"}),
     error=error_body)
