@@ -70,8 +70,9 @@ class VllmScoringFields(BaseModel):
     padding: Literal["max_length", "do_not_pad"] | None = None
     request_id: str | None = Field(None, description="the answer's id is score-<X-Request-Id or this>")
     priority: int = Field(0, ge=-_INT64 - 1, le=_INT64, description=(
-        "accepted as vLLM 0.32 accepts it; it orders nothing unless the engine runs vLLM's "
-        "priority scheduler, which the launcher does not start"))
+        "vLLM's priority (lower = earlier), mapped onto the shim's dispatch classes: < 0 "
+        "interactive, > 0 bulk, 0 decided by size (the shim, not vLLM's scheduler, orders work: "
+        "vLLM's priority policy never preempts for token budget)"))
     mm_processor_kwargs: dict[str, Any] | None = None
     cache_salt: str | None = Field(None, min_length=1, max_length=1024,
                                    description="accepted; the score cache is keyed on the content")
@@ -348,8 +349,9 @@ async def core_request(request: Request, body: VllmScoringFields, query: str, do
                                f"template, instruction and query take {limit - room} tokens")
         doc_cap.append(room)
     raw = raw or body.use_activation is False
+    klass = None if body.priority == 0 else ("interactive" if body.priority < 0 else "bulk")
     return ScoreRequest(query, documents, instruction, raw, min(doc_cap) if doc_cap else None,
-                        max_chunks_per_doc)
+                        max_chunks_per_doc, priority=klass)
 
 
 def response_id(request: Request, body: VllmScoringFields) -> str:

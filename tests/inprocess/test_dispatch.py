@@ -186,3 +186,14 @@ async def test_bulk_budget_is_tight_only_while_interactive_work_is_around(anyio_
         assert app.state.metrics.queue_depth.labels("bulk")._value.get() > 0
         fake.gate.set()
         await asyncio.gather(small, *bulk)
+
+
+async def test_vllm_priority_maps_onto_the_dispatch_classes(anyio_backend):
+    async with running(FakeEngine()) as (app, client, fake):
+        wait = app.state.metrics.queue_wait
+        for priority, klass in ((5, "bulk"), (-1, "interactive")):
+            before = _count(wait, klass)
+            r = await client.post("/score", json={"text_1": Q, "text_2": ["Paris.", "Lyon."],
+                                                  "priority": priority})
+            assert r.status_code == 200, r.text
+            assert _count(wait, klass) == before + 1
