@@ -13,5 +13,8 @@ serve: setup
 
 test:
 	SETUP_TEST_TOOLS=1 ./scripts/setup.sh
-	# a safety net: a hung run fails in 50 minutes instead of eating CI's 90 (the suite takes ~6)
-	timeout -k 60 3000 .venv/bin/python -m pytest -q -rs $(ARGS)
+	.venv/bin/ruff check .
+	# the fast in-process layer first (no vLLM): a broken core fails in a minute, not after the suite
+	timeout -k 60 600 .venv/bin/python -m pytest -q -x tests/inprocess
+	# a safety net: a hung run fails in 50 minutes instead of eating CI's 90
+	timeout -k 60 3000 .venv/bin/python -m pytest -q -rs --ignore=tests/inprocess $(ARGS)
