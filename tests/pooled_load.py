@@ -1,0 +1,97 @@
+"""Load shaped like real callers for drain tests: N threads, each with ONE reused `httpx.Client`
+(a pooled keep-alive connection, as every SDK and `requests.Session` keeps), posting as fast as
+the answers come back.
+
+What counts as accepted: a request whose bytes went out on a TCP connection the server had
+accepted. A request that never got a connection (`httpx.ConnectError` / `ConnectTimeout`: the SYN
+was refused or dropped, the listener is gone) was not accepted; clients retry those elsewhere.
+Anything else that is not a 200 (ReadError, RemoteProtocolError, WriteError, a reset, a timeout, a
+5xx) happened to a request written to an established connection: a LOSS.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class Outcomes:
+    ok: int = 0
+    ok_after_mark: int = 0
+    refused: int = 0
+    lost: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def accepted(self) -> int:
+        return self.ok + len(self.lost)
+
+    def summary(self) -> str:
+        rate = self.accepted / self.seconds if self.seconds else 0.0
+        return (f"{self.accepted} accepted ({rate:.0f} req/s), {len(self.lost)} lost, "
+                f"{self.ok_after_mark} answered after SIGTERM, {self.refused} refused at connect")
+
+
+class PooledLoad:
+    def __init__(self, url: str, body: dict, clients: int = 16, path: str = "/v1/rank") -> None:
+        self.url = url.rstrip("/") + path
+        self.body = body
+        self.clients = clients
+        self._stop = threading.Event()
+        self._mark: float | None = None
+        self._results: list[Outcomes] = []
+        self._threads: list[threading.Thread] = []
+        self._started = 0.0
+
+    def __enter__(self) -> "PooledLoad":
+        self._started = time.monotonic()
+        for _ in range(self.clients):
+            out = Outcomes()
+            self._results.append(out)
+            # daemon: a failed assert in the test must not leave clients looping forever
+            thread = threading.Thread(target=self._client, args=(out,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def mark(self) -> None:
+        """Note the moment of SIGTERM: answers after it are counted apart."""
+        self._mark = time.monotonic()
+
+    def stop(self) -> Outcomes:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+        total = Outcomes(seconds=time.monotonic() - self._started)
+        for out in self._results:
+            total.ok += out.ok
+            total.ok_after_mark += out.ok_after_mark
+            total.refused += out.refused
+            total.lost += out.lost
+        return total
+
+    def _client(self, out: Outcomes) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post(self.url, json=self.body)
+                except (httpx.ConnectError, httpx.ConnectTimeout):
+                    out.refused += 1
+                    time.sleep(0.01)
+                    continue
+                except httpx.HTTPError as exc:
+                    out.lost.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                if response.status_code != 200:
+                    out.lost.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                    continue
+                out.ok += 1
+                if self._mark is not None and time.monotonic() > self._mark:
+                    out.ok_after_mark += 1
