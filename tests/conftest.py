@@ -153,9 +153,10 @@ def wait_until_ready(service: Service, budget: float = STARTUP_BUDGET_S) -> None
     raise RuntimeError(f"service not ready after {budget} s:\n{service.log()[-4000:]}")
 
 
-def start_shim(vllm_url: str, **settings: str) -> Service:
-    """An extra shim process (mode shim) in front of an already running vLLM."""
-    port = free_port()
+def start_shim(vllm_url: str, port: int | None = None, **settings: str) -> Service:
+    """An extra shim process (mode shim) in front of an already running vLLM; `port`: a given one
+    (a restart in place), else a free one."""
+    port = port or free_port()
     env = engine_env(RERANKER_MODE="shim", RERANKER_MODEL=str(MODEL_DIR),
                      RERANKER_SERVED_MODEL_NAME=MODEL_NAME, RERANKER_VLLM_URL=vllm_url,
                      RERANKER_HOST="127.0.0.1", RERANKER_PORT=str(port), RERANKER_RATE_LIMIT="",
@@ -184,8 +185,8 @@ def extra_shim(service):
     """Factory for extra shim processes against the shared vLLM; stopped after the test."""
     started: list[Service] = []
 
-    def make(**settings: str) -> Service:
-        shim = start_shim(service.vllm_url, **settings)
+    def make(port: int | None = None, **settings: str) -> Service:
+        shim = start_shim(service.vllm_url, port, **settings)
         started.append(shim)
         return shim
 

@@ -24,7 +24,8 @@ class Outcomes:
     ok_after_mark: int = 0
     refused: int = 0
     lost: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # from the start to the last accepted request's end
+    last_accepted: float = 0.0
 
     @property
     def accepted(self) -> int:
@@ -47,7 +48,7 @@ class PooledLoad:
         self._threads: list[threading.Thread] = []
         self._started = 0.0
 
-    def __enter__(self) -> "PooledLoad":
+    def __enter__(self):
         self._started = time.monotonic()
         for _ in range(self.clients):
             out = Outcomes()
@@ -69,12 +70,14 @@ class PooledLoad:
         self._stop.set()
         for thread in self._threads:
             thread.join(60)
-        total = Outcomes(seconds=time.monotonic() - self._started)
+        total = Outcomes()
         for out in self._results:
+            total.last_accepted = max(total.last_accepted, out.last_accepted)
             total.ok += out.ok
             total.ok_after_mark += out.ok_after_mark
             total.refused += out.refused
             total.lost += out.lost
+        total.seconds = max(0.0, total.last_accepted - self._started)
         return total
 
     def _client(self, out: Outcomes) -> None:
@@ -88,7 +91,9 @@ class PooledLoad:
                     continue
                 except httpx.HTTPError as exc:
                     out.lost.append(f"{type(exc).__name__}: {exc}")
+                    out.last_accepted = time.monotonic()
                     continue
+                out.last_accepted = time.monotonic()
                 if response.status_code != 200:
                     out.lost.append(f"HTTP {response.status_code}: {response.text[:200]}")
                     continue

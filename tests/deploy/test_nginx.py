@@ -317,3 +317,31 @@ def test_shipped_config_is_valid_as_is(tmp_path):
     # the defaults the docs describe
     assert "keepalive_timeout 20s;" in text and "server 127.0.0.1:8000" in text
     assert "proxy_next_upstream error timeout http_502 http_503" in text
+
+
+def test_rolling_restart_of_both_shims_behind_nginx_loses_no_request(extra_shim, nginx_factory):
+    """16 pooled keep-alive clients through nginx while each shim in turn gets SIGTERM and is
+    started again on its port (a systemd restart of reranker-shim@PORT): every request answered
+    200. The drain window moves nginx's upstream connections off the stopping shim with
+    Connection: close; what it cannot (a connection refused, one closed under a request) nginx
+    retries on the other shim (proxy_next_upstream error ... non_idempotent)."""
+    from tests.pooled_load import PooledLoad
+
+    settings = {"score_cache": "true", "drain_window": "2"}
+    shims = [extra_shim(**settings), extra_shim(**settings)]
+    proxy = nginx_factory(shims, rate="100000r/s", burst=100000)  # the edge limit is not under test
+    body = {"query": QUERY, "docs": DOCS}
+    with PooledLoad(proxy.url, body, clients=16) as load:
+        time.sleep(1.0)
+        load.mark()
+        for i, old in enumerate(list(shims)):
+            old.proc.send_signal(signal.SIGTERM)
+            assert old.proc.wait(60) == 0
+            shims[i] = extra_shim(int(old.url.rsplit(":", 1)[1]), **settings)
+            time.sleep(1.0)  # nginx sends to the new one again (after fail_timeout at the latest)
+        outcomes = load.stop()
+    print(f"nginx rolling restart: {outcomes.summary()}")
+    assert not outcomes.lost, (outcomes.summary(), outcomes.lost[:5])
+    assert outcomes.refused == 0  # nginx itself never went away
+    assert outcomes.ok_after_mark > 200, outcomes.summary()
+    assert request_count(shims[0]) > 0  # the restarted shims are back in rotation

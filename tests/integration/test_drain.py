@@ -10,6 +10,7 @@ sending on them) these rounds lost requests: see the commit that added this file
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
 import httpx
@@ -38,3 +39,14 @@ def test_sigterm_under_pooled_load_loses_no_accepted_request(extra_shim, round_)
     assert not outcomes.lost, (outcomes.summary(), outcomes.lost[:5])
     # the drain window kept answering the pooled clients after SIGTERM
     assert outcomes.ok_after_mark >= 16, outcomes.summary()
+
+
+def test_real_vllm_keeps_an_idle_connection_past_its_default_5_s(service):
+    """The launcher raises vLLM's keep-alive (VLLM_HTTP_TIMEOUT_KEEP_ALIVE) and the vLLM build we
+    ship reads it: a connection idle for longer than vLLM's default 5 s still answers."""
+    host, port = service.vllm_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        for wait in (0, 6):
+            time.sleep(wait)
+            conn.sendall(b"GET /health HTTP/1.1\r\nhost: vllm\r\n\r\n")
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200"), f"no answer after {wait} s idle"
