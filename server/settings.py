@@ -116,8 +116,9 @@ class Settings(BaseSettings):
     drain_delay: float | None = Field(None, ge=0, description="deprecated name of drain_window")
     drain_timeout: float = Field(60.0, description="seconds in-flight requests may take to finish")
     # The shim must outlive every client's idle expiry (httpx 5 s, nginx upstream 20 s here,
-    # ingress-nginx and AWS ALB 60 s): 75 s. Behind a proxy with a longer one, raise it.
-    keep_alive_timeout: int = Field(75, ge=1, description="seconds an idle keep-alive connection is kept")
+    # ingress-nginx and AWS ALB 60 s, Go's http.DefaultTransport 90 s): 100 s. Behind a proxy with
+    # a longer one (Google Cloud LB: 600 s), raise it above that.
+    keep_alive_timeout: int = Field(100, ge=1, description="seconds an idle keep-alive connection is kept")
 
     log_level: str = "INFO"
     log_documents: bool = Field(False, description="log document and query text (off: privacy)")

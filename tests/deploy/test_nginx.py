@@ -345,3 +345,18 @@ def test_rolling_restart_of_both_shims_behind_nginx_loses_no_request(extra_shim,
     assert outcomes.refused == 0  # nginx itself never went away
     assert outcomes.ok_after_mark > 200, outcomes.summary()
     assert request_count(shims[0]) > 0  # the restarted shims are back in rotation
+
+
+def test_idle_timeouts_are_ordered_server_side_longest_on_both_nginx_hops():
+    """Hop rule: a server keeps an idle connection longer than its client, so nobody reuses a
+    connection the other side is closing: nginx's upstream pool < the shim's keep-alive, and
+    nginx's client-side keep-alive > Go's default idle expiry (90 s), the longest common one."""
+    from server.settings import Settings
+
+    text = CONF.read_text()
+    upstream = text[text.index("upstream reranker_shims"):text.index("server {")]
+    server = text[text.index("server {"):]
+    upstream_s = int(re.search(r"keepalive_timeout (\d+)s;", upstream)[1])
+    client_s = int(re.search(r"keepalive_timeout (\d+)s;", server)[1])
+    assert upstream_s < Settings().keep_alive_timeout
+    assert client_s > 90
