@@ -135,3 +135,20 @@ def test_pooled_connections_are_moved_off_during_the_window_never_closed_under_a
     assert not thread.is_alive()
     for client in (a, b, slow, c, d):
         client.sock.close()
+
+
+def test_drain_delay_is_still_accepted_as_the_old_name_of_drain_window(monkeypatch):
+    from launcher.cli import parse
+    from server.settings import Settings
+
+    assert Settings().drain_window == 5.0
+    assert parse(["--drain-delay", "3"]).drain_window == 3.0
+    assert parse(["--drain-delay", "3", "--drain-window", "4"]).drain_window == 4.0
+    monkeypatch.setenv("RERANKER_DRAIN_DELAY", "7")
+    settings = Settings()
+    assert settings.drain_window == 7.0
+    # what the launcher hands the shim keeps the value
+    monkeypatch.delenv("RERANKER_DRAIN_DELAY")
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings().drain_window == 7.0
