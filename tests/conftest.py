@@ -160,7 +160,10 @@ def start_shim(vllm_url: str, port: int | None = None, **settings: str) -> Servi
     env = engine_env(RERANKER_MODE="shim", RERANKER_MODEL=str(MODEL_DIR),
                      RERANKER_SERVED_MODEL_NAME=MODEL_NAME, RERANKER_VLLM_URL=vllm_url,
                      RERANKER_HOST="127.0.0.1", RERANKER_PORT=str(port), RERANKER_RATE_LIMIT="",
-                     RERANKER_MAX_MODEL_LEN=str(MAX_MODEL_LEN))
+                     RERANKER_MAX_MODEL_LEN=str(MAX_MODEL_LEN),
+                     # test shims stop at once: the drain window (5 s by default) is for the drain
+                     # tests to set (tests/integration/test_drain.py), not for every teardown to pay
+                     RERANKER_DRAIN_WINDOW="0")
     env.update({f"RERANKER_{k.upper()}": v for k, v in settings.items()})
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"shim-{port}.log"

@@ -22,18 +22,18 @@ import httpx
 class Outcomes:
     ok: int = 0
     ok_after_mark: int = 0
+    ok_before_mark: int = 0  # after every client was warm: the steady rate SIGTERM met
+    steady_seconds: float = 0.0
     refused: int = 0
     lost: list[str] = field(default_factory=list)
-    seconds: float = 0.0  # from the start to the last accepted request's end
-    last_accepted: float = 0.0
 
     @property
     def accepted(self) -> int:
         return self.ok + len(self.lost)
 
     def summary(self) -> str:
-        rate = self.accepted / self.seconds if self.seconds else 0.0
-        return (f"{self.accepted} accepted ({rate:.0f} req/s), {len(self.lost)} lost, "
+        rate = self.ok_before_mark / self.steady_seconds if self.steady_seconds else 0.0
+        return (f"{self.accepted} accepted ({rate:.0f} req/s when SIGTERM came), {len(self.lost)} lost, "
                 f"{self.ok_after_mark} answered after SIGTERM, {self.refused} refused at connect")
 
 
@@ -44,12 +44,12 @@ class PooledLoad:
         self.clients = clients
         self._stop = threading.Event()
         self._mark: float | None = None
+        self._warm: float | None = None
+        self._ok_at_warm = self._ok_at_mark = 0
         self._results: list[Outcomes] = []
         self._threads: list[threading.Thread] = []
-        self._started = 0.0
 
     def __enter__(self):
-        self._started = time.monotonic()
         for _ in range(self.clients):
             out = Outcomes()
             self._results.append(out)
@@ -62,9 +62,23 @@ class PooledLoad:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def wait_warm(self, timeout: float = 60) -> None:
+        """Until every client has had an answer (thread and connection set up): the steady load."""
+        deadline = time.monotonic() + timeout
+        while not all(out.ok for out in self._results):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"clients not warm after {timeout} s: {[o.ok for o in self._results]}")
+            time.sleep(0.01)
+        self._warm = time.monotonic()
+        self._ok_at_warm = self._answered()
+
     def mark(self) -> None:
         """Note the moment of SIGTERM: answers after it are counted apart."""
         self._mark = time.monotonic()
+        self._ok_at_mark = self._answered()
+
+    def _answered(self) -> int:
+        return sum(out.ok for out in self._results)  # the threads' counters, read without a lock
 
     def stop(self) -> Outcomes:
         self._stop.set()
@@ -72,12 +86,13 @@ class PooledLoad:
             thread.join(60)
         total = Outcomes()
         for out in self._results:
-            total.last_accepted = max(total.last_accepted, out.last_accepted)
             total.ok += out.ok
             total.ok_after_mark += out.ok_after_mark
             total.refused += out.refused
             total.lost += out.lost
-        total.seconds = max(0.0, total.last_accepted - self._started)
+        if self._warm is not None and self._mark is not None:
+            total.steady_seconds = self._mark - self._warm
+            total.ok_before_mark = self._ok_at_mark - self._ok_at_warm
         return total
 
     def _client(self, out: Outcomes) -> None:
@@ -91,9 +106,7 @@ class PooledLoad:
                     continue
                 except httpx.HTTPError as exc:
                     out.lost.append(f"{type(exc).__name__}: {exc}")
-                    out.last_accepted = time.monotonic()
                     continue
-                out.last_accepted = time.monotonic()
                 if response.status_code != 200:
                     out.lost.append(f"HTTP {response.status_code}: {response.text[:200]}")
                     continue

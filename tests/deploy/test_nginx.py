@@ -332,6 +332,7 @@ def test_rolling_restart_of_both_shims_behind_nginx_loses_no_request(extra_shim,
     proxy = nginx_factory(shims, rate="100000r/s", burst=100000)  # the edge limit is not under test
     body = {"query": QUERY, "docs": DOCS}
     with PooledLoad(proxy.url, body, clients=16) as load:
+        load.wait_warm()
         time.sleep(1.0)
         load.mark()
         for i, old in enumerate(list(shims)):

@@ -21,7 +21,7 @@ from tests.pooled_load import PooledLoad
 pytestmark = pytest.mark.engine
 
 BODY = {"query": "capital of France", "docs": ["Paris is the capital of France.", "Bananas are yellow."]}
-LOAD_BEFORE_TERM_S = 1.5
+LOAD_BEFORE_TERM_S = 1.0  # of steady load, every client warm
 
 
 @pytest.mark.parametrize("round_", range(3))
@@ -29,6 +29,7 @@ def test_sigterm_under_pooled_load_loses_no_accepted_request(extra_shim, round_)
     shim = extra_shim(score_cache="true", drain_window="2")
     assert httpx.post(shim.url + "/v1/rank", json=BODY, timeout=60).status_code == 200  # cached now
     with PooledLoad(shim.url, BODY, clients=16) as load:
+        load.wait_warm()
         time.sleep(LOAD_BEFORE_TERM_S)
         load.mark()
         shim.proc.send_signal(signal.SIGTERM)

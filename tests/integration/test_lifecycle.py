@@ -75,7 +75,8 @@ def test_sigterm_under_pooled_load_loses_no_accepted_request(own):
     lost are defined in tests/pooled_load.py. Default drain window."""
     wait_until_ready(own, budget=600)
     with PooledLoad(own.url, BODY, clients=16) as load:
-        time.sleep(3)
+        load.wait_warm()
+        time.sleep(2)
         load.mark()
         own.proc.send_signal(signal.SIGTERM)
         # readiness fails first, while requests are served
