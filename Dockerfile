@@ -8,7 +8,7 @@
 #
 # Arguments after the image name are launcher flags (`... qwen3-rerank-service --max-model-len 4096`).
 # `docker stop` waits only 10 s by default: give it the drain time (--stop-timeout / `docker stop -t`,
-# compose `stop_grace_period`) >= drain delay + drain timeout + vLLM shutdown timeout + margin
+# compose `stop_grace_period`) >= drain window + drain timeout + vLLM shutdown timeout + margin
 # (docs/deployment.md, "Drain timing").
 
 # Pinned by tag to the vLLM release of pyproject's `gpu` extra (vllm==0.26.0). Tags can be re-pushed:

@@ -34,7 +34,7 @@ def one_round(threads: int, load_s: float) -> Counter:
     outcomes: Counter = Counter()
     stop = threading.Event()
     try:
-        shim = start_shim(f"http://127.0.0.1:{fake_port}", drain_delay="0.5", log_level="WARNING")
+        shim = start_shim(f"http://127.0.0.1:{fake_port}", drain_window="0.5", log_level="WARNING")
 
         def client():
             while not stop.is_set():

@@ -5,8 +5,9 @@ after `vllm_max_restarts` restarts within `vllm_restart_window` seconds, give up
 and exit non-zero so systemd / Kubernetes restarts the whole service. The shim stays up while
 vLLM restarts and answers 503 + Retry-After, so clients retry instead of hanging.
 
-Shutdown (SIGTERM/SIGINT): the shim drains first (readiness 503, in-flight requests finish), and
-only then is vLLM stopped, with its own --shutdown-timeout, so nothing accepted is lost.
+Shutdown (SIGTERM/SIGINT): the shim drains first (readiness 503, the drain window with
+`Connection: close`, in-flight requests finish; server/ops/drain.py), and only then is vLLM
+stopped, with its own --shutdown-timeout, so nothing accepted is lost.
 """
 
 from __future__ import annotations
@@ -145,7 +146,9 @@ class Supervisor:
     def _shutdown(self) -> None:
         s = self.settings
         if self.shim is not None:
-            _stop(self.shim, s.drain_delay + s.drain_timeout + 5, "shim",
+            # the window, then in-flight requests get drain_timeout; 5 s for the accept queue
+            # and the app's own shutdown
+            _stop(self.shim, s.drain_window + s.drain_timeout + 5, "shim",
                   signalled=self.shim_signalled)
         if self.vllm is not None:
             _stop(self.vllm, s.vllm_shutdown_timeout + 15, "vLLM")

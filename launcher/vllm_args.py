@@ -11,6 +11,9 @@ TEMPLATE = Path(__file__).parent / "templates" / "qwen3_reranker.jinja"
 # 8192 on an H200 (benchmarks/RESULTS.md). A reranker only prefills, so bigger steps pay.
 GPU_BATCHED_TOKENS = 32768
 CPU_KVCACHE_GIB = "2"  # ~18k tokens of Qwen3-Reranker-0.6B KV cache
+# vLLM's idle keep-alive (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, read by vLLM 0.26 and 0.32 alike): well
+# above the shim's pool expiry, server/scoring/engine.py KEEPALIVE_EXPIRY_S.
+VLLM_KEEP_ALIVE_S = 30
 
 # Turns an original Qwen3-Reranker (a causal LM) into a one-logit classifier whose weight row
 # is W[yes] - W[no], so sigmoid(logit) = softmax over (no, yes) = P(yes).
@@ -55,6 +58,10 @@ def vllm_environment(base: dict[str, str], gpu: bool | None = None,
     running it inside the engine core saves that interpreter's start-up (7-10 s of 28-33 s here)
     and scored as fast or faster (benchmarks/RESULTS.md). GPU vLLM already does so for one GPU."""
     env = dict(base)
+    # vLLM's uvicorn closes idle connections after 5 s by default; the shim's pool forgets them
+    # after KEEPALIVE_EXPIRY_S (3 s). A server must outlive its client's idle expiry by a wide
+    # margin, or a request goes out on a connection vLLM is closing (facts.md: 1 in 3,000-6,000).
+    env.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", str(VLLM_KEEP_ALIVE_S))
     if not (gpu_visible() if gpu is None else gpu):
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
         if tensor_parallel_size == 1:

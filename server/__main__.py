@@ -1,8 +1,9 @@
 """Run the shim: `python -m server` (settings from RERANKER_* variables).
 
-SIGTERM/SIGINT start a drain: readiness turns 503 at once, requests keep being served for
-`drain_delay` seconds (load balancers stop sending), then uvicorn stops accepting and waits up
-to `drain_timeout` for in-flight requests before exiting.
+SIGTERM/SIGINT start a drain (server/ops/drain.py): readiness turns 503 at once; for
+`drain_window` seconds everything is served and every response carries `Connection: close`, so
+pooled keep-alive clients move off without racing a close; then new connections are refused,
+connections quiet for the whole window are closed, and in-flight requests get `drain_timeout`.
 
 With `workers` > 1 this process becomes a small pre-fork supervisor: it binds the socket once,
 starts that many worker interpreters sharing it, forwards signals and restarts a worker that
@@ -14,7 +15,6 @@ so are rate limits unless a shared store holds them (server/ops/ratelimit.py).
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -27,57 +27,14 @@ import time
 
 import uvicorn
 
-from server.ops.listener import queued_connections, refuse_new_connections
+from server.ops.drain import DrainingServer
 from server.ops.logs import setup_logging
 from server.ops.supervision import GiveUp, RestartBudget, forward, on_stop_signals
 from server.settings import Settings
 
 log = logging.getLogger("server")
 LISTEN_FD_ENV = "RERANKER_LISTEN_FD"
-_SETTLE_S = 0.5
-_ACCEPT_QUEUE_WAIT_S = 2.0
 GC_GEN0_THRESHOLD = 20_000
-
-
-class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app, drain_delay: float) -> None:
-        super().__init__(config)
-        self.fastapi_app = app
-        self.drain_delay = drain_delay
-        self._drain_started = False
-
-    def handle_exit(self, sig, frame) -> None:
-        if self._drain_started:  # a second signal: stop now
-            self.force_exit = True
-            return super().handle_exit(sig, frame)
-        self._drain_started = True
-        self.fastapi_app.state.draining = True
-        log.info("drain started", extra={"signal": int(sig), "delay_s": self.drain_delay})
-        asyncio.get_event_loop().call_later(self.drain_delay, self._stop_accepting)
-
-    def _stop_accepting(self) -> None:
-        self.should_exit = True
-
-    async def shutdown(self, sockets=None) -> None:
-        # Closing the listener resets connections still in its accept queue: refuse new ones
-        # first and accept what is queued (server/ops/listener.py). uvicorn then closes every
-        # connection that has no request in progress; one accepted a moment ago may carry a
-        # request not parsed yet, so stop accepting, let such requests arrive, then shut down.
-        await self._empty_accept_queues()
-        for server in self.servers:
-            server.close()
-        for sock in sockets or []:
-            sock.close()
-        await asyncio.sleep(_SETTLE_S)
-        await super().shutdown(sockets)
-
-    async def _empty_accept_queues(self) -> None:
-        listeners = [sock for server in self.servers for sock in server.sockets]
-        if not all(refuse_new_connections(sock) for sock in listeners):
-            return
-        deadline = time.monotonic() + _ACCEPT_QUEUE_WAIT_S
-        while any(queued_connections(s) for s in listeners) and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)  # the server's accept loop is still running
 
 
 def serve(settings: Settings, sock: socket.socket | None = None) -> None:
@@ -86,11 +43,12 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             timeout_graceful_shutdown=int(settings.drain_timeout),
-                            timeout_keep_alive=30, access_log=False,
+                            # above every proxy's idle expiry in front (settings.keep_alive_timeout)
+                            timeout_keep_alive=settings.keep_alive_timeout, access_log=False,
                             # client addresses are resolved by our trusted_proxies, not uvicorn
                             proxy_headers=False)
     _quiet_gc()
-    DrainingServer(config, app, settings.drain_delay).run(sockets=[sock] if sock else None)
+    DrainingServer(config, app, settings.drain_window).run(sockets=[sock] if sock else None)
 
 
 def _quiet_gc() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
@@ -149,9 +149,18 @@ class Settings(BaseSettings):
     score_cache_entries: int = 100_000
     score_cache_ttl: float = 3600.0
 
-    # drain: readiness fails at once, then this delay, then stop accepting and finish in-flight
-    drain_delay: float = Field(0.0, description="seconds to keep serving after readiness fails")
+    # --- drain and keep-alive (lossless for pooled clients; server/ops/drain.py) ----------------
+    # SIGTERM: readiness fails at once; for drain_window s everything is served with
+    # `Connection: close` (pooled clients move off); then the listener closes, connections quiet
+    # for the whole window are closed, and in-flight requests get drain_timeout. 5 s: at least
+    # httpx's idle expiry (5 s), so a connection quiet that long is one its client has dropped.
+    drain_window: float = Field(5.0, ge=0, description="seconds of Connection: close serving after SIGTERM")
+    drain_delay: float | None = Field(None, ge=0, description="deprecated name of drain_window")
     drain_timeout: float = Field(60.0, description="seconds in-flight requests may take to finish")
+    # The shim must outlive every client's idle expiry (httpx 5 s, nginx upstream 20 s here,
+    # ingress-nginx and AWS ALB 60 s, Go's http.DefaultTransport 90 s): 100 s. Behind a proxy with
+    # a longer one (Google Cloud LB: 600 s), raise it above that.
+    keep_alive_timeout: int = Field(100, ge=1, description="seconds an idle keep-alive connection is kept")
 
     log_level: str = "INFO"
     log_documents: bool = Field(False, description="log document and query text (off: privacy)")
@@ -198,6 +207,12 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"not an IP network: {cidr!r} (write CIDRs such as 10.0.0.0/8)") from None
         return value
+
+    @model_validator(mode="after")
+    def _drain_delay_is_the_old_name_of_drain_window(self):
+        if self.drain_delay is not None and "drain_window" not in self.model_fields_set:
+            self.drain_window = self.drain_delay
+        return self
 
     # --- derived -------------------------------------------------------------------------------
     @property

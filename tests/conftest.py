@@ -153,16 +153,21 @@ def wait_until_ready(service: Service, budget: float = STARTUP_BUDGET_S) -> None
     raise RuntimeError(f"service not ready after {budget} s:\n{service.log()[-4000:]}")
 
 
-def start_shim(vllm_url: str, defaults: bool = False, **settings: str) -> Service:
-    """An extra shim process (mode shim) in front of an already running vLLM. `defaults=True`
-    leaves every user-facing setting at its default (only the wiring to the test vLLM is set)."""
-    port = free_port()
+def start_shim(vllm_url: str, port: int | None = None, defaults: bool = False,
+               **settings: str) -> Service:
+    """An extra shim process (mode shim) in front of an already running vLLM; `port`: a given one
+    (a restart in place), else a free one. `defaults=True` leaves every user-facing setting at its
+    default (only the wiring to the test vLLM is set)."""
+    port = port or free_port()
     env = engine_env(RERANKER_MODE="shim", RERANKER_MODEL=str(MODEL_DIR),
                      RERANKER_SERVED_MODEL_NAME=MODEL_NAME, RERANKER_VLLM_URL=vllm_url,
                      RERANKER_HOST="127.0.0.1", RERANKER_PORT=str(port), RERANKER_RATE_LIMIT="",
-                     RERANKER_MAX_MODEL_LEN=str(MAX_MODEL_LEN))
+                     RERANKER_MAX_MODEL_LEN=str(MAX_MODEL_LEN),
+                     # test shims stop at once: the drain window (5 s by default) is for the drain
+                     # tests to set (tests/integration/test_drain.py), not for every teardown to pay
+                     RERANKER_DRAIN_WINDOW="0")
     if defaults:
-        del env["RERANKER_RATE_LIMIT"]
+        del env["RERANKER_RATE_LIMIT"], env["RERANKER_DRAIN_WINDOW"]
     env.update({f"RERANKER_{k.upper()}": v for k, v in settings.items()})
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"shim-{port}.log"
@@ -187,8 +192,8 @@ def extra_shim(service):
     """Factory for extra shim processes against the shared vLLM; stopped after the test."""
     started: list[Service] = []
 
-    def make(defaults: bool = False, **settings: str) -> Service:
-        shim = start_shim(service.vllm_url, defaults=defaults, **settings)
+    def make(port: int | None = None, defaults: bool = False, **settings: str) -> Service:
+        shim = start_shim(service.vllm_url, port, defaults=defaults, **settings)
         started.append(shim)
         return shim
 

@@ -15,8 +15,9 @@ import orjson
 
 from server.scoring.errors import EngineBadAnswer, EngineRejected, EngineTimeout, EngineUnavailable
 
-# vLLM's uvicorn closes idle keep-alive connections after 5 s; expiring ours first avoids the
-# race where a request goes out on a connection the server is closing (facts.md).
+# vLLM's uvicorn closes idle keep-alive connections after VLLM_HTTP_TIMEOUT_KEEP_ALIVE (5 s by
+# default, 30 s as the launcher starts it); expiring ours first avoids the race where a request
+# goes out on a connection the server is closing (facts.md).
 KEEPALIVE_EXPIRY_S = 3.0
 # Failures after the connection was made but before any response: the request may have been
 # sent on a connection the server was closing. Scoring is idempotent, so one retry is safe.

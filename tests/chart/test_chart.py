@@ -416,28 +416,52 @@ def _prestop_seconds(container: dict) -> int:
 
 
 @pytest.mark.parametrize("values_file", CI_FILES)
-def test_grace_period_covers_prestop_drain_and_vllm_shutdown(helm, values_file):
+def test_grace_period_covers_prestop_drain_window_drain_timeout_and_vllm_shutdown(helm, values_file):
+    """Kubernetes kills the pod terminationGracePeriodSeconds after preStop starts: the whole drain
+    (preStop, then SIGTERM: the window, in-flight requests, vLLM's own drain) must fit in it."""
     _, pod, container = workload(render_ci(values_file))
     env = env_map(container)
-    needed = (_prestop_seconds(container)
-              + float(env["RERANKER_DRAIN_DELAY"]["value"])
+    window = float(env["RERANKER_DRAIN_WINDOW"]["value"])
+    needed = (_prestop_seconds(container) + window
               + float(env["RERANKER_DRAIN_TIMEOUT"]["value"])
               + float(env["RERANKER_VLLM_SHUTDOWN_TIMEOUT"]["value"]))
     assert _prestop_seconds(container) > 0, "preStop sleep lets endpoints drop the pod before SIGTERM"
+    # preStop runs before SIGTERM, while the shim still keeps connections alive: only the window
+    # tells pooled clients to reconnect (elsewhere), so it must not be 0
+    assert window > 0
     assert pod["spec"]["terminationGracePeriodSeconds"] >= needed
 
 
 def test_default_grace_period_is_the_computed_drain_sum(helm):
     _, pod, container = workload(render())
-    # 10 preStop + 0 launcher delay + 60 drain timeout + 30 vLLM shutdown + 20 buffer (the launcher's
-    # own slack: shim gets delay + timeout + 5 s, vLLM gets shutdown timeout + 15 s before a kill)
-    assert pod["spec"]["terminationGracePeriodSeconds"] == 120
+    # 10 preStop + 5 drain window + 60 drain timeout + 30 vLLM shutdown + 20 buffer (the launcher's
+    # own slack: shim gets window + timeout + 5 s, vLLM gets shutdown timeout + 15 s before a kill)
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 125
+    assert env_map(container)["RERANKER_DRAIN_WINDOW"]["value"] == "5"
     assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
 
 
 def test_too_small_grace_period_fails_rendering(helm):
     err = render_fails("--set", "terminationGracePeriodSeconds=100")
-    assert "terminationGracePeriodSeconds=100 is too small" in err and "= 120 seconds" in err
+    assert "terminationGracePeriodSeconds=100 is too small" in err and "= 125 seconds" in err
+
+
+def test_deprecated_launcher_delay_still_sets_the_drain_window_and_the_grace(helm):
+    _, pod, container = workload(render("--set", "drain.launcherDelaySeconds=12"))
+    assert env_map(container)["RERANKER_DRAIN_WINDOW"]["value"] == "12"
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 132
+
+
+def test_shim_keep_alive_outlives_the_ingress_controller_upstream_keepalive(helm):
+    """Hop rule: the server side's idle timeout outlives the client side's. ingress-nginx keeps idle
+    upstream connections upstream-keepalive-timeout (default 60 s) and reuses them."""
+    from server.settings import Settings
+
+    _, _, container = workload(render())
+    assert "RERANKER_KEEP_ALIVE_TIMEOUT" not in env_map(container)  # the shim's default applies
+    assert Settings().keep_alive_timeout > 60
+    _, _, container = workload(render("--set", "drain.keepAliveTimeoutSeconds=620"))
+    assert env_map(container)["RERANKER_KEEP_ALIVE_TIMEOUT"]["value"] == "620"
 
 
 @pytest.mark.parametrize("values_file", CI_FILES)
@@ -661,6 +685,11 @@ def test_ingress_routes_to_the_service_with_tls_and_nginx_limits(helm):
     assert ann["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "300"
     assert ann["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "300"
     assert ann["nginx.ingress.kubernetes.io/limit-rps"] == "50"
+    # a pod ending its drain may refuse or drop a connection: ingress-nginx retries the (idempotent)
+    # scoring POST on another pod
+    retry_on = ann["nginx.ingress.kubernetes.io/proxy-next-upstream"].split()
+    assert {"error", "timeout", "http_503", "non_idempotent"} <= set(retry_on)
+    assert int(ann["nginx.ingress.kubernetes.io/proxy-next-upstream-tries"]) >= 2
 
 
 def test_service_monitor_scrapes_shim_and_engine_metrics_on_http(helm):

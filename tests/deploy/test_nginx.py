@@ -29,6 +29,8 @@ pytestmark = pytest.mark.engine
 
 CONF = ROOT / "deploy" / "nginx" / "reranker.conf"
 MARKER = re.compile(r"^(?P<indent>\s*)\S.*#\s*@render:(?P<name>[a-z_]+)\s*$")
+# the shipped upstream server parameters (max_fails ...): tests point the servers at test ports only
+SERVER_PARAMS = re.search(r"server 127\.0\.0\.1:8000 ([^;]*);", CONF.read_text())[1]
 QUERY = "What is the capital of France?"
 DOCS = ["Paris is the capital and largest city of France.",
         "Bananas are rich in potassium.",
@@ -108,7 +110,7 @@ def start_nginx(prefix: Path, upstream_ports: list[int], rate: str = "1000r/s", 
     site = prefix / "reranker.conf"
     site.write_text(render(CONF.read_text(), {
         "listen": f"listen 127.0.0.1:{port};",
-        "upstream_servers": [f"server 127.0.0.1:{p} max_fails=2 fail_timeout=5s;" for p in upstream_ports],
+        "upstream_servers": [f"server 127.0.0.1:{p} {SERVER_PARAMS};" for p in upstream_ports],
         "rate_zone": f"limit_req_zone $binary_remote_addr zone=reranker_api:1m rate={rate};",
         "limit_req": f"limit_req zone=reranker_api burst={burst} nodelay;",
         "client_max_body_size": f"client_max_body_size {body_size};",
@@ -327,3 +329,47 @@ def test_shipped_config_is_valid_as_is(tmp_path):
     # the defaults the docs describe
     assert "keepalive_timeout 20s;" in text and "server 127.0.0.1:8000" in text
     assert "proxy_next_upstream error timeout http_502 http_503" in text
+
+
+def test_rolling_restart_of_both_shims_behind_nginx_loses_no_request(extra_shim, nginx_factory):
+    """16 pooled keep-alive clients through nginx while each shim in turn gets SIGTERM and is
+    started again on its port (a systemd restart of reranker-shim@PORT): every request answered
+    200. The drain window moves nginx's upstream connections off the stopping shim with
+    Connection: close; what it cannot (a connection refused, one closed under a request) nginx
+    retries on the other shim (proxy_next_upstream error ... non_idempotent)."""
+    from tests.pooled_load import PooledLoad
+
+    settings = {"score_cache": "true", "drain_window": "2"}
+    shims = [extra_shim(**settings), extra_shim(**settings)]
+    proxy = nginx_factory(shims, rate="100000r/s", burst=100000)  # the edge limit is not under test
+    body = {"query": QUERY, "docs": DOCS}
+    with PooledLoad(proxy.url, body, clients=16) as load:
+        load.wait_warm()
+        time.sleep(1.0)
+        load.mark()
+        for i, old in enumerate(list(shims)):
+            old.proc.send_signal(signal.SIGTERM)
+            assert old.proc.wait(60) == 0
+            shims[i] = extra_shim(int(old.url.rsplit(":", 1)[1]), **settings)
+            time.sleep(1.0)  # an operator's roll: the restarted shim is ready, on to the next
+        outcomes = load.stop()
+    print(f"nginx rolling restart: {outcomes.summary()}")
+    assert not outcomes.lost, (outcomes.summary(), outcomes.lost[:5])
+    assert outcomes.refused == 0  # nginx itself never went away
+    assert outcomes.ok_after_mark > 200, outcomes.summary()
+    assert request_count(shims[0]) > 0  # the restarted shims are back in rotation
+
+
+def test_idle_timeouts_are_ordered_server_side_longest_on_both_nginx_hops():
+    """Hop rule: a server keeps an idle connection longer than its client, so nobody reuses a
+    connection the other side is closing: nginx's upstream pool < the shim's keep-alive, and
+    nginx's client-side keep-alive > Go's default idle expiry (90 s), the longest common one."""
+    from server.settings import Settings
+
+    text = CONF.read_text()
+    upstream = text[text.index("upstream reranker_shims"):text.index("server {")]
+    server = text[text.index("server {"):]
+    upstream_s = int(re.search(r"keepalive_timeout (\d+)s;", upstream)[1])
+    client_s = int(re.search(r"keepalive_timeout (\d+)s;", server)[1])
+    assert upstream_s < Settings().keep_alive_timeout
+    assert client_s > 90

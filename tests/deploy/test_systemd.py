@@ -24,7 +24,7 @@ MAIN = UNITS / "reranker.service"
 SHIM = UNITS / "reranker-shim@.service"
 ENV_FILE = UNITS / "reranker.env"
 NGINX_CONF = ROOT / "deploy" / "nginx" / "reranker.conf"
-# The launcher gives the shim drain_delay + drain_timeout + 5 s and vLLM shutdown_timeout + 15 s before
+# The launcher gives the shim drain_window + drain_timeout + 5 s and vLLM shutdown_timeout + 15 s before
 # it SIGKILLs either (launcher/supervise.py); systemd's SIGKILL must come after both.
 LAUNCHER_SLACK_S = 20
 MARGIN_S = 10
@@ -151,9 +151,9 @@ def test_units_restart_on_failure_and_stop_with_sigterm_to_the_main_process(unit
 
 def test_main_unit_stop_timeout_covers_the_whole_drain(main_unit, monkeypatch):
     s = example_settings(monkeypatch)
-    needed = s.drain_delay + s.drain_timeout + s.vllm_shutdown_timeout + LAUNCHER_SLACK_S + MARGIN_S
+    needed = s.drain_window + s.drain_timeout + s.vllm_shutdown_timeout + LAUNCHER_SLACK_S + MARGIN_S
     timeout = seconds(one(main_unit, "Service", "TimeoutStopSec"))
-    assert timeout >= needed, (f"TimeoutStopSec {timeout} < drain delay {s.drain_delay} + drain timeout "
+    assert timeout >= needed, (f"TimeoutStopSec {timeout} < drain window {s.drain_window} + drain timeout "
                                f"{s.drain_timeout} + vLLM shutdown {s.vllm_shutdown_timeout} + "
                                f"{LAUNCHER_SLACK_S} + margin {MARGIN_S}")
     assert timeout != float("inf")
@@ -162,7 +162,7 @@ def test_main_unit_stop_timeout_covers_the_whole_drain(main_unit, monkeypatch):
 def test_shim_stop_timeout_covers_its_drain(shim_unit, monkeypatch):
     s = example_settings(monkeypatch)
     timeout = seconds(one(shim_unit, "Service", "TimeoutStopSec"))
-    assert s.drain_delay + s.drain_timeout + MARGIN_S <= timeout != float("inf")
+    assert s.drain_window + s.drain_timeout + MARGIN_S <= timeout != float("inf")
 
 
 def test_shims_start_after_and_stop_before_the_engine(shim_unit):

@@ -11,7 +11,7 @@ import time
 
 import uvicorn
 
-from server.__main__ import DrainingServer
+from server.ops.drain import DrainingServer
 
 
 async def app(scope, receive, send):
@@ -34,7 +34,7 @@ def test_a_request_waiting_in_the_accept_queue_at_shutdown_is_answered():
     listener = socket.create_server(("127.0.0.1", 0), backlog=16)
     port = listener.getsockname()[1]
     config = uvicorn.Config(app, log_config=None, lifespan="off", timeout_graceful_shutdown=5)
-    server = DrainingServer(config, _App(), drain_delay=0)
+    server = DrainingServer(config, _App(), drain_window=0)
     answers = []
 
     def client():

@@ -118,3 +118,14 @@ def test_settings_round_trip_through_child_environment(monkeypatch):
 def test_bad_flag_value_is_refused():
     with pytest.raises(SystemExit):
         parse(["--max-model-len", "lots"])
+
+
+def test_vllm_keeps_idle_connections_well_beyond_the_shim_pool_expiry():
+    """Every hop: the server's idle timeout outlives its client's pool expiry (the shim's aiohttp
+    pool forgets idle connections to vLLM after KEEPALIVE_EXPIRY_S)."""
+    from launcher.vllm_args import vllm_environment
+    from server.scoring.engine import KEEPALIVE_EXPIRY_S
+
+    for gpu in (False, True):
+        assert float(vllm_environment({}, gpu=gpu)["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"]) >= 5 * KEEPALIVE_EXPIRY_S
+    assert vllm_environment({"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "9"})["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "9"

@@ -124,10 +124,16 @@ $mapping is a dict valuesKey -> FIELD. Null values are skipped (the launcher def
 {{- end }}
 {{- end }}
 
+{{/* The drain window: drain.windowSeconds, or its deprecated name drain.launcherDelaySeconds when set. */}}
+{{- define "reranker.drainWindow" -}}
+{{- $d := .Values.drain -}}
+{{- if kindIs "invalid" $d.launcherDelaySeconds }}{{ int $d.windowSeconds }}{{ else }}{{ int $d.launcherDelaySeconds }}{{ end -}}
+{{- end }}
+
 {{/* Termination grace: the drain sum, and the value rendered (explicit, checked, or computed). */}}
 {{- define "reranker.drainSeconds" -}}
 {{- $d := .Values.drain -}}
-{{- add (int $d.preStopSleepSeconds) (int $d.launcherDelaySeconds) (int $d.timeoutSeconds) (int .Values.vllm.shutdownTimeout) -}}
+{{- add (int $d.preStopSleepSeconds) (include "reranker.drainWindow" . | int) (int $d.timeoutSeconds) (int .Values.vllm.shutdownTimeout) -}}
 {{- end }}
 
 {{- define "reranker.terminationGracePeriodSeconds" -}}
@@ -135,7 +141,7 @@ $mapping is a dict valuesKey -> FIELD. Null values are skipped (the launcher def
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
 {{- $needed -}}
 {{- else if lt (int .Values.terminationGracePeriodSeconds) (int $needed) -}}
-{{- fail (printf "terminationGracePeriodSeconds=%d is too small: the drain needs drain.preStopSleepSeconds(%d) + drain.launcherDelaySeconds(%d) + drain.timeoutSeconds(%d) + vllm.shutdownTimeout(%d) + drain.bufferSeconds(%d) = %d seconds; raise it or unset it (null) to compute it" (int .Values.terminationGracePeriodSeconds) (int .Values.drain.preStopSleepSeconds) (int .Values.drain.launcherDelaySeconds) (int .Values.drain.timeoutSeconds) (int .Values.vllm.shutdownTimeout) (int .Values.drain.bufferSeconds) (int $needed)) -}}
+{{- fail (printf "terminationGracePeriodSeconds=%d is too small: the drain needs drain.preStopSleepSeconds(%d) + drain.windowSeconds(%d) + drain.timeoutSeconds(%d) + vllm.shutdownTimeout(%d) + drain.bufferSeconds(%d) = %d seconds; raise it or unset it (null) to compute it" (int .Values.terminationGracePeriodSeconds) (int .Values.drain.preStopSleepSeconds) (include "reranker.drainWindow" . | int) (int .Values.drain.timeoutSeconds) (int .Values.vllm.shutdownTimeout) (int .Values.drain.bufferSeconds) (int $needed)) -}}
 {{- else -}}
 {{- int .Values.terminationGracePeriodSeconds -}}
 {{- end -}}
