@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
         os.execv(sys.executable, [sys.executable, "-m", "server"])
     if not settings.model:
         log.info("no --model given: using the offline demo model", extra={"path": DEMO_MODEL_DIR})
-        build_demo_model("tiny", DEMO_MODEL_DIR)
+        # its tokenizer's BPE ranks are cached in cache_dir too (launcher/demo_model.py)
+        build_demo_model("tiny", DEMO_MODEL_DIR, cache_dir=Path(settings.cache_dir or ".cache"))
     supervisor = Supervisor(settings, build_vllm_command(settings), with_shim=settings.mode == "all")
     sys.exit(supervisor.run())
 
