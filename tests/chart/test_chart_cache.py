@@ -13,6 +13,7 @@ from launcher.vllm_args import vllm_environment
 from server.settings import Settings
 from tests.chart.test_chart import CI_FILES, helm, render, render_ci, workload  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.usefixtures("helm")  # the pinned helm binary, installed once
 CACHE_VARS = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 
 
@@ -31,7 +32,7 @@ def launcher_view(container: dict, monkeypatch, gpu: bool) -> tuple[Settings, di
 
 
 @pytest.mark.parametrize("values_file", CI_FILES)
-def test_every_vllm_cache_is_on_the_mounted_cache_volume(helm, values_file, monkeypatch):
+def test_every_vllm_cache_is_on_the_mounted_cache_volume(values_file, monkeypatch):
     _, pod, container = workload(render_ci(values_file))
     gpu = any("gpu" in k for k in container.get("resources", {}).get("limits", {}))
     _, env = launcher_view(container, monkeypatch, gpu)
@@ -47,7 +48,7 @@ def test_every_vllm_cache_is_on_the_mounted_cache_volume(helm, values_file, monk
     assert PurePosixPath(env["VLLM_CACHE_ROOT"], "modelinfos").is_relative_to(mount)
 
 
-def test_cache_on_a_created_claim_moves_with_mount_path(helm, monkeypatch):
+def test_cache_on_a_created_claim_moves_with_mount_path(monkeypatch):
     _, pod, container = workload(render("--set", "cache.type=pvc", "--set", "cache.mountPath=/warm"))
     claim = {v["name"]: v for v in pod["spec"]["volumes"]}["cache"]["persistentVolumeClaim"]["claimName"]
     assert claim
@@ -56,7 +57,7 @@ def test_cache_on_a_created_claim_moves_with_mount_path(helm, monkeypatch):
     assert env["TRITON_CACHE_DIR"].startswith("/warm/vllm/")
 
 
-def test_default_release_is_deterministic_and_forks_the_engine_on_gpu(helm, monkeypatch):
+def test_default_release_is_deterministic_and_forks_the_engine_on_gpu(monkeypatch):
     _, _, container = workload(render())
     settings, env = launcher_view(container, monkeypatch, gpu=True)
     assert settings.deterministic and env["VLLM_BATCH_INVARIANT"] == "1"

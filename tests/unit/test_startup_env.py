@@ -2,8 +2,13 @@
 
 from pathlib import Path
 
-from launcher.vllm_args import (build_vllm_command, check_cache_dir, effective_dtype,
-                                vllm_cache_root, vllm_environment)
+from launcher.vllm_args import (
+    build_vllm_command,
+    check_cache_dir,
+    effective_dtype,
+    vllm_cache_root,
+    vllm_environment,
+)
 from server.settings import DEMO_MODEL_DIR, Settings
 
 

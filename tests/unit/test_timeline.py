@@ -12,8 +12,8 @@ from launcher.timeline import Timeline, tee
 
 # Lines as vLLM 0.26 (GPU, benchmarks/gpu logs) and 0.32 (CPU build) print them, in start-up order.
 VLLM_LINES = [
-    "(APIServer pid=1) INFO 12-01 10:07:49 [api_utils.py:347]  \u2584\u2584 \u2584\u2588 \u2588     \u2588     "
-    "\u2588 \u2580\u2584\u2580 \u2588  version 0.26.0",
+    ("(APIServer pid=1) INFO 12-01 10:07:49 [api_utils.py:347]  \u2584\u2584 \u2584\u2588 \u2588     \u2588     "
+     "\u2588 \u2580\u2584\u2580 \u2588  version 0.26.0"),
     "(APIServer pid=1) INFO 12-01 10:07:49 [api_utils.py:286] non-default args: {'model': '/m'}",
     "(APIServer pid=1) INFO 12-01 10:08:09 [model.py:733] Resolved architecture: Qwen3ForSequenceClassification",
     "(EngineCore pid=2) INFO 12-01 10:08:22 [core.py:133] Initializing a V1 LLM engine (v0.26.0) with config: ...",
@@ -40,7 +40,7 @@ def test_each_vllm_phase_is_recognised_once_with_vllms_own_figures(caplog):
     timeline.mark("health")
     timeline.mark("ready")
     timeline.finish()
-    summary = [r for r in caplog.records if r.getMessage() == "startup timeline"][0].__dict__
+    summary = next(r for r in caplog.records if r.getMessage() == "startup timeline").__dict__
     assert list(summary["phases"]) == PHASES + ["health", "ready"]
     assert summary["vllm_version"] == "0.26.0"
     assert summary["architecture"] == "Qwen3ForSequenceClassification"
