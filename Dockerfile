@@ -41,12 +41,13 @@ RUN python3 -m pip list --format=freeze > /tmp/image-constraints.txt \
 # imported, so its exit status is ignored.
 RUN python3 -m compileall -q -j 0 $(python3 -c "import site; print(' '.join(site.getsitepackages()))") || true
 
-# Caches (model downloads, torch.compile / CUDA graphs, Triton kernels) in one place: mount a volume
-# at /var/lib/reranker/cache to keep warm starts across container restarts.
+# Caches (model downloads, vLLM's model-info inspection, torch.compile / CUDA graphs, Triton and
+# inductor kernels) in one place: mount a volume at /var/lib/reranker/cache to keep warm starts
+# across container restarts. The launcher derives VLLM_CACHE_ROOT=<RERANKER_CACHE_DIR>/vllm and
+# the compile caches under it.
 ENV HOME=/var/lib/reranker \
     HF_HOME=/var/lib/reranker/cache/huggingface \
-    VLLM_CACHE_ROOT=/var/lib/reranker/cache/vllm \
-    TRITON_CACHE_DIR=/var/lib/reranker/cache/triton \
+    RERANKER_CACHE_DIR=/var/lib/reranker/cache \
     XDG_CACHE_HOME=/var/lib/reranker/cache/xdg \
     PYTHONUNBUFFERED=1 \
     RERANKER_HOST=0.0.0.0 \

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         preflight.check_ports(settings)  # first: it is instant
         if settings.mode != "shim" and not settings.model:
             log.info("no --model given: using the offline demo model", extra={"path": DEMO_MODEL_DIR})
-            build_demo_model("tiny", DEMO_MODEL_DIR)
+            # its tokenizer's BPE ranks are cached in cache_dir too (launcher/demo_model.py)
+            build_demo_model("tiny", DEMO_MODEL_DIR, cache_dir=Path(settings.cache_dir or ".cache"))
         architectures = preflight.check_model(settings)
     except preflight.ConfigError as exc:
         # One line on stderr, what happened and what to do; exit 2 = fix the configuration.

@@ -17,16 +17,31 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
+import psutil
 
-from launcher.vllm_args import vllm_environment
+from launcher.timeline import Timeline, tee
+from launcher.vllm_args import check_cache_dir, vllm_environment
 from server.ops.supervision import GiveUp, RestartBudget, forward, on_stop_signals
 
 log = logging.getLogger("launcher")
 _POLL_S = 0.5
 _PROGRESS_EVERY_S = 10.0
+_READY_POLL_S = 0.1     # while waiting for the shim's canary after vLLM turned healthy
+_READY_WAIT_S = 300.0   # stop waiting for it (the summary is logged without "ready")
+
+
+def _launched_at() -> float:
+    """This process's start as a time.monotonic() value: phases count from the launch itself,
+    interpreter and launcher imports included."""
+    try:
+        age = time.time() - psutil.Process().create_time()
+    except (psutil.Error, OSError):
+        age = 0.0
+    return time.monotonic() - max(0.0, age)
 
 
 class StartFailed(Exception):
@@ -43,6 +58,9 @@ class Supervisor:
         self.stopping = False
         self.shim_signalled = False
         self.restarts = RestartBudget.from_settings(settings)
+        self.timeline: Timeline | None = None
+        self._ready_deadline: float | None = None  # set while waiting for the shim's /ready
+        self._tees: list[threading.Thread] = []
 
     # --- entry -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -60,7 +78,8 @@ class Supervisor:
                 raise GiveUp(str(exc)) from exc
             while not self.stopping:
                 self._watch()
-                time.sleep(_POLL_S)
+                self._check_ready()
+                time.sleep(_POLL_S if self._ready_deadline is None else _READY_POLL_S)
         except GiveUp as exc:
             log.error("giving up", extra={"reason": str(exc)})
             self._shutdown()
@@ -78,9 +97,26 @@ class Supervisor:
 
     # --- vLLM ------------------------------------------------------------------------------
     def _start_vllm(self) -> None:
+        first = self.timeline is None
+        self.timeline = Timeline(_launched_at() if first else time.monotonic(),
+                                 since="launch" if first else "restart")
+        self._ready_deadline = None
         log.info("starting vLLM", extra={"argv": self.vllm_cmd})
-        env = vllm_environment(os.environ, tensor_parallel_size=self.settings.tensor_parallel_size)
-        self.vllm = subprocess.Popen(self.vllm_cmd, env=env, start_new_session=True)
+        env = vllm_environment(os.environ, settings=self.settings, argv=self.vllm_cmd)
+        problem = check_cache_dir(env) if first else None
+        if problem:
+            log.warning("cache directory not writable: every vLLM start will be a cold one "
+                        "(model-info inspection, torch.compile)", extra={"reason": problem})
+        # vLLM's output goes through the launcher unchanged (stdout to stdout, stderr to
+        # stderr); reading it on the way is how the start-up timeline sees vLLM's phases.
+        self.vllm = subprocess.Popen(self.vllm_cmd, env=env, start_new_session=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.timeline.mark("vllm_started")
+        self._tees = [threading.Thread(target=tee, args=(src, dst.fileno(), self.timeline.feed),
+                                       name="vllm-output", daemon=True)
+                      for src, dst in ((self.vllm.stdout, sys.stdout), (self.vllm.stderr, sys.stderr))]
+        for thread in self._tees:
+            thread.start()
 
     def _start_vllm_and_wait(self) -> None:
         self._start_vllm()
@@ -95,6 +131,11 @@ class Supervisor:
                 raise StartFailed(f"vLLM exited with {self.vllm.returncode} while starting")
             if _healthy(url):
                 log.info("vLLM ready", extra={"seconds": round(time.monotonic() - started, 1)})
+                self.timeline.mark("health")
+                if self.with_shim:  # ready = the shim's canary passed (see _check_ready)
+                    self._ready_deadline = time.monotonic() + _READY_WAIT_S
+                else:
+                    self.timeline.finish()
                 return
             now = time.monotonic()
             if now - started > self.settings.vllm_startup_timeout:
@@ -109,6 +150,23 @@ class Supervisor:
     def _vllm_url(self) -> str:
         """The vLLM this launcher started (not a --vllm-url, which only the shim mode uses)."""
         return self.settings.model_copy(update={"vllm_url": ""}).upstream_url
+
+    def _local_host(self, host: str | None = None) -> str:
+        host = self.settings.vllm_host if host is None else host
+        return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+    def _check_ready(self) -> None:
+        """After vLLM is healthy: the moment the shim's /ready turns 200 (its canary scored)
+        ends the start-up timeline."""
+        if self._ready_deadline is None:
+            return
+        url = f"http://{self._local_host(self.settings.host)}:{self.settings.port}/ready"
+        if _healthy(url, timeout=1.0):
+            self.timeline.mark("ready")
+        elif time.monotonic() < self._ready_deadline:
+            return
+        self._ready_deadline = None
+        self.timeline.finish()
 
     def _watch(self) -> None:
         if self.vllm.poll() is not None:
@@ -152,11 +210,13 @@ class Supervisor:
                   signalled=self.shim_signalled)
         if self.vllm is not None:
             _stop(self.vllm, s.vllm_shutdown_timeout + 15, "vLLM")
+        for thread in self._tees:  # vLLM's last words, written before the launcher exits
+            thread.join(timeout=2.0)
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, timeout: float = 2.0) -> bool:
     try:
-        return httpx.get(url, timeout=2.0).status_code == 200
+        return httpx.get(url, timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
 

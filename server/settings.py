@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     vllm_shutdown_timeout: int = Field(30, description="vLLM --shutdown-timeout: drain seconds")
     extra_vllm_args: StrList = Field(default_factory=list, description="passed to vLLM verbatim")
 
+    # --- start-up and deterministic scores (issue 12; launcher/vllm_args.py vllm_environment) ----
+    cache_dir: str = Field(
+        ".cache", description="persistent, writable: vLLM's model-info, torch.compile and Triton "
+        "caches live in <cache_dir>/vllm (VLLM_CACHE_ROOT); '' = vLLM's own defaults")
+    vllm_fork_engine: bool = Field(
+        True, description="GPU: fork vLLM's engine core instead of a fresh interpreter (-15 s a start)")
+    deterministic: bool = Field(
+        True, description="bit-identical scores whatever the batch or load: VLLM_BATCH_INVARIANT=1 "
+        "on GPU (-7..-12% throughput on an H200) and P(yes) computed in the shim from vLLM's logit")
+
     # --- supervision ---------------------------------------------------------------------------
     vllm_startup_timeout: float = Field(1800.0, description="seconds to wait for vLLM /health")
     vllm_max_restarts: int = Field(5, description="restarts within restart_window before giving up")

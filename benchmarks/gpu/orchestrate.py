@@ -17,6 +17,12 @@ and reported as such):
   custom    one launcher configuration (--flags) and the workloads named.
   fp8       bf16 against --quantization fp8 (rag c=8/32, long, score drift on fixed pairs), then
             warm restarts with vLLM's engine core in-process and with the default.
+  startup   cold and warm starts to /ready with the launcher's start-up timeline: the defaults
+            (fork, cache dir, --model-impl vllm, startup plan) and the levers off (baseline),
+            plus baseline+fork and the defaults without the startup plan; fixed-pair scores of
+            every start compared with the first (the levers must not change them).
+  determinism  deterministic mode against --no-deterministic: the same 64 pairs alone, in one
+            batch of 64 and under c=32 load (benchmarks/determinism.py), rag c=32 and seed.
 
 Everything goes to $BENCH_WORK/results.jsonl (default /tmp/bench) and to stdout as JSON lines;
 the launcher's and shims' logs go to $BENCH_WORK/logs. A launcher left running is remembered in
@@ -119,7 +125,11 @@ def get_ok(url: str) -> bool:
 
 
 # --- the launcher (vLLM + shim) ------------------------------------------------------------------
-def start_launcher(config: str, flags: list[str], budget: float = 420) -> dict:
+def start_launcher(config: str, flags: list[str], budget: float = 420, env: dict | None = None,
+                   cold: bool | None = None) -> dict:
+    """Start the launcher and wait for the shim's /ready. `env` overrides the environment (a
+    None value removes the variable; given, it replaces cache_env()); `cold` labels the start
+    when the caller knows better than the shared compile cache's state."""
     if CLOCK is not None:  # never run past the device call's own limit
         budget = min(budget, CLOCK.left() - 15)
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -128,12 +138,17 @@ def start_launcher(config: str, flags: list[str], budget: float = 420) -> dict:
         if time.monotonic() > deadline:
             raise RuntimeError(f"ports {SHIM_PORT}/{VLLM_PORT} still serve: stop that first")
         time.sleep(0.5)
-    cold = not (CACHE / "torch_compile_cache").exists()
+    if cold is None:
+        cold = not (CACHE / "torch_compile_cache").exists()
     cmd = [sys.executable, "-m", "launcher", "--model", str(MODEL_DIR), "--served-model-name", NAME,
            "--host", "127.0.0.1", "--port", str(SHIM_PORT), "--vllm-port", str(VLLM_PORT),
            "--rate-limit", "", "--max-model-len", str(MAX_MODEL_LEN), *LAUNCHER_FLAGS, *flags]
-    env = {**os.environ, **cache_env(), "PYTHONUNBUFFERED": "1"}
+    if env is None:
+        env = {**os.environ, **cache_env(), "PYTHONUNBUFFERED": "1"}
+    else:
+        env = {k: v for k, v in {**os.environ, "PYTHONUNBUFFERED": "1", **env}.items() if v is not None}
     log_path = LOGS / f"launcher-{config}.log"
+    log_offset = log_path.stat().st_size if log_path.exists() else 0
     started = time.monotonic()
     with open(log_path, "a") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
@@ -157,8 +172,11 @@ def start_launcher(config: str, flags: list[str], budget: float = 420) -> dict:
                      "start": "cold" if cold else "warm (compile cache reused)",
                      "seconds_to_ready": round(time.monotonic() - started, 1),
                      "vllm_health_s": round(vllm_s, 1) if vllm_s else None,
-                     "target_s": 45 if not cold else None}
+                     "target_s": 60 if cold else 30}  # issue 12: cold <= 60 s, warm <= 30 s
             ready.update(engine_facts(log_path))
+            timeline = launcher_timeline(log_path, log_offset)
+            if timeline:
+                ready["timeline"] = timeline
             return ready
         time.sleep(0.25)
     stop_launcher()
@@ -189,6 +207,26 @@ def engine_facts(log_path: Path) -> dict:
         if found:
             facts[key] = found[-1].replace(",", "")
     return facts
+
+
+def launcher_timeline(log_path: Path, offset: int = 0, wait_s: float = 3.0) -> dict | None:
+    """The launcher's own `startup timeline` line for this start (launcher/timeline.py): seconds
+    since launch of each phase of vLLM's start-up, the durations between them, vLLM's figures."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with open(log_path, errors="replace") as fh:
+            fh.seek(offset)
+            for line in fh:
+                if '"startup timeline"' in line and line.startswith("{"):
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    return {k: v for k, v in record.items()
+                            if k not in ("time", "level", "name", "message")}
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
 
 
 def launcher_running() -> dict | None:
@@ -517,9 +555,136 @@ def phase_fp8(clock: Clock) -> None:
             stop_launcher()
 
 
+# --- start-up and determinism (issue 12) -------------------------------------------------------
+STARTUP = WORK / "startup"  # one cache directory (or HOME) per configuration, so each has a cold start
+# The launcher's start-up levers turned off, one by one where the timeline cannot tell them apart.
+# Deterministic mode stays as the defaults have it, so that scores must be identical across all
+# of these (the levers change how vLLM starts, never what it computes).
+NO_LEVERS = ["--no-vllm-fork-engine", "--cache-dir", "", "--", "--model-impl", "auto"]
+STARTUP_CONFIGS = {
+    # name: (launcher flags, environment; a None value removes the variable)
+    "levers": ([], {}),                               # the launcher's defaults
+    "baseline": (NO_LEVERS, {"VLLM_ENABLE_STARTUP_PLAN": "0"}),
+    "levers-no-plan": ([], {"VLLM_ENABLE_STARTUP_PLAN": "0"}),
+    "baseline+fork": (["--cache-dir", "", "--", "--model-impl", "auto"], {"VLLM_ENABLE_STARTUP_PLAN": "0"}),
+}
+CACHE_VARS = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "XDG_CACHE_HOME")
+
+
+def startup_env(config: str, fresh: bool) -> dict:
+    """Where `config` keeps its caches: <STARTUP>/<cache group>/ (RERANKER_CACHE_DIR), or, with
+    --cache-dir "" (vLLM's own defaults: ~/.cache/vllm, /tmp/torchinductor_*, ~/.triton), a HOME
+    and TMPDIR of its own. `fresh` empties it first (a cold start)."""
+    flags, extra = STARTUP_CONFIGS[config]
+    group = "baseline" if "--cache-dir" in flags else "levers"  # the plan does not change the cache
+    home = STARTUP / group
+    if fresh:
+        subprocess.run(["rm", "-rf", str(home)])
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    env = {k: None for k in CACHE_VARS}
+    env.update({k: None for k in os.environ if k.startswith("RERANKER_")})  # run.sh's RERANKER_CACHE_DIR
+    if group == "baseline":
+        env.update({"HOME": str(home), "TMPDIR": str(home / "tmp")})
+    else:
+        env["RERANKER_CACHE_DIR"] = str(home / "cache")
+    env.update(extra)
+    return env
+
+
+def fixed_probe() -> list[list[float]]:
+    try:
+        return score_probe()
+    except httpx.HTTPError as exc:
+        emit({"kind": "error", "step": "score probe", "error": repr(exc)[:500]})
+        return []
+
+
+def timed_start(clock: Clock, config: str, cold: bool, reference: list, est_s: float) -> list:
+    """One start of `config` to /ready (timeline included), its scores against the reference
+    (the levers must not change them), then stop. Returns the scores."""
+    if clock.left() < est_s:
+        emit({"kind": "skipped", "step": "startup", "config": config, "start": "cold" if cold else "warm",
+              "reason": f"device-call budget: {clock.left():.0f} s left, step needs ~{est_s:.0f} s"})
+        return []
+    flags, _ = STARTUP_CONFIGS[config]
+    stop_launcher()
+    try:
+        line = start_launcher(config, flags, budget=min(est_s * 2.5, 300),
+                              env=startup_env(config, fresh=cold), cold=cold)
+    except RuntimeError as exc:
+        emit({"kind": "error", "step": "startup", "config": config, "error": str(exc)[:3000]})
+        stop_launcher()
+        return []
+    line["kind"] = "startup"
+    scores = fixed_probe()
+    if reference and scores:
+        line["scores_vs_first"] = drift(reference, scores)
+    emit(line)
+    return scores
+
+
+def phase_startup(clock: Clock, configs: list[str]) -> None:
+    """Cold (empty caches) and warm (caches present) starts to /ready, each with the launcher's
+    timeline of vLLM's phases, for the launcher's defaults and for the levers turned off. The
+    most important first, so a cut-off call still has them. Leaves `levers` running (warm) for
+    the determinism phase."""
+    plan = [("levers", True, 90), ("levers", False, 45), ("baseline", True, 150),
+            ("baseline", False, 110), ("baseline+fork", False, 90), ("levers-no-plan", False, 45),
+            ("levers", False, 45)]
+    reference: list = []
+    for config, cold, est_s in plan:
+        if config not in configs:
+            continue
+        scores = timed_start(clock, config, cold, reference, est_s)
+        reference = reference or scores
+    if launcher_running() is None:
+        stop_launcher()
+
+
+def det_probe(clock: Clock, config: str, est_s: float = 40) -> None:
+    from benchmarks.determinism import probe
+
+    if clock.left() < est_s:
+        emit({"kind": "skipped", "step": "determinism probe", "config": config, "reason": "budget"})
+        return
+    try:
+        emit({**probe(SHIM, NAME, pairs=64, concurrency=32), "config": config})
+    except httpx.HTTPError as exc:
+        emit({"kind": "error", "step": "determinism probe", "config": config, "error": repr(exc)[:500]})
+
+
+def phase_determinism(clock: Clock) -> None:
+    """The same 64 pairs alone, as one batch of 64 and among c=32 other traffic, exactly compared
+    (max |drift|), then rag c=32 and seed throughput through the shim: deterministic mode (the
+    default) and --no-deterministic, same launcher otherwise, caches warm (modelinfos, and the
+    compile cache for the default; --no-deterministic compiles its own graph on first start)."""
+    quick = ["--max-seconds", "12"]
+    for config, flags in (("deterministic", []), ("non-deterministic", ["--no-deterministic"])):
+        if clock.left() < 60:
+            emit({"kind": "skipped", "step": "determinism", "config": config, "reason": "budget"})
+            continue
+        state = launcher_running()
+        env = startup_env("levers", fresh=False)
+        if not (state and state["config"] == "levers" and not flags):
+            stop_launcher()
+            try:
+                line = start_launcher(config, flags, budget=min(150, clock.left() - 20), env=env,
+                                      cold=False)
+                emit({**line, "kind": "startup", "step": "determinism"})
+            except RuntimeError as exc:
+                emit({"kind": "error", "step": "determinism", "config": config, "error": str(exc)[:3000]})
+                stop_launcher()
+                continue
+        det_probe(clock, config)
+        loadgen(clock, config, "rag", targets="shim", concurrency="32", est_s=25, extra=quick)
+        loadgen(clock, config, "seed", targets="shim", est_s=25, extra=quick)
+    stop_launcher()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["baseline", "levers", "custom", "fp8", "batching", "stop"])
+    p.add_argument("phase", choices=["baseline", "levers", "custom", "fp8", "batching", "startup",
+                                     "determinism", "stop"])
     p.add_argument("--budgets", default="32768,98304", help="engine token budgets for `batching`")
     p.add_argument("--budget", type=float, default=540, help="seconds this call may take")
     p.add_argument("--config", default="custom")
@@ -527,6 +692,8 @@ def main(argv=None) -> int:
     p.add_argument("--workloads", default="seed,rag,long")
     p.add_argument("--targets", default="shim,vllm")
     p.add_argument("--concurrency", default="")
+    p.add_argument("--configs", default=",".join(STARTUP_CONFIGS),
+                   help=f"startup: which of {','.join(STARTUP_CONFIGS)}")
     args = p.parse_args(argv)
     clock = Clock(args.budget)
     global CLOCK
@@ -545,6 +712,10 @@ def main(argv=None) -> int:
             phase_fp8(clock)
         elif args.phase == "batching":
             phase_batching(clock, [int(b) for b in args.budgets.split(",") if b])
+        elif args.phase == "startup":
+            phase_startup(clock, args.configs.split(","))
+        elif args.phase == "determinism":
+            phase_determinism(clock)
         elif args.phase == "custom":
             phase_custom(clock, args.config, shlex.split(args.flags), args.workloads, args.targets,
                          args.concurrency)

@@ -6,6 +6,8 @@
 #                                                 # every workload, shim vs raw vLLM (launcher left running)
 #   bash benchmarks/gpu/run.sh levers             # shim_overhead, shim levers, engine levers
 #   bash benchmarks/gpu/run.sh custom --config NAME --flags "--max-num-batched-tokens 32768" --workloads seed,rag
+#   bash benchmarks/gpu/run.sh startup            # cold/warm starts with the start-up timeline (issue 12)
+#   bash benchmarks/gpu/run.sh determinism        # same pairs alone/batched/under load; throughput cost
 #   bash benchmarks/gpu/run.sh stop               # stop a launcher left running
 #
 # What a device call carries (see docs/gpu.md): one .gpukit/kN part per call; the last part's call

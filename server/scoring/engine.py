@@ -26,9 +26,15 @@ _JSON = {"content-type": "application/json"}
 
 
 class EngineClient:
-    def __init__(self, base_url: str, model_name: str, timeout: float, max_connections: int = 512):
+    def __init__(self, base_url: str, model_name: str, timeout: float, max_connections: int = 512,
+                 sigmoid_in_shim: bool = False):
         self.base_url = base_url
         self.model_name = model_name
+        # Deterministic mode: ask vLLM for the logit and take P(yes) = sigmoid(logit) here, one
+        # value at a time. vLLM applies it to the whole batch at once, and on CPU its vectorised
+        # sigmoid rounds some elements differently from the scalar tail: the same pair scored
+        # 1 ulp (6e-8) apart alone and in a batch of 64 (benchmarks/RESULTS.md).
+        self.sigmoid_in_shim = sigmoid_in_shim
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=2.0)
         self._session = aiohttp.ClientSession(
             base_url=base_url,
@@ -43,19 +49,26 @@ class EngineClient:
     # --- scoring ---------------------------------------------------------------------------
     async def classify(self, prompts: list[list[int]], raw: bool) -> list[float]:
         """Scores of fully rendered, tokenised prompts, in order."""
-        body = {"model": self.model_name, "input": prompts, "use_activation": not raw}
+        body = {"model": self.model_name, "input": prompts, "use_activation": self._vllm_activation(raw)}
         data = await self._post("/classify", body)
-        return _finite([item["probs"][0] for item in sorted(data["data"], key=lambda d: d["index"])])
+        scores = [item["probs"][0] for item in sorted(data["data"], key=lambda d: d["index"])]
+        return self._activate(_finite(scores), raw)
 
     async def rerank(self, query: str, documents: list[str], instruction: str, raw: bool) -> list[float]:
         """Scores through vLLM's own /rerank (vLLM renders the template), in input order."""
         body = {"model": self.model_name, "query": query, "documents": documents,
-                "instruction": instruction, "use_activation": not raw}
+                "instruction": instruction, "use_activation": self._vllm_activation(raw)}
         data = await self._post("/rerank", body)
         scores = [0.0] * len(documents)
         for item in data["results"]:
             scores[item["index"]] = item["relevance_score"]
-        return _finite(scores)
+        return self._activate(_finite(scores), raw)
+
+    def _vllm_activation(self, raw: bool) -> bool:
+        return not raw and not self.sigmoid_in_shim
+
+    def _activate(self, scores: list[float], raw: bool) -> list[float]:
+        return [_sigmoid(x) for x in scores] if self.sigmoid_in_shim and not raw else scores
 
     async def _post(self, path: str, body: dict) -> dict:
         content = orjson.dumps(body)
@@ -141,6 +154,14 @@ def _finite(scores: list) -> list[float]:
         if not isinstance(score, (int, float)) or not math.isfinite(score):
             raise EngineBadAnswer(f"the engine returned a score that is not a finite number: {score!r}")
     return scores
+
+
+def _sigmoid(x: float) -> float:
+    """P(yes) from logit(yes) - logit(no), in float64, without overflow for large |x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
 
 
 def _error_message(payload: bytes) -> str:

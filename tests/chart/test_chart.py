@@ -63,6 +63,7 @@ VLLM_KEYS = {
     "shutdownTimeout": "VLLM_SHUTDOWN_TIMEOUT", "startupTimeout": "VLLM_STARTUP_TIMEOUT",
     "maxRestarts": "VLLM_MAX_RESTARTS", "restartWindow": "VLLM_RESTART_WINDOW",
     "restartBackoff": "VLLM_RESTART_BACKOFF", "extraArgs": "EXTRA_VLLM_ARGS",
+    "forkEngine": "VLLM_FORK_ENGINE", "deterministic": "DETERMINISTIC",
 }
 
 
@@ -501,6 +502,7 @@ def test_every_vllm_value_key_maps_to_its_settings_field(helm, monkeypatch):
         "vllm.enablePrefixCaching": "false", "vllm.enforceEager": "true", "vllm.tensorParallelSize": "1",
         "vllm.shutdownTimeout": "45", "vllm.startupTimeout": "1200", "vllm.maxRestarts": "7",
         "vllm.restartWindow": "900", "vllm.restartBackoff": "3",
+        "vllm.forkEngine": "false", "vllm.deterministic": "false",
     }
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     args += ["--set-json", 'vllm.extraArgs=["--kv-cache-dtype","fp8","--max-logprobs","0"]']
@@ -518,6 +520,7 @@ def test_every_vllm_value_key_maps_to_its_settings_field(helm, monkeypatch):
     assert (s.max_num_batched_tokens, s.enable_prefix_caching, s.enforce_eager) == (65536, False, True)
     assert (s.vllm_shutdown_timeout, s.vllm_max_restarts, s.vllm_port) == (45, 7, 8011)
     assert s.extra_vllm_args == ["--kv-cache-dtype", "fp8", "--max-logprobs", "0"]
+    assert (s.vllm_fork_engine, s.deterministic) == (False, False)
 
 
 def test_unset_vllm_keys_are_not_rendered_so_launcher_defaults_apply(helm):
@@ -572,10 +575,10 @@ def test_shm_is_memory_backed_with_a_size_limit_and_caches_are_mounted(helm, val
     shm = volumes[mounts["/dev/shm"]]["emptyDir"]
     assert shm["medium"] == "Memory" and shm["sizeLimit"]
     env = env_map(container)
-    cache_root = env["VLLM_CACHE_ROOT"]["value"]
-    assert any(cache_root.startswith(path.rstrip("/") + "/") and volumes[name].get("persistentVolumeClaim")
-               or cache_root.startswith(path.rstrip("/") + "/") and volumes[name].get("emptyDir")
-               for path, name in mounts.items()), "VLLM_CACHE_ROOT must live on the cache volume"
+    cache_dir = env["RERANKER_CACHE_DIR"]["value"]  # VLLM_CACHE_ROOT etc. under it: tests/chart/test_chart_cache.py
+    assert any(cache_dir.rstrip("/") == path.rstrip("/") and (volumes[name].get("persistentVolumeClaim")
+                                                               or volumes[name].get("emptyDir"))
+               for path, name in mounts.items()), "RERANKER_CACHE_DIR must be the cache volume"
 
 
 def test_model_from_existing_pvc_is_mounted_read_only_and_offline(helm):

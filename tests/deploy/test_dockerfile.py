@@ -158,7 +158,7 @@ def test_image_listens_on_all_interfaces_on_the_exposed_port():
 
 def test_caches_and_workdir_are_writable_by_the_image_user():
     env = env_vars()
-    for key in ("HF_HOME", "VLLM_CACHE_ROOT", "HOME"):
+    for key in ("HF_HOME", "RERANKER_CACHE_DIR", "HOME"):
         assert env[key] == STATE_DIR or env[key].startswith(STATE_DIR + "/"), key
     assert only("WORKDIR") == STATE_DIR
     chowned = [c for args in all_of("RUN") for c in shell_commands(args) if c[0] == "chown"]
