@@ -647,8 +647,9 @@ def _param(status: int, detail: str) -> str | None:
 
 
 def error_body(status: int, detail: str, type_: str, request_id: str) -> tuple[int, dict]:
-    """vLLM's error object (what vLLM clients parse) plus our `detail` and request id. vLLM
-    answers 400 for every schema or input error, where the shim's own dialects answer 422."""
+    """vLLM's error object (what vLLM clients parse) plus our `detail`, `type` (the shim's error
+    kind, e.g. engine_unavailable, which the playground reads) and request id. vLLM answers 400
+    for every schema or input error, where the shim's own dialects answer 422."""
     if status == 422:
         status = 400
     name = _ERROR_TYPES.get(status)
@@ -659,7 +660,7 @@ def error_body(status: int, detail: str, type_: str, request_id: str) -> tuple[i
             name = type_
     return status, {"error": {"message": detail, "type": name, "param": _param(status, detail),
                               "code": status},
-                    "detail": detail, "id": request_id}
+                    "detail": detail, "type": type_, "id": request_id}
 
 
 DIALECT = Dialect(
