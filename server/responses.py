@@ -8,10 +8,18 @@ models instead (tests/inprocess/test_contracts.py)."""
 
 from __future__ import annotations
 
+import json
+
 import orjson
 from starlette.responses import JSONResponse
 
 
 class FastJSONResponse(JSONResponse):
     def render(self, content) -> bytes:
-        return orjson.dumps(content)
+        try:
+            return orjson.dumps(content)
+        except TypeError:
+            # orjson refuses integers beyond 64 bits, which a document object echoed back from
+            # the request may hold (JSON has no such limit): the standard encoder takes them.
+            # Anything it refuses too is a real bug and still a 500.
+            return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()

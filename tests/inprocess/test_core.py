@@ -106,3 +106,11 @@ async def test_invalid_input_is_422_with_a_detail_naming_the_problem(anyio_backe
             r = await client.post("/v1/rank", json=body)
             assert r.status_code == 422 and words in r.json()["detail"], r.text
         assert not fake.calls
+
+
+async def test_an_echoed_document_with_a_huge_integer_is_answered_not_a_500(anyio_backend):
+    async with running() as (app, client, fake):
+        doc = {"text": "Paris is the capital of France.", "id": 2**70}
+        r = await client.post("/v1/rerank", json={"query": Q, "documents": [doc], "return_documents": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][0]["document"]["id"] == 2**70
