@@ -31,8 +31,17 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.loadgen import (SEED_DOCS, SEED_QUERY, WORKLOADS, TokenCounter, build_corpus,
-                                closed_loop, machine_info, now_utc, _dumps)
+from benchmarks.loadgen import (
+    SEED_DOCS,
+    SEED_QUERY,
+    WORKLOADS,
+    TokenCounter,
+    _dumps,
+    build_corpus,
+    closed_loop,
+    machine_info,
+    now_utc,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / "models" / "qwen3-reranker-tiny"
@@ -174,7 +183,10 @@ def summarise_profile(folded: Path, top: int = 25) -> dict:
         own[names[-1]] += n
         for name in set(names):
             incl[name] += n
-    share = lambda c: [(k, round(100 * v / total, 1)) for k, v in c.most_common(top)]
+
+    def share(c):
+        return [(k, round(100 * v / total, 1)) for k, v in c.most_common(top)]
+
     return {"samples": total, "self_pct": share(own), "inclusive_pct": share(incl)}
 
 

@@ -13,9 +13,9 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from server.responses import FastJSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.responses import FastJSONResponse
 from server.scoring import errors as domain
 
 

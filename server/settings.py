@@ -8,11 +8,10 @@ value set once (Helm value, systemd Environment=, CLI flag) reaches both.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 DEMO_MODEL_DIR = "models/qwen3-reranker-tiny"
@@ -259,7 +258,7 @@ class Settings(BaseSettings):
         step = self.max_num_batched_tokens or (32768 if Path("/dev/nvidiactl").exists() else 8192)
         return step // 2
 
-    def per_worker(self) -> "Settings":
+    def per_worker(self) -> Settings:
         """The share of one shim worker: in-flight bounds are per process, so with N workers
         each enforces 1/N (rounded up). Rate limits are not split here: the rate limiter does it
         itself (server/ops/ratelimit.py), and only for in-process counters; a shared store

@@ -69,7 +69,7 @@ def cache_env() -> dict:
             "TRITON_CACHE_DIR": str(CACHE / "triton")}
 
 
-CLOCK: "Clock | None" = None  # the phase's budget, set by main()
+CLOCK: Clock | None = None  # the phase's budget, set by main()
 
 
 class Clock:

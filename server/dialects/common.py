@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 
-from server.scoring.core import ScoreRequest, ScoreResult
 from server.errors import default_error_body
+from server.scoring.core import ScoreRequest, ScoreResult
 from server.scoring.errors import Cancelled, InvalidInput
 
 Document = str | dict[str, Any]

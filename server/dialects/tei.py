@@ -4,8 +4,9 @@ A body with `texts` is TEI (the rule llama.cpp uses): the answer is TEI's bare a
 `[{index, score, text?}]`, errors TEI's. Any other body is the seed shape (`query`, `documents`,
 `instruction`), which is also vLLM's rerank body (`/rerank` is vLLM's route): every vLLM field is
 honoured, and the answer is the seed fields plus vLLM's whole answer (`id`, `model`, `usage`,
-`results[{index, document, relevance_score}]`), errors vLLM's (server/dialects/vllm_api.py). A seed `results` item also carries
-`truncated: true` when its document was cut to fit the model (the key is absent otherwise).
+`results[{index, document, relevance_score}]`), errors vLLM's (server/dialects/vllm_api.py).
+A seed `results` item also carries `truncated: true` when its document was cut to fit the model
+(the key is absent otherwise).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ class RestartBudget:
         self.times: list[float] = []
 
     @classmethod
-    def from_settings(cls, settings) -> "RestartBudget":
+    def from_settings(cls, settings) -> RestartBudget:
         return cls(settings.vllm_max_restarts, settings.vllm_restart_window,
                    settings.vllm_restart_backoff)
 

@@ -100,7 +100,7 @@ def run_helm(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([_HELM[0], *args], capture_output=True, text=True, env=_helm_env(), timeout=120)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render(args: tuple[str, ...]) -> tuple[int, str, str]:
     out = run_helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
     return out.returncode, out.stdout, out.stderr

@@ -15,11 +15,11 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from server.settings import Settings
 from tests.conftest import ROOT, free_port
