@@ -160,9 +160,9 @@ async def test_bulk_budget_is_tight_only_while_interactive_work_is_around(anyio_
     fake = FakeEngine()
     async with running(fake, engine_token_budget=1000, bulk_budget_factor=8,
                        interactive_max_tokens=500, batch_max_tokens=1200,
-                       interactive_memory_s=0.5) as (app, client, fake):
+                       interactive_memory_s=30) as (app, client, fake):
         dispatcher = app.state.scorer.dispatcher
-        await asyncio.sleep(0.6)  # past the start-up canary's interactive_memory_s
+        dispatcher.last_interactive = float("-inf")  # forget the start-up canary
         fake.gate = asyncio.Event()
         bulk = [asyncio.create_task(client.post("/v1/rank", json=big(3, 80), headers=BULK))
                 for _ in range(4)]
