@@ -6,13 +6,17 @@ tests/integration."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from contextlib import asynccontextmanager
+from unittest import mock
 
 import httpx
 import pytest
 
 from server.app import create_app
+from server.scoring.prompt import PromptEncoder
+from server.scoring.tokenizer import load_tokenizer
 from server.scoring.errors import EngineRejected
 from server.settings import Settings
 from tests.conftest import MAX_MODEL_LEN, MODEL_NAME, ensure_model
@@ -75,16 +79,29 @@ def settings(**overrides) -> Settings:
     return Settings(**{**base, **overrides})
 
 
+@functools.cache
+def _encoder(path: str) -> PromptEncoder:
+    return PromptEncoder(load_tokenizer(path))
+
+
+def _shared_encoder(tokenizer) -> PromptEncoder:
+    # Building the real tokenizer and encoder costs ~1.3 s; every app here serves the same model,
+    # so they share one (it holds only read-only state and a cache of instruction ids).
+    return _encoder(str(ensure_model()))
+
+
 @asynccontextmanager
 async def running(fake: FakeEngine | None = None, **overrides):
     """The app started (lifespan: tokenizer, canary) around `fake`; yields (app, client, fake)."""
     fake = fake or FakeEngine()
     app = create_app(settings(**overrides), engine_factory=lambda s: fake)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://shim") as client:
-            fake.calls.clear()  # the start-up canary is not the test's traffic
-            yield app, client, fake
+    with mock.patch("server.app.PromptEncoder", _shared_encoder), \
+            mock.patch("server.app.load_tokenizer", lambda path: path):
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://shim") as client:
+                fake.calls.clear()  # the start-up canary is not the test's traffic
+                yield app, client, fake
 
 
 @pytest.fixture
