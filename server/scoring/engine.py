@@ -71,12 +71,26 @@ class EngineClient:
         return [_sigmoid(x) for x in scores] if self.sigmoid_in_shim and not raw else scores
 
     async def _post(self, path: str, body: dict) -> dict:
-        content = orjson.dumps(body)
+        return self._result(*await self._request("POST", path, orjson.dumps(body)))
+
+    async def forward(self, method: str, path: str, content: bytes | None = None) -> tuple[int, bytes]:
+        """A vLLM route passed through as it is (vLLM's own /classify, /pooling, /version, ...):
+        its status and JSON body come back for the caller to relay, 4xx included. Failures to
+        get an answer, and vLLM's 5xx (but 501: "not supported", a client matter), are domain
+        errors like every other engine call's."""
+        status, payload = await self._request(method, path, content)
+        if status < 500 or status == 501:
+            return status, payload
+        self._result(status, payload)  # raises the mapped domain error
+        raise AssertionError("unreachable")
+
+    async def _request(self, method: str, path: str, content: bytes | None) -> tuple[int, bytes]:
+        """One call to vLLM, retried once when it failed before any response byte; failures to
+        get an answer become domain errors."""
         for attempt in (0, 1):
             try:
-                async with self._session.post(path, data=content, headers=_JSON) as response:
-                    payload = await response.read()
-                    return self._result(response.status, payload)
+                async with self._session.request(method, path, data=content, headers=_JSON) as response:
+                    return response.status, await response.read()
             except aiohttp.ClientConnectorError as exc:  # nothing listens: the engine is down
                 self._mark_down()
                 raise EngineUnavailable("engine unreachable: connection refused") from exc
@@ -87,32 +101,6 @@ class EngineClient:
                 raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
             except asyncio.TimeoutError as exc:
                 raise EngineTimeout("the engine did not answer in time") from exc
-        raise AssertionError("unreachable")
-
-    async def forward(self, method: str, path: str, content: bytes | None = None) -> tuple[int, bytes]:
-        """A vLLM route passed through as it is (vLLM's own /classify, /pooling, /version, ...):
-        its status and JSON body come back for the caller to relay, 4xx included. Failures to
-        get an answer, and vLLM's 5xx (but 501: "not supported", a client matter), are domain
-        errors like every other engine call's."""
-        for attempt in (0, 1):
-            try:
-                async with self._session.request(method, path, data=content, headers=_JSON) as response:
-                    payload = await response.read()
-                    status = response.status
-                    break
-            except aiohttp.ClientConnectorError as exc:
-                self._mark_down()
-                raise EngineUnavailable("engine unreachable: connection refused") from exc
-            except _RETRYABLE as exc:
-                if attempt == 0:
-                    continue
-                self._mark_down()
-                raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
-            except asyncio.TimeoutError as exc:
-                raise EngineTimeout("the engine did not answer in time") from exc
-        if status < 500 or status == 501:
-            return status, payload
-        self._result(status, payload)  # raises the mapped domain error
         raise AssertionError("unreachable")
 
     def _result(self, status: int, payload: bytes) -> dict:
