@@ -63,7 +63,10 @@ def test_vllm_output_still_reaches_the_log_unchanged(service):
 
 def test_vllm_gets_the_cache_directory_and_writes_its_model_info_there(service):
     env = vllm_process(service).environ()
-    expected = vllm_environment(engine_env(), settings=parse([]))  # the service's own defaults
+    # the service's own defaults; torch, once imported in this test process (the parity
+    # reference), writes its own TORCHINDUCTOR/TRITON cache dirs into os.environ: not the service's
+    base = {k: v for k, v in engine_env().items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    expected = vllm_environment(base, settings=parse([]))
     root = Path(expected["VLLM_CACHE_ROOT"])
     assert root == (ROOT / ".cache" / "vllm") or "VLLM_CACHE_ROOT" in engine_env()
     for name in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
