@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from server.app import create_app
+from server.scoring.errors import EngineRejected
 from server.scoring.prompt import PromptEncoder
 from server.scoring.tokenizer import load_tokenizer
-from server.scoring.errors import EngineRejected
 from server.settings import Settings
 from tests.conftest import MAX_MODEL_LEN, MODEL_NAME, ensure_model
 
