@@ -105,15 +105,8 @@ RerankBody = Annotated[
 ]
 
 
-async def _errors_as_spoken(request: Request) -> None:
-    """A vLLM body's errors are vLLM's (set before FastAPI reports a schema error; the body is
-    the one FastAPI already parsed)."""
-    try:
-        body = await request.json()
-    except ValueError:
-        return
-    if _speaks(body) == "vllm":
-        request.scope["dialect"] = vllm_api.DIALECT
+# errors answer in the dialect the body speaks
+_errors_as_spoken = vllm_api.errors_for_bodies(lambda body: _speaks(body) == "vllm")
 
 
 async def _answer(body, request: Request, version: str) -> dict:

@@ -102,16 +102,8 @@ class SeedResponse(BaseModel):
     id: str
 
 
-async def _errors_as_spoken(request: Request) -> None:
-    """Errors answer in the dialect the body speaks: TEI's for TEI bodies, vLLM's otherwise.
-    Runs before FastAPI reports a schema error, on the body it has already parsed (Starlette
-    caches it); a body that is not JSON stays with TEI's shape."""
-    try:
-        body = await request.json()
-    except ValueError:
-        return
-    if _dialect(body) == "seed":
-        request.scope["dialect"] = vllm_api.DIALECT
+# errors answer in the dialect the body speaks
+_errors_as_spoken = vllm_api.errors_for_bodies(lambda body: _dialect(body) == "seed")
 
 
 @router.post("/rerank", summary="TEI (body has `texts`), or seed-style / vLLM rerank",

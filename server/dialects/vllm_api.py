@@ -646,6 +646,21 @@ def _param(status: int, detail: str) -> str | None:
     return path if path == "body" else f"body.{path}"
 
 
+def errors_for_bodies(speaks_vllm):
+    """A route dependency for routes shared with another dialect (/rerank, /v1/rerank): a body
+    for which `speaks_vllm(body)` is true gets vLLM's error shape. It runs before FastAPI reports
+    a schema error, on the body FastAPI already parsed (Starlette caches it); a body that is not
+    JSON keeps the route's own shape."""
+    async def dependency(request: Request) -> None:
+        try:
+            body = await request.json()
+        except ValueError:
+            return
+        if speaks_vllm(body):
+            request.scope["dialect"] = DIALECT
+    return dependency
+
+
 def error_body(status: int, detail: str, type_: str, request_id: str) -> tuple[int, dict]:
     """vLLM's error object (what vLLM clients parse) plus our `detail`, `type` (the shim's error
     kind, e.g. engine_unavailable, which the playground reads) and request id. vLLM answers 400
