@@ -22,6 +22,7 @@ from server.ops.ratelimit import RateLimiter
 from server.responses import FastJSONResponse
 from server.scoring.core import Scorer, canary_passes
 from server.scoring.engine import EngineClient
+from server.scoring.engines import EngineSet
 from server.scoring.prompt import PromptEncoder
 from server.scoring.tokenizer import load_tokenizer
 from server.settings import Settings
@@ -44,30 +45,41 @@ async def guard(request: Request,
 
 
 async def watch_engine_once(app: FastAPI) -> None:
-    """Refresh engine health; each time the engine (re)appears, prove it scores for real."""
+    """Refresh every engine's health; each time an engine (re)appears, prove it scores for real
+    (its own canary, on it alone). The pod may take traffic while one engine has."""
     state = app.state
-    up = await state.engine.check_health()
+    engines = state.engine
+    if engines.single:
+        await _watch(state, engines.members[0])
+    else:
+        await asyncio.gather(*(_watch(state, engine) for engine in engines.members))
+    state.engine_verified = engines.verified
+
+
+async def _watch(state, engine) -> None:
+    up = await engine.client.check_health()
     if not up:
-        state.engine_verified = False
-    elif not state.engine_verified:
+        engine.verified = False
+    elif not engine.verified:
         try:
-            scores = await state.scorer.canary()
+            scores = await state.scorer.canary(on=engine)
         except Exception:  # any failure to score means not verified; the next tick retries
-            _warn_canary(state, "engine canary failed", exc_info=True)
-            state.engine_verified = False
+            _warn_canary(state, engine, "engine canary failed", exc_info=True)
+            engine.verified = False
             return
-        state.engine_verified = canary_passes(scores)
-        if not state.engine_verified:
-            _warn_canary(state, "engine canary failed: two unrelated documents scored "
-                                f"{scores[0]!r} and {scores[1]!r}; not taking traffic")
+        engine.verified = canary_passes(scores)
+        if not engine.verified:
+            _warn_canary(state, engine, "engine canary failed: two unrelated documents scored "
+                                        f"{scores[0]!r} and {scores[1]!r}; not taking traffic")
 
 
-def _warn_canary(state, message: str, **kwargs) -> None:
+def _warn_canary(state, engine, message: str, **kwargs) -> None:
     """The watcher retries every second: say why once a minute, not every tick."""
     now = time.monotonic()
-    if now - state.canary_warned_at >= _CANARY_WARN_EVERY_S:
-        state.canary_warned_at = now
-        logging.getLogger("server").warning(message, **kwargs)
+    if now - engine.warned_at >= _CANARY_WARN_EVERY_S:
+        engine.warned_at = now
+        extra = {} if state.engine.single else {"extra": {"engine": engine.name}}
+        logging.getLogger("server").warning(message, **kwargs, **extra)
 
 
 async def watch_engine(app: FastAPI, interval: float = 1.0) -> None:
@@ -79,21 +91,25 @@ async def watch_engine(app: FastAPI, interval: float = 1.0) -> None:
 
 
 def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI:
-    """The shim. `engine_factory(settings)` builds the engine client at start-up (default: the
-    real vLLM client); in-process tests pass a fake engine here (tests/inprocess)."""
+    """The shim. `engine_factory(settings)` builds the engine clients at start-up, one or a list
+    (default: a real vLLM client per upstream URL); in-process tests pass fake engines here
+    (tests/inprocess)."""
     settings = (settings or Settings()).per_worker()
     metrics = Metrics()
-    make_engine = engine_factory or (
-        lambda s: EngineClient(s.upstream_url, s.model_name, s.upstream_timeout,
-                               sigmoid_in_shim=s.deterministic))
+    make_engines = engine_factory or (
+        lambda s: [EngineClient(url, s.model_name, s.upstream_timeout, sigmoid_in_shim=s.deterministic)
+                   for url in s.upstream_urls])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         encoder = PromptEncoder(load_tokenizer(settings.tokenizer or settings.model_path))
-        engine = make_engine(settings)
+        made = make_engines(settings)
+        engine = EngineSet(list(made) if isinstance(made, (list, tuple)) else [made], metrics,
+                           weight=settings.engine_weight)
+        # saturation_capacity_tokens is one engine's; this shim fronts len(members) x weight
+        capacity = settings.saturation_capacity_tokens * len(engine.members) * settings.engine_weight
         admission = Admission(settings.max_inflight_pairs, settings.max_inflight_tokens,
-                              settings.retry_after_seconds, metrics,
-                              capacity_tokens=settings.saturation_capacity_tokens)
+                              settings.retry_after_seconds, metrics, capacity_tokens=capacity)
         app.state.engine = engine
         app.state.admission = admission
         app.state.scorer = Scorer(settings, encoder, engine, admission, metrics)
@@ -114,7 +130,6 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
     app.state.metrics = metrics
     app.state.draining = False
     app.state.engine_verified = False
-    app.state.canary_warned_at = float("-inf")
     app.state.auth = Authenticator(settings)
     app.state.ratelimiter = RateLimiter(settings, metrics, auth_enabled=app.state.auth.enabled)
     install_error_handlers(app)

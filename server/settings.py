@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     # --- vLLM engine flags (the launcher maps these, and only these, to vLLM argv) -------------
     vllm_host: str = "127.0.0.1"
     vllm_port: int = 8001
-    vllm_url: str = Field("", description="shim mode: base URL of a running vLLM")
+    vllm_url: str = Field("", description="shim mode: base URL of a running vLLM, or several "
+                          "(comma separated: one per engine, work goes to the least loaded)")
     max_model_len: int = 8192
     dtype: str = "auto"
     gpu_memory_utilization: float | None = None
@@ -59,6 +60,17 @@ class Settings(BaseSettings):
     enable_prefix_caching: bool = Field(True, description="the shared instruction+query prefix")
     enforce_eager: bool = False
     tensor_parallel_size: int = 1
+    # --- several GPUs in one pod (issue 16; docs/deployment.md "Several GPUs per host") ---------
+    # engines: N vLLM processes, engine i on port vllm_port+i and GPUs i*TP..(i+1)*TP-1
+    # (CUDA_VISIBLE_DEVICES), each supervised and restarted on its own; the shim sends every call
+    # to the healthy engine with the fewest outstanding tokens and moves a failed call to another.
+    # data-parallel: one vLLM with --data-parallel-size N (vLLM balances inside; one URL, one
+    # health, one restart for all). Which is faster is for benchmarks/gpu (phase multigpu).
+    engines: int = Field(1, ge=1, description="engine replicas per pod, each tensor_parallel_size "
+                         "GPUs (so GPUs = engines x tensor_parallel_size)")
+    multi_gpu_mode: Literal["engines", "data-parallel"] = Field(
+        "engines", description="engines: one vLLM per replica behind the shim (least outstanding "
+        "tokens); data-parallel: one vLLM with --data-parallel-size engines")
     vllm_shutdown_timeout: int = Field(30, description="vLLM --shutdown-timeout: drain seconds")
     extra_vllm_args: StrList = Field(default_factory=list, description="passed to vLLM verbatim")
 
@@ -103,20 +115,21 @@ class Settings(BaseSettings):
                                  "this long before sending it (an idle engine gets work at once)")
     engine_token_budget: int = Field(
         0, description="while interactive work is around, bulk work is held in the shim once this "
-        "many prompt tokens are in the engine; 0 = auto: 0.5 x max_num_batched_tokens (16384 on GPU; "
-        "measured on an H200, benchmarks/RESULTS.md)")
+        "many prompt tokens are in an engine (per engine); 0 = auto: 0.5 x max_num_batched_tokens "
+        "(16384 on GPU; measured on an H200, benchmarks/RESULTS.md)")
     bulk_budget_factor: int = Field(8, description="with no interactive work for "
                                     "interactive_memory_s, bulk may use this many times the budget")
     interactive_memory_s: float = Field(2.0, description="how long one interactive request keeps "
                                         "the tight bulk budget in force")
-    engine_max_calls: int = Field(8, description="/classify calls in flight at once")
+    engine_max_calls: int = Field(8, description="/classify calls in flight at once, per engine")
     interactive_max_tokens: int = Field(
         4096, description="requests with at most this many prompt tokens are interactive "
         "(dispatched first); larger ones are bulk. A caller may also say X-Priority: bulk|interactive")
     bulk_max_wait_s: float = Field(1.0, description="bulk work waiting this long goes before "
                                    "interactive work (no class starves)")
 
-    # admission control: in-flight work, counted in (query, document) pairs and tokens
+    # admission control: in-flight work, counted in (query, document) pairs and tokens, per
+    # engine: a pod with N engines admits N times as much (per_worker)
     max_inflight_pairs: int = 4096
     max_inflight_tokens: int = 0  # 0 = no token bound
     retry_after_seconds: int = 1
@@ -129,9 +142,10 @@ class Settings(BaseSettings):
     # already moves ~500k tokens/s at p50 147 ms; concurrency 32 (300k in flight) adds no
     # throughput, only latency (p95 621 ms). The H100 shows the same knee (948 pairs/s at c=8,
     # 929 at c=32). It is about two of vLLM's 32k-token GPU batches; re-measure for bigger models
-    # or other GPUs (the in-flight tokens where pairs/s stops growing). Pod-wide, not per worker.
+    # or other GPUs (the in-flight tokens where pairs/s stops growing). Per engine (one GPU, or
+    # one tensor-parallel group): a pod of N engines is full at N times this. Not per worker.
     saturation_capacity_tokens: int = Field(
-        75_000, gt=0, description="in-flight prompt tokens that fill the engine (saturation 1.0)")
+        75_000, gt=0, description="in-flight prompt tokens that fill one engine (saturation 1.0)")
 
     # --- rate limits (server/ops/ratelimit.py; docs/deployment.md "Rate limits") ----------------
     # Off unless set: a typical caller is one backend service behind one IP (or a proxy), and a
@@ -243,13 +257,37 @@ class Settings(BaseSettings):
         return Path(self.model_path.rstrip("/")).name.lower()
 
     @property
-    def upstream_url(self) -> str:
-        """Where the shim reaches vLLM: vllm_url, else the vLLM this launcher starts (a
-        wildcard bind address is reached on loopback)."""
+    def upstream_urls(self) -> list[str]:
+        """Where the shim reaches vLLM, one URL per engine: vllm_url (one or several), else the
+        engines this launcher starts: vllm_port, vllm_port+1, ... in mode `engines`, one vLLM in
+        mode `data-parallel` (a wildcard bind address is reached on loopback)."""
         if self.vllm_url:
-            return self.vllm_url.rstrip("/")
+            return [url.rstrip("/") for url in _split_list(self.vllm_url)]
         host = "127.0.0.1" if self.vllm_host in ("0.0.0.0", "::", "") else self.vllm_host
-        return f"http://{host}:{self.vllm_port}"
+        return [f"http://{host}:{port}" for port in self.vllm_ports]
+
+    @property
+    def upstream_url(self) -> str:
+        """The first engine's URL (the only one unless engines > 1)."""
+        return self.upstream_urls[0]
+
+    @property
+    def vllm_ports(self) -> list[int]:
+        """The ports of the vLLM processes this launcher starts."""
+        n = self.engines if self.multi_gpu_mode == "engines" else 1
+        return [self.vllm_port + i for i in range(n)]
+
+    @property
+    def engine_weight(self) -> int:
+        """Engine replicas behind one URL: a data-parallel vLLM holds `engines` of them, so its
+        token budget and call slots are that many times one engine's."""
+        return self.engines if self.multi_gpu_mode == "data-parallel" else 1
+
+    @property
+    def engine_count(self) -> int:
+        """Engine replicas behind this shim (1 unless several GPUs): what per-engine capacity
+        settings (saturation, admission) are multiplied by."""
+        return len(self.upstream_urls) * self.engine_weight
 
     @property
     def engine_token_budget_resolved(self) -> int:
@@ -259,15 +297,17 @@ class Settings(BaseSettings):
         return step // 2
 
     def per_worker(self) -> Settings:
-        """The share of one shim worker: in-flight bounds are per process, so with N workers
-        each enforces 1/N (rounded up). Rate limits are not split here: the rate limiter does it
-        itself (server/ops/ratelimit.py), and only for in-process counters; a shared store
-        holds one exact budget for every worker of every replica."""
-        n = self.shim_workers
-        if n <= 1:
+        """The share of one shim worker: in-flight bounds are per engine and per process, so
+        with E engines and N workers each worker enforces E/N of them (rounded up): the bounds
+        exist to keep queueing time short, and E engines drain work E times as fast. Rate limits
+        are not split here: the rate limiter does it itself (server/ops/ratelimit.py), and only
+        for in-process counters; a shared store holds one exact budget for every worker of every
+        replica."""
+        n, engines = self.shim_workers, self.engine_count
+        if n <= 1 and engines == 1:
             return self
-        share = {"max_inflight_pairs": -(-self.max_inflight_pairs // n),
-                 "max_inflight_tokens": -(-self.max_inflight_tokens // n)}
+        share = {"max_inflight_pairs": -(-self.max_inflight_pairs * engines // n),
+                 "max_inflight_tokens": -(-self.max_inflight_tokens * engines // n)}
         return self.model_copy(update=share)
 
     def to_env(self) -> dict[str, str]:

@@ -4,6 +4,12 @@
 /health  200 {"status": "ok"} when the service can score; 503 otherwise (aliases /healthz, /ping)
 /ready   readiness: vLLM up with the model loaded, scoring for real (a canary pair must not score
          the same), and not draining; turns 503 first on SIGTERM
+
+With several engines (issue 16) the pod is ready while at least one engine is up and passed its
+canary: the others' traffic moves to it (server/scoring/engines.py), so taking the whole pod out
+of the Service for one engine's restart would only turn lost capacity into lost availability.
+The answers then list each engine (`engines`), and /metrics has reranker_engine_instance_up and
+_verified per engine; capacity lost shows as saturation, which the autoscaler acts on.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ router = APIRouter(tags=["operations"])
 
 def _state(request: Request) -> dict:
     app = request.app.state
-    return {"model": app.settings.model_name, "engine": "up" if app.engine.healthy else "down",
-            "draining": app.draining}
+    state = {"model": app.settings.model_name, "engine": "up" if app.engine.healthy else "down",
+             "draining": app.draining}
+    if not app.engine.single:
+        state["engines"] = [e.state() for e in app.engine.members]
+    return state
 
 
 @router.get("/livez", summary="Liveness: the shim process answers")
@@ -59,9 +68,12 @@ def publish_state(state) -> None:
     Every worker's engine watcher calls this once a second (so with several workers no worker's
     multiprocess file holds a stale value), and /metrics calls it before rendering."""
     metrics = state.metrics
-    engine = getattr(state, "engine", None)
-    metrics.engine_up.set(1 if engine is not None and engine.healthy else 0)
+    engines = getattr(state, "engine", None)
+    metrics.engine_up.set(1 if engines is not None and engines.healthy else 0)
     metrics.engine_verified.set(1 if state.engine_verified else 0)
+    for engine in engines.members if engines is not None else ():
+        metrics.engine_instance_up.labels(engine.name).set(1 if engine.up else 0)
+        metrics.engine_instance_verified.labels(engine.name).set(1 if engine.verified else 0)
     metrics.draining.set(1 if state.draining else 0)
     admission = getattr(state, "admission", None)
     if admission is not None:

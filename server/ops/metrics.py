@@ -71,6 +71,26 @@ class Metrics:
         self.saturation_seconds = Counter("reranker_engine_saturation_seconds", "Integral of "
                                           "reranker_engine_saturation over time; rate() = mean "
                                           "saturation", registry=r)
+        # --- per engine (label engine: its index; server/scoring/engines.py) ----------------
+        # The unlabelled engine gauges above are the pod's: up / verified = some engine is.
+        self.engine_instance_up = Gauge("reranker_engine_instance_up", "1 when this engine "
+                                        "answers /health", ["engine"], registry=r,
+                                        multiprocess_mode="livemax")
+        self.engine_instance_verified = Gauge("reranker_engine_instance_verified", "1 when this "
+                                              "engine passed the readiness canary since it last "
+                                              "came up", ["engine"], registry=r,
+                                              multiprocess_mode="livemin")
+        self.engine_instance_outstanding = Gauge(
+            "reranker_engine_instance_outstanding_tokens", "Prompt tokens sent to this engine and "
+            "not answered", ["engine"], registry=r, multiprocess_mode="livesum")
+        self.engine_instance_inflight = Gauge("reranker_engine_instance_inflight_calls", "Calls "
+                                              "in flight to this engine", ["engine"], registry=r,
+                                              multiprocess_mode="livesum")
+        self.engine_instance_calls = Counter("reranker_engine_instance_calls", "Calls sent to "
+                                             "this engine", ["engine"], registry=r)
+        self.engine_failovers = Counter("reranker_engine_failovers", "Calls that failed on this "
+                                        "engine (down, disconnected) and were sent to another",
+                                        ["engine"], registry=r)
         # Priority dispatch (server/scoring/dispatch.py) sets these. Every class exists from the
         # start (zeros, not absent series), so dashboards and alerts find them.
         self.queue_depth = Gauge("reranker_queue_depth", "Prompts waiting in the shim's dispatch queue",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from cachetools import TTLCache
 
 from server.scoring.dispatch import Dispatcher
-from server.scoring.engine import EngineClient
+from server.scoring.engines import Engine, EngineSet
 from server.scoring.errors import InvalidInput, TooLarge
 from server.scoring.prompt import Piece, PromptEncoder
 
@@ -80,7 +80,7 @@ def canary_passes(scores: list[float]) -> bool:
 
 
 class Scorer:
-    def __init__(self, settings, encoder: PromptEncoder, engine: EngineClient, admission, metrics):
+    def __init__(self, settings, encoder: PromptEncoder, engine: EngineSet, admission, metrics):
         self.settings = settings
         self.encoder = encoder
         self.engine = engine
@@ -116,20 +116,22 @@ class Scorer:
         return ScoreResult(scores, tokens, (time.perf_counter() - started) * 1000, truncated)
 
     async def _compute(self, req: ScoreRequest, instruction: str, docs: list[str],
-                       keys: dict[str, str]) -> dict[str, tuple[float, int, bool]]:
+                       keys: dict[str, str], on: Engine | None = None) -> dict[str, tuple[float, int, bool]]:
         query = await self._cut_query(req.query)
         head = self.encoder.head(query, instruction)
         budget, chunks = self._budget(head, req)
         jobs = await self._jobs(docs, keys, budget, chunks)
         self._check_request_tokens(jobs)
-        return await self._run(jobs, head, query, instruction, req)
+        return await self._run(jobs, head, query, instruction, req, on)
 
-    async def canary(self) -> list[float]:
-        """Scores of two unrelated documents, through the normal path but past the cache (which
-        could hide a broken engine). See canary_passes."""
+    async def canary(self, on: Engine | None = None) -> list[float]:
+        """Scores of two unrelated documents, through the normal path (template, tokenisation,
+        engine call) but past the cache (which could hide a broken engine), on engine `on` only
+        (each engine proves itself; None: the first). See canary_passes."""
         docs = list(_CANARY_DOCS)
         computed = await self._compute(ScoreRequest(_CANARY_QUERY, docs),
-                                       self.settings.default_instruction, docs, {d: d for d in docs})
+                                       self.settings.default_instruction, docs, {d: d for d in docs},
+                                       on=on or self.engine.members[0])
         return [computed[d][0] for d in docs]
 
     # --- request shaping ---------------------------------------------------------------------
@@ -214,7 +216,7 @@ class Scorer:
 
     # --- engine work -----------------------------------------------------------------------------
     async def _run(self, jobs: list[_Job], head: list[int], query: str, instruction: str,
-                   req: ScoreRequest) -> dict[str, tuple[float, int, bool]]:
+                   req: ScoreRequest, on: Engine | None = None) -> dict[str, tuple[float, int, bool]]:
         if not jobs:
             return {}
         owners = [j for j in jobs for _ in j.chunks]
@@ -224,23 +226,23 @@ class Scorer:
         klass = req.priority or (
             "interactive" if tokens <= self.settings.interactive_max_tokens else "bulk")
         async with self.admission.admit(len(prompts), tokens):
-            if self.dispatcher is not None:
+            if self.dispatcher is not None and on is None:
                 scores = await self.dispatcher.classify(prompts, req.raw, klass)
-            else:
-                scores = await self._score_slices(prompts, texts, query, instruction, req.raw)
+            else:  # no batching, or one engine's canary (past the dispatcher: no other work waits)
+                scores = await self._score_slices(prompts, texts, query, instruction, req.raw, on)
         best: dict[str, float] = {}
         for job, score in zip(owners, scores):
             best[job.key] = max(score, best.get(job.key, float("-inf")))
         overhead = len(head) + self.encoder.template_tokens
         return {j.key: (best[j.key], j.tokens + overhead * len(j.chunks), j.truncated) for j in jobs}
 
-    async def _score_slices(self, prompts, texts, query, instruction, raw) -> list[float]:
+    async def _score_slices(self, prompts, texts, query, instruction, raw, on=None) -> list[float]:
         size = self.settings.pairs_per_engine_call
 
         def call(part: slice):
             if self.settings.engine_api == "rerank":
-                return self.engine.rerank(query, texts[part], instruction, raw)
-            return self.engine.classify(prompts[part], raw)
+                return self.engine.rerank(query, texts[part], instruction, raw, on=on)
+            return self.engine.classify(prompts[part], raw, on=on)
 
         if len(prompts) <= size:  # one call: no task fan-out
             return await call(slice(None))

@@ -24,6 +24,11 @@ engine up to `bulk_budget_factor` times that, which a GPU needs to stay busy on 
 Identical prompts in one call (concurrent identical requests: retries, popular queries, a load
 test's fixed body) are sent once: the engine's answer for a prompt does not depend on who asked.
 Measurements: benchmarks/RESULTS.md (issue 11).
+
+Several engines (issue 16): the budget and the call slots are per engine (a data-parallel vLLM
+counts as `engines` of them), and each call goes to the usable engine with room that has the
+fewest outstanding tokens (server/scoring/engines.py); a call that fails there because the
+engine went away is sent once to another one.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from server.scoring.engines import Engine, EngineSet
 from server.scoring.errors import EngineRejected
 
 log = logging.getLogger("server.dispatch")
@@ -51,8 +57,8 @@ class _Item:
 
 
 class Dispatcher:
-    def __init__(self, engine, settings, metrics) -> None:
-        self.engine = engine
+    def __init__(self, engines: EngineSet, settings, metrics) -> None:
+        self.engines = engines
         self.metrics = metrics
         self.max_tokens = settings.batch_max_tokens
         self.max_prompts = settings.batch_max_prompts
@@ -65,8 +71,8 @@ class Dispatcher:
         self.bulk_max_wait_s = settings.bulk_max_wait_s
         self.queues: dict[str, deque[_Item]] = {k: deque() for k in CLASSES}
         self.queued_prompts = dict.fromkeys(CLASSES, 0)
-        self.calls = 0                # /classify calls in flight
-        self.outstanding = 0          # prompt tokens in flight in the engine
+        self.calls = 0                # /classify calls in flight, all engines
+        self.outstanding = 0          # prompt tokens in flight, all engines
         self._changed = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._calls_tasks: set[asyncio.Task] = set()
@@ -121,20 +127,21 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while True:
-            klass = self._pick()
-            if klass is None:
+            picked = self._pick()
+            if picked is None:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
             if self.calls and self.fill_s:
                 await asyncio.sleep(self.fill_s)  # the engine is busy: let the batch grow
-                klass = self._pick() or klass
-            batch = self._take(klass)
+                picked = self._pick() or picked
+            klass, engine = picked
+            batch = self._take(klass, engine)
             if batch:
-                self._launch(klass, batch)
+                self._launch(klass, batch, engine)
 
-    def _pick(self) -> str | None:
-        """The class to dispatch next, or None when nothing may go now."""
+    def _pick(self) -> tuple[str, Engine] | None:
+        """The class to dispatch next and the engine it goes to, or None when nothing may go now."""
         for klass in CLASSES:
             self._pop_done_heads(klass)
         inter, bulk = self.queues["interactive"], self.queues["bulk"]
@@ -142,16 +149,20 @@ class Dispatcher:
         if bulk and (not inter or time.monotonic() - bulk[0].queued_at >= self.bulk_max_wait_s):
             order = ("bulk", "interactive")
         for klass in order:
-            if self.queues[klass] and self._room(klass, self.queues[klass][0].tokens):
-                return klass
+            if self.queues[klass]:
+                engine = self._engine_for(klass, self.queues[klass][0].tokens)
+                if engine is not None:
+                    return klass, engine
         return None
 
-    def _room(self, klass: str, tokens: int) -> bool:
-        if self.calls >= self.max_calls:
-            return False
+    def _engine_for(self, klass: str, tokens: int) -> Engine | None:
+        """The least-loaded usable engine with room for this class's next item."""
+        max_calls = self.max_calls
         if klass == "interactive":  # small by definition: only a call slot is needed
-            return True
-        return self.outstanding == 0 or self.outstanding + tokens <= self._bulk_budget()
+            return self.engines.choose(lambda e: e.calls < max_calls * e.weight)
+        budget = self._bulk_budget()
+        return self.engines.choose(lambda e: e.calls < max_calls * e.weight and (
+            e.outstanding == 0 or e.outstanding + tokens <= budget * e.weight))
 
     def _bulk_budget(self) -> int:
         """Tight while interactive work is around, wide when bulk has the engine to itself."""
@@ -159,9 +170,9 @@ class Dispatcher:
             return self.budget
         return self.bulk_budget
 
-    def _take(self, klass: str) -> list[_Item]:
+    def _take(self, klass: str, engine: Engine) -> list[_Item]:
         queue, batch, tokens, prompts = self.queues[klass], [], 0, 0
-        budget = self._bulk_budget()
+        budget = self._bulk_budget() * engine.weight
         while queue:
             item = queue[0]
             if item.future.done():  # cancelled while queued
@@ -170,7 +181,7 @@ class Dispatcher:
                 continue
             if batch and (item.raw != batch[0].raw or tokens + item.tokens > self.max_tokens
                           or prompts + len(item.prompts) > self.max_prompts
-                          or (klass == "bulk" and self.outstanding + tokens + item.tokens > budget)):
+                          or (klass == "bulk" and engine.outstanding + tokens + item.tokens > budget)):
                 break
             queue.popleft()
             batch.append(item)
@@ -183,22 +194,26 @@ class Dispatcher:
         self._publish_depth(klass)
         return batch
 
-    def _launch(self, klass: str, batch: list[_Item]) -> None:
+    def _launch(self, klass: str, batch: list[_Item], engine: Engine) -> None:
         tokens = sum(item.tokens for item in batch)
         self.calls += 1
         self.outstanding += tokens
+        engine.acquire(tokens)  # now, so the next pick sees it (the call starts later)
         self.metrics.engine_outstanding_tokens.set(self.outstanding)
         self.metrics.batch_prompts.observe(sum(len(item.prompts) for item in batch))
-        task = asyncio.get_running_loop().create_task(self._call(batch, tokens))
+        task = asyncio.get_running_loop().create_task(self._call(batch, tokens, engine))
         self._calls_tasks.add(task)
         task.add_done_callback(self._calls_tasks.discard)
 
-    async def _call(self, batch: list[_Item], tokens: int) -> None:
+    async def _call(self, batch: list[_Item], tokens: int, engine: Engine) -> None:
         try:
             unique: dict[tuple[int, ...], int] = {}
             slots = [unique.setdefault(tuple(p), len(unique)) for item in batch for p in item.prompts]
+            prompts, raw = [list(p) for p in unique], batch[0].raw
             try:
-                distinct = await self.engine.classify([list(p) for p in unique], batch[0].raw)
+                # the engine set releases `engine` when the call ends, or moves the call to
+                # another engine if this one went away
+                distinct = await self.engines.call(lambda c: c.classify(prompts, raw), tokens, engine)
                 scores = [distinct[i] for i in slots]
             except EngineRejected:
                 if len(batch) == 1:
@@ -225,7 +240,7 @@ class Dispatcher:
 
     async def _call_alone(self, item: _Item) -> None:
         try:
-            result = await self.engine.classify(item.prompts, item.raw)
+            result = await self.engines.classify(item.prompts, item.raw)
             if not item.future.done():
                 item.future.set_result(result)
         except Exception as exc:
