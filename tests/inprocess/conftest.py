@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from server.app import create_app
-from server.scoring.errors import EngineRejected
+from server.scoring.errors import EngineRejected, EngineUnavailable
 from server.scoring.prompt import PromptEncoder
 from server.scoring.tokenizer import load_tokenizer
 from server.settings import Settings
@@ -36,6 +36,19 @@ class FakeEngine:
         self.fail: Exception | None = None       # raised by every call while set
         self.poison_ids: list[int] = []          # token ids of POISON: such prompts are refused
         self.calls: list[list[list[int]]] = []
+        self.constant: float | None = None       # when set, every prompt scores this (vLLM #27857)
+        self.answered = 0                        # calls answered with scores
+
+    def kill(self) -> None:
+        """What the real client sees of a vLLM that died: connection refused, and it marks itself
+        down (server/scoring/engine.py); calls held at the gate fail too."""
+        self.fail = EngineUnavailable("engine unreachable: connection refused")
+        self.healthy = False
+
+    def revive(self) -> None:
+        """Restarted: /health answers 200 again (the watcher's next check sees it)."""
+        self.fail = None
+        self.healthy = True
 
     @staticmethod
     def logit(prompt: list[int]) -> float:
@@ -48,10 +61,13 @@ class FakeEngine:
             await self.gate.wait()
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.fail is not None:
+        if self.fail is not None:  # also a call in flight when the engine was killed
             raise self.fail
         if self.poison_ids and any(_contains(p, self.poison_ids) for p in prompts):
             raise EngineRejected("rejected by the engine: poisoned prompt")
+        self.answered += 1
+        if self.constant is not None:
+            return [self.constant] * len(prompts)
         logits = [self.logit(p) for p in prompts]
         return logits if raw else [1 / (1 + math.exp(-x)) for x in logits]
 
@@ -62,7 +78,15 @@ class FakeEngine:
         return self.healthy
 
     async def metrics_text(self) -> str:
-        return "vllm:num_requests_running 0\n"
+        if not self.healthy:
+            raise EngineUnavailable("engine metrics unreachable")
+        return ("# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+                "# TYPE vllm:num_requests_running gauge\n"
+                f'vllm:num_requests_running{{engine="0",model_name="{self.model_name}"}} 0.0\n'
+                "# HELP vllm:request_success_total Count of successfully processed requests.\n"
+                "# TYPE vllm:request_success_total counter\n"
+                f'vllm:request_success_total{{engine="0",model_name="{self.model_name}"}} '
+                f"{float(self.answered)}\n")
 
     async def aclose(self) -> None:
         pass
@@ -91,16 +115,21 @@ def _shared_encoder(tokenizer) -> PromptEncoder:
 
 
 @asynccontextmanager
-async def running(fake: FakeEngine | None = None, **overrides):
-    """The app started (lifespan: tokenizer, canary) around `fake`; yields (app, client, fake)."""
+async def running(fake: FakeEngine | list[FakeEngine] | None = None, **overrides):
+    """The app started (lifespan: tokenizer, canary) around `fake`; yields (app, client, fake).
+    A list of fakes: several engines behind the one shim (as many URLs in the settings)."""
     fake = fake or FakeEngine()
-    app = create_app(settings(**overrides), engine_factory=lambda s: fake)
+    fakes = fake if isinstance(fake, list) else [fake]
+    if len(fakes) > 1:
+        overrides.setdefault("vllm_url", ",".join(f"http://fake-{i}" for i in range(len(fakes))))
+    app = create_app(settings(**overrides), engine_factory=lambda s: fakes)
     with mock.patch("server.app.PromptEncoder", _shared_encoder), \
             mock.patch("server.app.load_tokenizer", lambda path: path):
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://shim") as client:
-                fake.calls.clear()  # the start-up canary is not the test's traffic
+                for f in fakes:
+                    f.calls.clear()  # the start-up canary is not the test's traffic
                 yield app, client, fake
 
 
