@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from launcher import preflight
 from launcher.demo_model import build as build_demo_model
 from launcher.supervise import Supervisor
-from launcher.vllm_args import build_vllm_command
+from launcher.vllm_args import engine_commands
 from server.ops.logs import setup_logging
 from server.settings import DEMO_MODEL_DIR, Settings
 
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings.log_level)
     try:
         preflight.check_ports(settings)  # first: it is instant
+        preflight.check_gpus(settings)
         if settings.mode != "shim" and not settings.model:
             log.info("no --model given: using the offline demo model", extra={"path": DEMO_MODEL_DIR})
             # its tokenizer's BPE ranks are cached in cache_dir too (launcher/demo_model.py)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.mode == "shim":
         os.environ.update(settings.to_env())
         os.execv(sys.executable, [sys.executable, "-m", "server"])
-    supervisor = Supervisor(settings, build_vllm_command(settings, architectures),
+    supervisor = Supervisor(settings, engine_commands(settings, architectures),
                             with_shim=settings.mode == "all")
     sys.exit(supervisor.run())
 

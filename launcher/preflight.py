@@ -138,10 +138,29 @@ def check_ports(settings) -> None:
     if s.mode in ("all", "shim"):
         check_port(s.host, s.port, "the API", "--port")
     if s.mode in ("all", "vllm"):
-        if s.mode == "all" and s.port == s.vllm_port:
-            raise ConfigError(f"--port and --vllm-port are both {s.port}: the API and vLLM need "
+        ports = s.vllm_ports
+        if s.mode == "all" and s.port in ports:
+            what = "--vllm-port" if len(ports) == 1 else f"the engines' ports ({ports[0]}-{ports[-1]})"
+            raise ConfigError(f"--port {s.port} is also {what}: the API and vLLM need "
                               "ports of their own")
-        check_port(s.vllm_host, s.vllm_port, "vLLM", "--vllm-port")
+        for i, port in enumerate(ports):
+            what = "vLLM" if len(ports) == 1 else f"vLLM engine {i} (--vllm-port + {i})"
+            check_port(s.vllm_host, port, what, "--vllm-port")
+
+
+def check_gpus(settings, gpu: bool | None = None, env: dict | None = None) -> None:
+    """Enough GPUs for engines x tensor_parallel_size, before N engines start loading and one of
+    them fails minutes later (on a CPU the engines are only processes: nothing to check)."""
+    from launcher.vllm_args import gpu_visible, gpus_needed, visible_gpus
+
+    if settings.mode not in ("all", "vllm") or not (gpu_visible() if gpu is None else gpu):
+        return
+    needed, have = gpus_needed(settings), visible_gpus(env)
+    if needed > len(have):
+        raise ConfigError(f"--engines {settings.engines} x --tensor-parallel-size "
+                          f"{settings.tensor_parallel_size} needs {needed} GPUs, {len(have)} visible "
+                          f"({', '.join(have) or 'none'}): lower --engines or give the pod more "
+                          "GPUs (Helm gpu.count)")
 
 
 def check_model(settings) -> list[str] | None:

@@ -8,6 +8,15 @@ vLLM restarts and answers 503 + Retry-After, so clients retry instead of hanging
 Shutdown (SIGTERM/SIGINT): the shim drains first (readiness 503, the drain window with
 `Connection: close`, in-flight requests finish; server/ops/drain.py), and only then is vLLM
 stopped, with its own --shutdown-timeout, so nothing accepted is lost.
+
+Several engines (`engines` > 1 in multi_gpu_mode `engines`, issue 16): one vLLM per engine, each
+on its own port (vllm_port + i) and GPUs (CUDA_VISIBLE_DEVICES; launcher/vllm_args.py
+engine_commands), each watched and restarted on its own by the same policy with a restart budget
+of its own, while the shim sends its traffic to the others. The main loop never blocks on one
+engine: each is a small state machine (starting, running, waiting out a backoff) polled in turn.
+One engine spending its budget gives up the whole launcher as with one engine (exit 1: a GPU that
+keeps failing needs Kubernetes or a person, not a pod quietly serving at reduced capacity). On
+shutdown every engine is stopped at once, after the shim.
 """
 
 from __future__ import annotations
@@ -48,38 +57,105 @@ class StartFailed(Exception):
     pass
 
 
-class Supervisor:
-    def __init__(self, settings, vllm_cmd: list[str], with_shim: bool) -> None:
+class Engine:
+    """One vLLM process of this launcher: its argv and environment, the process, its start-up
+    timeline and its own restart budget. States: starting (spawned, waiting for /health),
+    running, backoff (dead, restarting at `restart_at`)."""
+
+    def __init__(self, index: int, cmd: list[str], env: dict[str, str], settings, url: str,
+                 several: bool) -> None:
+        self.index = index
+        self.cmd = cmd
+        self.env = env
+        self.url = url
         self.settings = settings
-        self.vllm_cmd = vllm_cmd
+        self.labels = {"engine": str(index)} if several else {}
+        self.proc: subprocess.Popen | None = None
+        self.timeline: Timeline | None = None
+        self.restarts = RestartBudget.from_settings(settings)
+        self.state = "new"
+        self.first = True                 # the first start: a failure is a configuration problem
+        self.started_at = 0.0
+        self.next_progress = 0.0
+        self.restart_at = 0.0
+        self.ready_deadline: float | None = None  # set while waiting for the shim's canary
+        self.tees: list[threading.Thread] = []
+
+    def spawn(self, first: bool) -> None:
+        self.timeline = Timeline(_launched_at() if first else time.monotonic(),
+                                 since="launch" if first else "restart",
+                                 engine=self.labels.get("engine"))
+        self.ready_deadline = None
+        log.info("starting vLLM", extra={"argv": self.cmd, **self.labels,
+                                         **({"env": self.env} if self.env else {})})
+        env = {**vllm_environment(os.environ, settings=self.settings, argv=self.cmd), **self.env}
+        problem = check_cache_dir(env) if first and self.index == 0 else None
+        if problem:
+            log.warning("cache directory not writable: every vLLM start will be a cold one "
+                        "(model-info inspection, torch.compile)", extra={"reason": problem})
+        # vLLM's output goes through the launcher unchanged (stdout to stdout, stderr to
+        # stderr); reading it on the way is how the start-up timeline sees vLLM's phases.
+        self.proc = subprocess.Popen(self.cmd, env=env, start_new_session=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.timeline.mark("vllm_started")
+        self.tees = [threading.Thread(target=tee, args=(src, dst.fileno(), self.timeline.feed),
+                                      name="vllm-output", daemon=True)
+                     for src, dst in ((self.proc.stdout, sys.stdout), (self.proc.stderr, sys.stderr))]
+        for thread in self.tees:
+            thread.start()
+        self.state = "starting"
+        self.started_at = time.monotonic()
+        self.next_progress = self.started_at + _PROGRESS_EVERY_S
+
+    def schedule_restart(self) -> None:
+        """Back off, then start again; GiveUp when this engine's budget is spent."""
+        delay = self.restarts.spend()
+        log.info("restarting vLLM", extra={"backoff_s": delay, "restarts": len(self.restarts.times),
+                                           **self.labels})
+        self.state = "backoff"
+        self.restart_at = time.monotonic() + delay
+
+
+class Supervisor:
+    def __init__(self, settings, vllm_cmd, with_shim: bool) -> None:
+        """`vllm_cmd`: one vLLM argv, or (argv, environment overrides) per engine
+        (launcher/vllm_args.py engine_commands)."""
+        self.settings = settings
+        commands = [(vllm_cmd, {})] if vllm_cmd and isinstance(vllm_cmd[0], str) else list(vllm_cmd)
+        host = self._local_host()
+        ports = settings.vllm_ports if len(settings.vllm_ports) == len(commands) else [settings.vllm_port]
+        self.engines = [Engine(i, cmd, env, settings, f"http://{host}:{port}", len(commands) > 1)
+                        for i, ((cmd, env), port) in enumerate(zip(commands, ports))]
         self.with_shim = with_shim
-        self.vllm: subprocess.Popen | None = None
         self.shim: subprocess.Popen | None = None
         self.stopping = False
         self.shim_signalled = False
-        self.restarts = RestartBudget.from_settings(settings)
-        self.timeline: Timeline | None = None
-        self._ready_deadline: float | None = None  # set while waiting for the shim's /ready
-        self._tees: list[threading.Thread] = []
+        self.restarts = RestartBudget.from_settings(settings)  # the shim's
+        self._shim_ready_url = f"http://{self._local_host(settings.host)}:{settings.port}/ready"
+
+    @property
+    def vllm(self) -> subprocess.Popen | None:
+        """The (first) engine's process."""
+        return self.engines[0].proc
 
     # --- entry -----------------------------------------------------------------------------
     def run(self) -> int:
         on_stop_signals(self._on_signal)
         try:
-            self._start_vllm()
+            for engine in self.engines:
+                engine.spawn(first=True)
             # The shim starts alongside, not after: while the model loads it already answers
             # liveness, and 503 + Retry-After instead of connection refused, and it is ready
             # the moment its canary passes, not a shim start-up later.
             if self.with_shim:
                 self._start_shim()
-            try:
-                self._wait_healthy()
-            except StartFailed as exc:  # a first start that fails is a configuration problem
-                raise GiveUp(str(exc)) from exc
             while not self.stopping:
-                self._watch()
+                for engine in self.engines:
+                    self._tick(engine)
+                self._watch_shim()
                 self._check_ready()
-                time.sleep(_POLL_S if self._ready_deadline is None else _READY_POLL_S)
+                waiting = any(e.ready_deadline is not None for e in self.engines)
+                time.sleep(_READY_POLL_S if waiting else _POLL_S)
         except GiveUp as exc:
             log.error("giving up", extra={"reason": str(exc)})
             self._shutdown()
@@ -96,107 +172,89 @@ class Supervisor:
             self.shim_signalled = True
 
     # --- vLLM ------------------------------------------------------------------------------
-    def _start_vllm(self) -> None:
-        first = self.timeline is None
-        self.timeline = Timeline(_launched_at() if first else time.monotonic(),
-                                 since="launch" if first else "restart")
-        self._ready_deadline = None
-        log.info("starting vLLM", extra={"argv": self.vllm_cmd})
-        env = vllm_environment(os.environ, settings=self.settings, argv=self.vllm_cmd)
-        problem = check_cache_dir(env) if first else None
-        if problem:
-            log.warning("cache directory not writable: every vLLM start will be a cold one "
-                        "(model-info inspection, torch.compile)", extra={"reason": problem})
-        # vLLM's output goes through the launcher unchanged (stdout to stdout, stderr to
-        # stderr); reading it on the way is how the start-up timeline sees vLLM's phases.
-        self.vllm = subprocess.Popen(self.vllm_cmd, env=env, start_new_session=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.timeline.mark("vllm_started")
-        self._tees = [threading.Thread(target=tee, args=(src, dst.fileno(), self.timeline.feed),
-                                       name="vllm-output", daemon=True)
-                      for src, dst in ((self.vllm.stdout, sys.stdout), (self.vllm.stderr, sys.stderr))]
-        for thread in self._tees:
-            thread.start()
+    def _tick(self, engine: Engine) -> None:
+        if engine.state == "starting":
+            try:
+                self._check_starting(engine)
+            except StartFailed as exc:
+                if engine.first:  # a first start that fails is a configuration problem
+                    raise GiveUp(str(exc)) from exc
+                log.error("vLLM restart failed", extra={"reason": str(exc), **engine.labels})
+                engine.schedule_restart()
+        elif engine.state == "running":
+            if engine.proc.poll() is not None:
+                log.error("vLLM exited", extra={"returncode": engine.proc.returncode, **engine.labels})
+                _killpg(engine.proc)  # its engine-core children must not outlive it
+                engine.schedule_restart()
+        elif engine.state == "backoff" and time.monotonic() >= engine.restart_at:
+            engine.spawn(first=False)
 
-    def _start_vllm_and_wait(self) -> None:
-        self._start_vllm()
-        self._wait_healthy()
-
-    def _wait_healthy(self) -> None:
-        url = self._vllm_url() + "/health"
-        started = time.monotonic()
-        next_progress = started + _PROGRESS_EVERY_S
-        while not self.stopping:
-            if self.vllm.poll() is not None:
-                raise StartFailed(f"vLLM exited with {self.vllm.returncode} while starting")
-            if _healthy(url):
-                log.info("vLLM ready", extra={"seconds": round(time.monotonic() - started, 1)})
-                self.timeline.mark("health")
-                if self.with_shim:  # ready = the shim's canary passed (see _check_ready)
-                    self._ready_deadline = time.monotonic() + _READY_WAIT_S
-                else:
-                    self.timeline.finish()
-                return
-            now = time.monotonic()
-            if now - started > self.settings.vllm_startup_timeout:
-                _killpg(self.vllm)
-                raise StartFailed(f"vLLM not healthy after {self.settings.vllm_startup_timeout:.0f} s")
-            if now >= next_progress:
-                log.info("waiting for vLLM", extra={"elapsed_s": round(now - started),
-                                                    "budget_s": self.settings.vllm_startup_timeout})
-                next_progress = now + _PROGRESS_EVERY_S
-            time.sleep(_POLL_S)
-
-    def _vllm_url(self) -> str:
-        """The vLLM this launcher started (not a --vllm-url, which only the shim mode uses)."""
-        return self.settings.model_copy(update={"vllm_url": ""}).upstream_url
+    def _check_starting(self, engine: Engine) -> None:
+        if engine.proc.poll() is not None:
+            raise StartFailed(f"vLLM exited with {engine.proc.returncode} while starting")
+        if _healthy(engine.url + "/health"):
+            log.info("vLLM ready", extra={"seconds": round(time.monotonic() - engine.started_at, 1),
+                                          **engine.labels})
+            engine.timeline.mark("health")
+            engine.state = "running"
+            engine.first = False
+            if self.with_shim:  # ready = the shim's canary passed (see _check_ready)
+                engine.ready_deadline = time.monotonic() + _READY_WAIT_S
+            else:
+                engine.timeline.finish()
+            return
+        now = time.monotonic()
+        if now - engine.started_at > self.settings.vllm_startup_timeout:
+            _killpg(engine.proc)
+            raise StartFailed(f"vLLM not healthy after {self.settings.vllm_startup_timeout:.0f} s")
+        if now >= engine.next_progress:
+            log.info("waiting for vLLM", extra={"elapsed_s": round(now - engine.started_at),
+                                                "budget_s": self.settings.vllm_startup_timeout,
+                                                **engine.labels})
+            engine.next_progress = now + _PROGRESS_EVERY_S
 
     def _local_host(self, host: str | None = None) -> str:
         host = self.settings.vllm_host if host is None else host
         return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
     def _check_ready(self) -> None:
-        """After vLLM is healthy: the moment the shim's /ready turns 200 (its canary scored)
-        ends the start-up timeline."""
-        if self._ready_deadline is None:
+        """After an engine is healthy: the moment the shim says it passed its canary (one engine:
+        /ready turns 200; several: /ready lists it verified) ends its start-up timeline."""
+        pending = [e for e in self.engines if e.ready_deadline is not None]
+        if not pending:
             return
-        url = f"http://{self._local_host(self.settings.host)}:{self.settings.port}/ready"
-        if _healthy(url, timeout=1.0):
-            self.timeline.mark("ready")
-        elif time.monotonic() < self._ready_deadline:
-            return
-        self._ready_deadline = None
-        self.timeline.finish()
+        verified = self._verified_engines()
+        for engine in pending:
+            if str(engine.index) in verified:
+                engine.timeline.mark("ready")
+            elif time.monotonic() < engine.ready_deadline:
+                continue
+            engine.ready_deadline = None
+            engine.timeline.finish()
 
-    def _watch(self) -> None:
-        if self.vllm.poll() is not None:
-            log.error("vLLM exited", extra={"returncode": self.vllm.returncode})
-            _killpg(self.vllm)  # its engine-core children must not outlive it
-            self._restart_vllm()
+    def _verified_engines(self) -> set[str]:
+        try:
+            r = httpx.get(self._shim_ready_url, timeout=1.0)
+        except httpx.HTTPError:
+            return set()
+        if len(self.engines) == 1:
+            return {"0"} if r.status_code == 200 else set()
+        try:
+            return {e["engine"] for e in r.json().get("engines", []) if e.get("up") and e.get("verified")}
+        except (ValueError, AttributeError, KeyError, TypeError):
+            return set()
+
+    def _watch_shim(self) -> None:
         if self.shim is not None and self.shim.poll() is not None and not self.stopping:
             log.error("shim exited", extra={"returncode": self.shim.returncode})
             self.restarts.spend()
             self._start_shim()
 
-    def _restart_vllm(self) -> None:
-        while not self.stopping:
-            delay = self.restarts.spend()  # raises GiveUp when the budget is spent
-            log.info("restarting vLLM", extra={"backoff_s": delay, "restarts": len(self.restarts.times)})
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and not self.stopping:
-                time.sleep(_POLL_S)
-            if self.stopping:
-                return
-            try:
-                self._start_vllm_and_wait()
-                return
-            except StartFailed as exc:
-                log.error("vLLM restart failed", extra={"reason": str(exc)})
-
     # --- shim ------------------------------------------------------------------------------
     def _start_shim(self) -> None:
         env = {**os.environ, **self.settings.to_env()}
-        env["RERANKER_VLLM_URL"] = self._vllm_url()
+        # every engine's URL; the shim spreads work over them (server/scoring/engines.py)
+        env["RERANKER_VLLM_URL"] = ",".join(e.url for e in self.engines)
         self.shim = subprocess.Popen([sys.executable, "-m", "server"], env=env, start_new_session=True)
         log.info("shim started", extra={"pid": self.shim.pid, "port": self.settings.port})
 
@@ -208,10 +266,12 @@ class Supervisor:
             # and the app's own shutdown
             _stop(self.shim, s.drain_window + s.drain_timeout + 5, "shim",
                   signalled=self.shim_signalled)
-        if self.vllm is not None:
-            _stop(self.vllm, s.vllm_shutdown_timeout + 15, "vLLM")
-        for thread in self._tees:  # vLLM's last words, written before the launcher exits
-            thread.join(timeout=2.0)
+        # every engine at once (each drains its own calls within --shutdown-timeout)
+        _stop_all([e.proc for e in self.engines if e.proc is not None], s.vllm_shutdown_timeout + 15,
+                  "vLLM")
+        for engine in self.engines:  # vLLM's last words, written before the launcher exits
+            for thread in engine.tees:
+                thread.join(timeout=2.0)
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:
@@ -222,18 +282,27 @@ def _healthy(url: str, timeout: float = 2.0) -> bool:
 
 
 def _stop(proc: subprocess.Popen, timeout: float, name: str, signalled: bool = False) -> None:
-    if proc.poll() is not None:
-        return
-    log.info(f"stopping {name}", extra={"pid": proc.pid, "timeout_s": timeout})
-    if not signalled:  # a second SIGTERM would mean "stop now" to the shim, not "drain"
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        log.warning(f"{name} did not stop in time; killing", extra={"pid": proc.pid})
+    _stop_all([proc], timeout, name, signalled)
+
+
+def _stop_all(procs: list[subprocess.Popen], timeout: float, name: str, signalled: bool = False) -> None:
+    """SIGTERM to each live process at once, then wait for all of them within `timeout`; what
+    is left then is killed. Every process group is killed at the end (their children)."""
+    live = [p for p in procs if p.poll() is None]
+    for proc in live:
+        log.info(f"stopping {name}", extra={"pid": proc.pid, "timeout_s": timeout})
+        if not signalled:  # a second SIGTERM would mean "stop now" to the shim, not "drain"
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in live:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning(f"{name} did not stop in time; killing", extra={"pid": proc.pid})
+            _killpg(proc)
+            proc.wait()
+    for proc in procs:
         _killpg(proc)
-        proc.wait()
-    _killpg(proc)
 
 
 def _killpg(proc: subprocess.Popen) -> None:

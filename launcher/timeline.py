@@ -67,9 +67,11 @@ _SUMMED = {"inspect_s"}
 class Timeline:
     """One vLLM start: phase -> seconds since `t0` (a time.monotonic() value)."""
 
-    def __init__(self, t0: float, since: str = "launch") -> None:
+    def __init__(self, t0: float, since: str = "launch", engine: str | None = None) -> None:
         self.t0 = t0
         self.since = since  # "launch" (the launcher's own start) or "restart" (this vLLM's spawn)
+        # several engines (issue 16): their lines carry the engine's index
+        self._labels = {"engine": engine} if engine is not None else {}
         self.phases: dict[str, float] = {}
         self.facts: dict[str, dict] = {}
         self._last = 0.0
@@ -102,7 +104,7 @@ class Timeline:
             self.phases[phase] = round(t, 2)
             self.facts.setdefault(phase, {}).update(fields)
         log.info("startup phase", extra={"phase": phase, "t": round(t, 2), "dt": round(dt, 2),
-                                         "since": self.since, **fields})
+                                         "since": self.since, **self._labels, **fields})
 
     def _fact(self, phase: str, found: re.Match) -> None:
         with self._lock:
@@ -132,7 +134,7 @@ class Timeline:
             return
         summary = self.summary()
         self.done = True
-        log.info("startup timeline", extra=summary)
+        log.info("startup timeline", extra={**summary, **self._labels})
 
 
 def _number(text: str):

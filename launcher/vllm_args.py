@@ -53,6 +53,45 @@ def gpu_visible() -> bool:
     return Path("/dev/nvidiactl").exists()
 
 
+def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries: that variable's list when
+    set, else one index per /dev/nvidiaN device node (what a container was given)."""
+    env = os.environ if env is None else env
+    listed = env.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    nodes = [p for p in Path("/dev").glob("nvidia[0-9]*") if p.name[len("nvidia"):].isdigit()]
+    return [str(i) for i in range(len(nodes))]
+
+
+def gpus_needed(settings) -> int:
+    return settings.engines * settings.tensor_parallel_size
+
+
+def engine_commands(settings, architectures: list[str] | None = None, gpu: bool | None = None,
+                    env: dict[str, str] | None = None) -> list[tuple[list[str], dict[str, str]]]:
+    """What the launcher starts: (vLLM argv, environment overrides) per vLLM process.
+
+    multi_gpu_mode `engines` with engines > 1: one vLLM per engine on vllm_port + i; on GPUs
+    engine i sees only its own, CUDA_VISIBLE_DEVICES = GPUs i*TP .. (i+1)*TP-1 of the visible
+    ones (each process then numbers them from 0, as vLLM expects of a single engine); on a CPU
+    they are just N processes. `data-parallel` (or one engine): one vLLM seeing every GPU."""
+    gpu = gpu_visible() if gpu is None else gpu
+    ports = settings.vllm_ports
+    if len(ports) == 1:
+        return [(build_vllm_command(settings, architectures, gpu=gpu), {})]
+    tp = settings.tensor_parallel_size
+    devices = visible_gpus(env) if gpu else []
+    if gpu and len(devices) < len(ports) * tp:  # not countable here: CUDA numbers them from 0
+        devices = [str(i) for i in range(len(ports) * tp)]  # (preflight refuses too few GPUs)
+    out = []
+    for i, port in enumerate(ports):
+        cmd = build_vllm_command(settings.model_copy(update={"vllm_port": port}), architectures, gpu=gpu)
+        extra = {"CUDA_VISIBLE_DEVICES": ",".join(devices[i * tp:(i + 1) * tp])} if gpu else {}
+        out.append((cmd, extra))
+    return out
+
+
 def vllm_environment(base: dict[str, str], gpu: bool | None = None,
                      tensor_parallel_size: int | None = None, settings=None,
                      argv: list[str] = ()) -> dict[str, str]:
@@ -90,9 +129,11 @@ def vllm_environment(base: dict[str, str], gpu: bool | None = None,
     gpu = gpu_visible() if gpu is None else gpu
     if tensor_parallel_size is None:
         tensor_parallel_size = settings.tensor_parallel_size if settings is not None else 1
+    data_parallel = settings is not None and settings.multi_gpu_mode == "data-parallel" \
+        and settings.engines > 1
     if not gpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
-        if tensor_parallel_size == 1:
+        if tensor_parallel_size == 1 and not data_parallel:  # several ranks need their processes
             env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if settings is not None and settings.cache_dir and "VLLM_CACHE_ROOT" not in env:
         env["VLLM_CACHE_ROOT"] = vllm_cache_root(settings.cache_dir)
@@ -184,6 +225,10 @@ def build_vllm_command(settings, architectures: list[str] | None = None,
            "--dtype", effective_dtype(s),
            "--tensor-parallel-size", str(s.tensor_parallel_size),
            "--shutdown-timeout", str(s.vllm_shutdown_timeout)]
+    if s.multi_gpu_mode == "data-parallel" and s.engines > 1:
+        # one API server in front of `engines` engine cores, one per GPU (or TP group); vLLM's
+        # DP coordinator balances requests between them (internal load balancing)
+        cmd += ["--data-parallel-size", str(s.engines)]
     if architectures is None:
         architectures = read_architectures(s.model_path) if s.qwen3_overrides == "auto" else []
     if needs_qwen3_overrides(s, architectures):

@@ -1,0 +1,163 @@
+"""Several engines per pod (issue 16), the launcher's side: which vLLM processes start with which
+flags, ports and GPUs, the checks before they start, and the supervision of each on its own.
+The engines here are stand-ins (tiny HTTP servers answering /health): what is tested is the
+launcher, and a real vLLM pair is in tests/integration/test_multi_engine.py."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from launcher import preflight
+from launcher.cli import parse
+from launcher.supervise import Supervisor
+from launcher.vllm_args import engine_commands, vllm_environment
+from server.settings import Settings
+from tests.conftest import free_port
+
+ARCH = ["Qwen3ForCausalLM"]
+
+
+def flag(cmd, name):
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+def test_engines_mode_starts_one_vllm_per_gpu_on_consecutive_ports():
+    s = parse(["--model", "/m", "--engines", "4", "--vllm-port", "9001"])
+    commands = engine_commands(s, ARCH, gpu=True, env={})
+    assert [flag(cmd, "--port") for cmd, _ in commands] == ["9001", "9002", "9003", "9004"]
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in commands] == ["0", "1", "2", "3"]
+    assert all("--data-parallel-size" not in cmd for cmd, _ in commands)
+    assert s.upstream_urls == [f"http://127.0.0.1:{p}" for p in range(9001, 9005)]
+
+
+def test_each_engine_gets_its_tensor_parallel_group_of_the_visible_gpus():
+    s = parse(["--model", "/m", "--engines", "2", "--tensor-parallel-size", "2"])
+    commands = engine_commands(s, ARCH, gpu=True, env={"CUDA_VISIBLE_DEVICES": "4,5,6,7"})
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in commands] == ["4,5", "6,7"]
+    assert all(flag(cmd, "--tensor-parallel-size") == "2" for cmd, _ in commands)
+
+
+def test_engines_on_a_cpu_are_just_processes():
+    commands = engine_commands(parse(["--model", "/m", "--engines", "2"]), ARCH, gpu=False)
+    assert [env for _, env in commands] == [{}, {}]
+    assert len({flag(cmd, "--port") for cmd, _ in commands}) == 2
+
+
+def test_one_engine_is_the_single_vllm_as_before():
+    s = parse(["--model", "/m"])
+    ((cmd, env),) = engine_commands(s, ARCH, gpu=True, env={})
+    assert env == {} and flag(cmd, "--port") == "8001" and s.upstream_urls == ["http://127.0.0.1:8001"]
+
+
+def test_data_parallel_mode_is_one_vllm_with_data_parallel_size():
+    s = parse(["--model", "/m", "--engines", "4", "--multi-gpu-mode", "data-parallel"])
+    ((cmd, env),) = engine_commands(s, ARCH, gpu=True, env={})
+    assert flag(cmd, "--data-parallel-size") == "4" and env == {}
+    assert s.upstream_urls == ["http://127.0.0.1:8001"]
+    assert s.engine_weight == 4 and s.engine_count == 4  # its budget and slots are 4 engines'
+    # on the CPU build its ranks need their own processes: the in-core shortcut is off
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in vllm_environment({}, gpu=False, settings=s)
+
+
+def test_per_engine_capacity_settings_scale_with_the_engines():
+    one = Settings(workers=1)
+    four = Settings(workers=2, engines=4, max_inflight_pairs=1000, max_inflight_tokens=10)
+    assert one.per_worker().max_inflight_pairs == one.max_inflight_pairs
+    assert (four.per_worker().max_inflight_pairs, four.per_worker().max_inflight_tokens) == (2000, 20)
+
+
+def test_shim_mode_takes_a_list_of_engine_urls():
+    s = Settings(mode="shim", vllm_url="http://a:8001/, http://b:8001")
+    assert s.upstream_urls == ["http://a:8001", "http://b:8001"] and s.engine_count == 2
+
+
+def test_too_few_gpus_for_the_engines_is_one_line_before_anything_loads():
+    s = parse(["--model", "/m", "--engines", "4", "--tensor-parallel-size", "2"])
+    with pytest.raises(preflight.ConfigError, match=r"needs 8 GPUs, 2 visible \(0, 1\)"):
+        preflight.check_gpus(s, gpu=True, env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    preflight.check_gpus(s, gpu=False)  # a CPU: nothing to check
+
+
+def test_every_engine_port_is_checked_and_the_api_port_is_not_one_of_them():
+    base = free_port()
+    s = parse(["--model", "/m", "--engines", "3", "--vllm-port", str(base), "--port", str(base + 2),
+               "--host", "127.0.0.1", "--vllm-host", "127.0.0.1"])
+    with pytest.raises(preflight.ConfigError, match="engines' ports"):
+        preflight.check_ports(s)
+
+
+# --- supervision, with stand-in engines ---------------------------------------------------------
+STAND_IN = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_dead_engine_is_restarted_on_its_own_while_the_other_keeps_running():
+    base = free_port()
+    while not all(_free(base + i) for i in range(2)):
+        base = free_port()
+    settings = Settings(engines=2, vllm_port=base, vllm_restart_backoff=0.2, vllm_startup_timeout=30)
+    commands = [([sys.executable, "-c", STAND_IN, str(base + i)], {}) for i in range(2)]
+    sup = Supervisor(settings, commands, with_shim=False)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    seen: dict = {}
+
+    def scenario():
+        try:
+            deadline = time.monotonic() + 30
+            while not all(e.state == "running" for e in sup.engines):
+                assert time.monotonic() < deadline, [e.state for e in sup.engines]
+                time.sleep(0.05)
+            first, second = (e.proc.pid for e in sup.engines)
+            sup.engines[1].proc.kill()
+            while sup.engines[1].proc.pid == second or sup.engines[1].state != "running":
+                assert time.monotonic() < deadline, sup.engines[1].state
+                time.sleep(0.05)
+            seen["pids"] = (first, second, *(e.proc.pid for e in sup.engines))
+            seen["healthy"] = healthy(base) and healthy(base + 1)
+            seen["budgets"] = [len(e.restarts.times) for e in sup.engines]
+        finally:
+            sup.stopping = True
+
+    thread = threading.Thread(target=scenario)
+    try:
+        thread.start()
+        assert sup.run() == 0
+        thread.join()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    first, second, first_now, second_now = seen["pids"]
+    assert first_now == first and second_now != second  # only the dead one was replaced
+    assert seen["healthy"] and seen["budgets"] == [0, 1]  # each engine spends its own budget
+    assert all(e.proc.poll() is not None for e in sup.engines)  # both stopped on shutdown
+    assert not healthy(base) and not healthy(base + 1)
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
