@@ -6,13 +6,14 @@ scores can be compared with a transformers reference on the same weights.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> int:
+    """The first of n consecutive free ports (a launcher's engines use vllm_port + i)."""
+    while True:
+        base = free_port()
+        if base + n > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for i in range(1, n):
+                    s = held.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+
+
 @dataclass
 class Service:
     """A launcher process tree (vLLM + shim) started for tests."""
@@ -41,6 +58,7 @@ class Service:
     vllm_url: str
     proc: subprocess.Popen
     log_path: Path
+    vllm_urls: list[str] = field(default_factory=list)  # every engine's (several engines)
 
     def post(self, path: str, body, **kwargs) -> httpx.Response:
         return httpx.post(self.url + path, json=body, timeout=120, **kwargs)
@@ -118,21 +136,23 @@ def engine_env(**overrides: str) -> dict[str, str]:
 
 
 def start_launcher(name: str, *args: str, env: dict[str, str] | None = None,
-                   wait_ready: bool = True) -> Service:
-    """Start `python -m launcher` (mode all) on free ports with the tiny model."""
+                   wait_ready: bool = True, engines: int = 1) -> Service:
+    """Start `python -m launcher` (mode all) on free ports with the tiny model; `engines` > 1:
+    that many vLLMs (on consecutive ports) behind the shim."""
     ensure_model()
-    port, vllm_port = free_port(), free_port()
+    port, vllm_port = free_port(), free_ports(engines)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"{name}.log"
     cmd = [sys.executable, "-m", "launcher", "--model", str(MODEL_DIR),
            "--served-model-name", MODEL_NAME, "--dtype", "float32",
            "--max-model-len", str(MAX_MODEL_LEN), "--port", str(port),
            "--vllm-port", str(vllm_port), "--host", "127.0.0.1", "--rate-limit", "",
-           "--enforce-eager", *args]
+           "--enforce-eager", *(["--engines", str(engines)] if engines > 1 else []), *args]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env or engine_env(), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    service = Service(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{vllm_port}", proc, log_path)
+    service = Service(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{vllm_port}", proc, log_path,
+                      [f"http://127.0.0.1:{vllm_port + i}" for i in range(engines)])
     if wait_ready:
         wait_until_ready(service)
     return service
