@@ -562,6 +562,58 @@ def test_tensor_parallel_larger_than_gpu_count_is_refused(helm):
     assert "exceeds gpu.count" in render_fails("--set", "vllm.tensorParallelSize=2")
 
 
+def _launcher_settings(container, monkeypatch) -> Settings:
+    """What the launcher in this container would run with (the literal RERANKER_* values)."""
+    for key in list(os.environ):
+        if key.startswith("RERANKER_"):
+            monkeypatch.delenv(key)
+    for e in container["env"]:
+        if e["name"].startswith("RERANKER_") and "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    return Settings()
+
+
+@pytest.mark.parametrize("count, tp, engines", [(1, 1, 1), (2, 1, 2), (8, 1, 8), (4, 2, 2), (0, 1, 1)])
+def test_gpu_count_sets_the_gpu_resource_and_one_engine_per_tensor_parallel_group(helm, monkeypatch,
+                                                                                    count, tp, engines):
+    """gpus per pod is one value: the GPU request/limit and the launcher's engine count follow it."""
+    from launcher.vllm_args import engine_commands
+
+    _, _, container = workload(render("--set", f"gpu.count={count}", "--set", f"vllm.tensorParallelSize={tp}"))
+    env = env_map(container)
+    assert env["RERANKER_ENGINES"]["value"] == str(engines)
+    assert env["RERANKER_MULTI_GPU_MODE"]["value"] == "engines"
+    if count:
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == str(count)
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == str(count)
+    s = _launcher_settings(container, monkeypatch)
+    commands = engine_commands(s, ["Qwen3ForCausalLM"], gpu=count > 0, env={})
+    assert len(commands) == engines and s.engine_count == engines
+    if count:  # every GPU of the pod is given to exactly one engine
+        given = [d for _, env_i in commands for d in env_i.get("CUDA_VISIBLE_DEVICES", "0").split(",")]
+        assert sorted(given, key=int) == [str(i) for i in range(count)]
+
+
+def test_data_parallel_mode_runs_one_vllm_over_every_gpu(helm, monkeypatch):
+    from launcher.vllm_args import engine_commands
+
+    _, _, container = workload(render("--set", "gpu.count=4", "--set", "gpu.multiGpuMode=data-parallel"))
+    assert env_map(container)["RERANKER_MULTI_GPU_MODE"]["value"] == "data-parallel"
+    s = _launcher_settings(container, monkeypatch)
+    ((cmd, env),) = engine_commands(s, ["Qwen3ForCausalLM"], gpu=True, env={})
+    assert cmd[cmd.index("--data-parallel-size") + 1] == "4" and "CUDA_VISIBLE_DEVICES" not in env
+    assert s.engine_count == 4  # admission and saturation capacity are four engines'
+
+
+def test_gpu_count_not_a_multiple_of_tensor_parallel_is_refused(helm):
+    err = render_fails("--set", "gpu.count=3", "--set", "vllm.tensorParallelSize=2")
+    assert "gpu.count (3) is not a multiple of vllm.tensorParallelSize (2)" in err
+
+
+def test_unknown_multi_gpu_mode_is_refused_by_the_schema(helm):
+    assert "multiGpuMode" in render_fails("--set", "gpu.multiGpuMode=ray")
+
+
 def test_startup_budget_shorter_than_vllm_startup_timeout_is_refused(helm):
     err = render_fails("--set", "probes.startup.failureThreshold=30")
     assert "startup probe budget" in err

@@ -164,6 +164,9 @@ $mapping is a dict valuesKey -> FIELD. Null values are skipped (the launcher def
 {{- if and (gt (int .Values.gpu.count) 0) (gt (int .Values.vllm.tensorParallelSize) (int .Values.gpu.count)) }}
 {{- fail (printf "vllm.tensorParallelSize (%d) exceeds gpu.count (%d)" (int .Values.vllm.tensorParallelSize) (int .Values.gpu.count)) }}
 {{- end }}
+{{- if and (gt (int .Values.gpu.count) 0) (ne 0 (mod (int .Values.gpu.count) (max 1 (int .Values.vllm.tensorParallelSize)))) }}
+{{- fail (printf "gpu.count (%d) is not a multiple of vllm.tensorParallelSize (%d): each engine replica takes tensorParallelSize GPUs, a remainder would sit idle" (int .Values.gpu.count) (int .Values.vllm.tensorParallelSize)) }}
+{{- end }}
 {{- if and (eq .Values.model.source "hub") (not .Values.model.id) }}
 {{- fail "model.source=hub needs model.id (a Hugging Face hub id)" }}
 {{- end }}
@@ -189,4 +192,13 @@ $mapping is a dict valuesKey -> FIELD. Null values are skipped (the launcher def
 {{- if lt (int $startupBudget) (int .Values.vllm.startupTimeout) }}
 {{- fail (printf "startup probe budget probes.startup.periodSeconds x failureThreshold = %ds is shorter than vllm.startupTimeout (%ds): the kubelet would kill the pod while the launcher still waits for vLLM. Raise failureThreshold or lower vllm.startupTimeout." (int $startupBudget) (int .Values.vllm.startupTimeout)) }}
 {{- end }}
+{{- end }}
+
+{{/* Engine replicas per pod (RERANKER_ENGINES): gpu.count / vllm.tensorParallelSize, 1 on a CPU. */}}
+{{- define "reranker.engines" -}}
+{{- if gt (int .Values.gpu.count) 0 -}}
+{{- div (int .Values.gpu.count) (max 1 (int .Values.vllm.tensorParallelSize)) -}}
+{{- else -}}
+1
+{{- end -}}
 {{- end }}
