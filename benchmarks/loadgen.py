@@ -508,6 +508,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--meta", action="append", default=[], help="KEY=VALUE added to every line")
     p.add_argument("--smoke", action="store_true", help="CI mode: 20 requests, c<=4, small docs")
     p.add_argument("--out", default="", help="also append the JSON lines to this file")
+    p.add_argument("--mixed-long-concurrency", type=int, default=0,
+                   help=f"mixed: concurrency of the long requests (0: {MIXED[3]}; several GPUs: "
+                   "scale it so every engine is loaded)")
     return p.parse_args(argv)
 
 
@@ -603,6 +606,7 @@ def mixed(args, counter: TokenCounter, bases: dict, target: str, common: dict) -
     import threading
 
     small_name, small_c, long_name, long_c = MIXED
+    long_c = args.mixed_long_concurrency or long_c
     seconds = 4.0 if args.smoke else MIXED_SECONDS
     base, path, _ = TARGETS[target]
     urls = [u + path for u in bases[base]]

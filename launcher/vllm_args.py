@@ -75,7 +75,8 @@ def engine_commands(settings, architectures: list[str] | None = None, gpu: bool 
     multi_gpu_mode `engines` with engines > 1: one vLLM per engine on vllm_port + i; on GPUs
     engine i sees only its own, CUDA_VISIBLE_DEVICES = GPUs i*TP .. (i+1)*TP-1 of the visible
     ones (each process then numbers them from 0, as vLLM expects of a single engine); on a CPU
-    they are just N processes. `data-parallel` (or one engine): one vLLM seeing every GPU."""
+    they are N processes, each given its own share of the CPUs for its OpenMP threads
+    (cpu_binds). `data-parallel` (or one engine): one vLLM seeing every GPU."""
     gpu = gpu_visible() if gpu is None else gpu
     ports = settings.vllm_ports
     if len(ports) == 1:
@@ -84,12 +85,32 @@ def engine_commands(settings, architectures: list[str] | None = None, gpu: bool 
     devices = visible_gpus(env) if gpu else []
     if gpu and len(devices) < len(ports) * tp:  # not countable here: CUDA numbers them from 0
         devices = [str(i) for i in range(len(ports) * tp)]  # (preflight refuses too few GPUs)
+    env = os.environ if env is None else env
+    binds = [] if gpu or "VLLM_CPU_OMP_THREADS_BIND" in env else cpu_binds(len(ports), tp)
     out = []
     for i, port in enumerate(ports):
         cmd = build_vllm_command(settings.model_copy(update={"vllm_port": port}), architectures, gpu=gpu)
-        extra = {"CUDA_VISIBLE_DEVICES": ",".join(devices[i * tp:(i + 1) * tp])} if gpu else {}
+        if gpu:
+            extra = {"CUDA_VISIBLE_DEVICES": ",".join(devices[i * tp:(i + 1) * tp])}
+        else:
+            extra = {"VLLM_CPU_OMP_THREADS_BIND": binds[i]} if binds else {}
         out.append((cmd, extra))
     return out
+
+
+def cpu_binds(engines: int, tp: int = 1, cpus: list[int] | None = None) -> list[str]:
+    """VLLM_CPU_OMP_THREADS_BIND per engine on the CPU build: consecutive, disjoint slices of the
+    CPUs this process may use ("|" between the slices of one engine's tensor-parallel ranks).
+    vLLM's own `auto` binds every rank 0 to the same cores, so two engines' OpenMP threads spun
+    on each other: on 2 cores, 2 engines served rag at 80 pairs/s where one served 560
+    (benchmarks/RESULTS.md). Empty (vLLM's default) when there are fewer CPUs than ranks."""
+    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else cpus
+    ranks = engines * tp
+    if len(cpus) < ranks:
+        return []
+    share = len(cpus) // ranks
+    slices = [",".join(map(str, cpus[r * share:(r + 1) * share])) for r in range(ranks)]
+    return ["|".join(slices[i * tp:(i + 1) * tp]) for i in range(engines)]
 
 
 def vllm_environment(base: dict[str, str], gpu: bool | None = None,
@@ -107,7 +128,8 @@ def vllm_environment(base: dict[str, str], gpu: bool | None = None,
     refuses to start when other processes hold some of it; a fixed space starts anywhere. It also
     runs the model in a third process (a worker under the engine core) even for one device;
     running it inside the engine core saves that interpreter's start-up (7-10 s of 28-33 s here)
-    and scored as fast or faster (benchmarks/RESULTS.md). GPU vLLM already does so for one GPU.
+    and scored as fast or faster (benchmarks/RESULTS.md) for one engine, not for several.
+    GPU vLLM already does so for one GPU.
 
     GPU only (the CPU build forces spawn itself and lacks the kernels):
     - fork the engine core from the already-imported API server instead of spawning a fresh
@@ -129,11 +151,13 @@ def vllm_environment(base: dict[str, str], gpu: bool | None = None,
     gpu = gpu_visible() if gpu is None else gpu
     if tensor_parallel_size is None:
         tensor_parallel_size = settings.tensor_parallel_size if settings is not None else 1
-    data_parallel = settings is not None and settings.multi_gpu_mode == "data-parallel" \
-        and settings.engines > 1
+    several = settings is not None and settings.engines > 1
     if not gpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
-        if tensor_parallel_size == 1 and not data_parallel:  # several ranks need their processes
+        # Only for one engine: data-parallel ranks need processes of their own, and several
+        # engine processes each running its engine core in-process served 2.5x less on 2 cores
+        # than with the core in its own process (rag 140 against 345 pairs/s, RESULTS.md).
+        if tensor_parallel_size == 1 and not several:
             env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if settings is not None and settings.cache_dir and "VLLM_CACHE_ROOT" not in env:
         env["VLLM_CACHE_ROOT"] = vllm_cache_root(settings.cache_dir)

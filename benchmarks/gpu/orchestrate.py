@@ -23,6 +23,12 @@ and reported as such):
             every start compared with the first (the levers must not change them).
   determinism  deterministic mode against --no-deterministic: the same 64 pairs alone, in one
             batch of 64 and under c=32 load (benchmarks/determinism.py), rag c=32 and seed.
+  multigpu  issue 16: N = 1, 2, 4, 8 GPUs (those nvidia-smi lists; BENCH_GPUS overrides) in one
+            pod, as N engines behind the shim (--multi-gpu-mode engines) and as one vLLM with
+            --data-parallel-size N: rag c=32*N, seed with hey (c=50*N), long c=8*N, mixed; then
+            throughput per GPU against N=1 (`{"kind": "multigpu"}` lines). About 4 min a step:
+            steps done on this machine are skipped, so repeat the call until the summary has them
+            all (--ns 1,2 / --modes engines to choose; --fresh to measure again).
 
 Everything goes to $BENCH_WORK/results.jsonl (default /tmp/bench) and to stdout as JSON lines;
 the launcher's and shims' logs go to $BENCH_WORK/logs. A launcher left running is remembered in
@@ -134,7 +140,7 @@ def start_launcher(config: str, flags: list[str], budget: float = 420, env: dict
         budget = min(budget, CLOCK.left() - 15)
     LOGS.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + 60
-    while get_ok(VLLM + "/health") or get_ok(SHIM + "/livez"):  # a previous one still stopping
+    while engines_serving() or get_ok(SHIM + "/livez"):  # a previous one still stopping
         if time.monotonic() > deadline:
             raise RuntimeError(f"ports {SHIM_PORT}/{VLLM_PORT} still serve: stop that first")
         time.sleep(0.5)
@@ -181,6 +187,11 @@ def start_launcher(config: str, flags: list[str], budget: float = 420, env: dict
         time.sleep(0.25)
     stop_launcher()
     raise RuntimeError(f"launcher not ready after {budget} s: {log_path}")
+
+
+def engines_serving(most: int = 8) -> bool:
+    """Some vLLM of a previous launcher still answers (engine i listens on VLLM_PORT + i)."""
+    return any(get_ok(f"http://127.0.0.1:{VLLM_PORT + i}/health") for i in range(most))
 
 
 def ready_reason() -> str:
@@ -263,7 +274,7 @@ def stop_launcher() -> None:
         except psutil.NoSuchProcess:
             pass
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (get_ok(VLLM + "/health") or get_ok(SHIM + "/livez")):
+    while time.monotonic() < deadline and (engines_serving() or get_ok(SHIM + "/livez")):
         time.sleep(0.5)
     time.sleep(2)  # GPU memory given back
 
@@ -432,7 +443,9 @@ def phase_custom(clock: Clock, config: str, flags: list[str], workloads: str, ta
         loadgen(clock, config, w, targets=targets, concurrency=concurrency, est_s=40)
 
 
-HEY = os.environ.get("BENCH_HEY", str(ROOT / ".tools" / "hey"))
+# hey travels to the device machine in .whl (docs/gpu.md); here it is in .tools
+HEY = os.environ.get("BENCH_HEY", str(ROOT / ".tools" / "hey")
+                     if (ROOT / ".tools" / "hey").exists() else str(ROOT / ".whl" / "hey"))
 SEED_BODY = {"query": "如何申请差旅报销", "docs": ["员工手册第3章", "财务系统操作指南", "OA审批流程说明"]}
 
 
@@ -681,10 +694,179 @@ def phase_determinism(clock: Clock) -> None:
     stop_launcher()
 
 
+# --- several GPUs in one pod (issue 16) ---------------------------------------------------------
+MULTIGPU_NS = (1, 2, 4, 8)
+MULTIGPU_MODES = ("engines", "data-parallel")
+# Seconds one step needs at most: a launcher start (N engines load at once; warm compile cache)
+# and rag, seed, long, mixed. A step that would not fit what is left of the call is skipped.
+MULTIGPU_STEP_S = 240
+
+
+def gpu_count() -> int:
+    """GPUs on this box (nvidia-smi -L); BENCH_GPUS overrides (a CPU dry run: BENCH_GPUS=2)."""
+    if os.environ.get("BENCH_GPUS"):
+        return int(os.environ["BENCH_GPUS"])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def multigpu_plan(gpus: int, ns: list[int], modes: list[str]) -> list[tuple[str, int]]:
+    """(mode, N) steps, most important first: N=1 (the reference; both modes are the same single
+    vLLM there), then each N for the engines mode before data-parallel, so a budget that runs
+    out still leaves the primary path measured at every N."""
+    plan = []
+    for n in ns:
+        if n > gpus:
+            continue
+        for mode in modes:
+            if n == 1 and plan and plan[0][1] == 1:
+                continue
+            plan.append(("engines" if n == 1 else mode, n))
+    return plan
+
+
+def multigpu_done() -> set[tuple[str, int]]:
+    """Steps already measured on this machine (results.jsonl survives while it stays warm), so
+    the same call repeated does the next steps."""
+    done = set()
+    if RESULTS.exists():
+        for line in RESULTS.read_text().splitlines():
+            if '"multigpu_step"' in line:
+                rec = json.loads(line)
+                if rec.get("status") == "done":
+                    done.add((rec["mode"], rec["n"]))
+    return done
+
+
+def wait_all_engines(n: int, budget: float) -> float:
+    """The shim is ready once one engine is; measure only when all n are up and verified."""
+    started = time.monotonic()
+    while time.monotonic() - started < budget:
+        try:
+            body = httpx.get(SHIM + "/ready", timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            body = {}
+        engines = body.get("engines")
+        if body.get("status") == "ready" and (engines is None or (
+                len(engines) == n and all(e["up"] and e["verified"] for e in engines))):
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise RuntimeError(f"not all {n} engines verified after {budget:.0f} s: {ready_reason()}")
+
+
+def engine_calls() -> dict[str, float]:
+    """Calls the shim sent to each engine so far (reranker_engine_instance_calls_total)."""
+    import re
+
+    try:
+        text = httpx.get(SHIM + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    return {m[0]: float(m[1]) for m in re.findall(
+        r'^reranker_engine_instance_calls_total\{engine="(\d+)"\} (\S+)$', text, re.M)}
+
+
+def phase_multigpu(clock: Clock, ns: list[int], modes: list[str], fresh: bool) -> None:
+    """Issue 16: N = 1, 2, 4, 8 GPUs (those this box has) in one pod, as N engines behind the
+    shim (least outstanding tokens) and as one data-parallel vLLM: rag at c=32*N, seed with hey
+    (c=50*N), long at c=8*N, mixed (small c=10 while long runs at c=8*N); throughput per GPU
+    against N=1. Steps already done on this machine are skipped, so the same call repeated
+    measures the rest; a summary of everything measured so far ends each call."""
+    gpus = gpu_count()
+    plan = multigpu_plan(gpus, ns, modes)
+    if not plan:
+        emit({"kind": "skipped", "step": "multigpu", "reason": f"{gpus} GPUs visible"})
+        return
+    done = set() if fresh else multigpu_done()
+    for mode, n in plan:
+        config = f"{mode}-n{n}"
+        if (mode, n) in done:
+            log(f"{config}: measured earlier on this machine")
+            continue
+        if clock.left() < MULTIGPU_STEP_S:
+            emit({"kind": "skipped", "step": "multigpu", "config": config, "mode": mode, "n": n,
+                  "reason": f"device-call budget: {clock.left():.0f} s left, a step needs "
+                            f"~{MULTIGPU_STEP_S} s; run the phase again"})
+            continue
+        multigpu_step(clock, mode, n)
+    stop_launcher()
+    multigpu_summary()
+
+
+def multigpu_step(clock: Clock, mode: str, n: int) -> None:
+    config = f"{mode}-n{n}"
+    flags = ["--engines", str(n), "--multi-gpu-mode", mode]
+    stop_launcher()
+    try:
+        ready = start_launcher(config, flags, budget=min(300, clock.left() - 60))
+        ready["all_engines_s"] = round(ready["seconds_to_ready"] + wait_all_engines(n, 120), 1)
+        emit({**ready, "mode": mode, "n": n})
+    except RuntimeError as exc:
+        emit({"kind": "error", "step": "multigpu", "config": config, "error": str(exc)[:3000]})
+        emit({"kind": "multigpu_step", "mode": mode, "n": n, "status": "failed to start"})
+        stop_launcher()
+        return
+    quick = ["--max-seconds", "20", "--meta", f"mode={mode}", "--meta", f"n={n}"]
+    procs = ["--procs", str(min(4, n))]
+    before = engine_calls()
+    loadgen(clock, config, "rag", targets="shim", concurrency=str(32 * n), requests=400 * n,
+            est_s=30, extra=quick + procs)
+    hey(config, "shim", SHIM + "/v1/rank", SEED_BODY, n=HEY_N * n, c=min(50 * n, 400))
+    loadgen(clock, config, "long", targets="shim", concurrency=str(8 * n), requests=100 * n,
+            est_s=30, extra=quick)
+    loadgen(clock, config, "mixed", targets="shim", est_s=50,
+            extra=quick + ["--mixed-long-concurrency", str(8 * n)])
+    after = engine_calls()
+    spread = {e: after[e] - before.get(e, 0) for e in after}
+    emit({"kind": "multigpu_step", "mode": mode, "n": n, "status": "done",
+          "engine_calls": spread,  # engines mode: how evenly the shim spread the calls
+          "seconds_left": round(clock.left())})
+
+
+def multigpu_summary() -> None:
+    """Throughput per GPU at each N against N=1, from every multigpu line on this machine.
+    Targets (issue 16): rag and long >= 0.9 x N x the one-GPU figure; seed scales until the
+    front end saturates (reported, not judged)."""
+    if not RESULTS.exists():
+        return
+    figures: dict[tuple[str, int, str], float] = {}
+    for line in RESULTS.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("phase") != "multigpu" or not str(rec.get("config", "")).count("-n"):
+            continue
+        mode, _, n = rec["config"].rpartition("-n")
+        key = (mode, int(n))
+        if rec.get("kind") == "result" and rec.get("target") == "shim" and not rec.get("errors"):
+            figures[(*key, rec["workload"])] = rec["pairs_s"]
+        elif rec.get("kind") == "hey" and not rec.get("errors"):
+            figures[(*key, "seed")] = rec["req_s"]
+        elif rec.get("kind") == "mixed" and not rec.get("errors"):
+            figures[(*key, "mixed")] = rec["long_pairs_s"]
+            figures[(*key, "mixed_small_p95_ms")] = rec["small_p95_ms"]
+    units = {"rag": "pairs/s", "long": "pairs/s", "seed": "req/s", "mixed": "long pairs/s"}
+    for (mode, n, workload), value in sorted(figures.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
+        if workload not in units:
+            continue
+        one = figures.get(("engines", 1, workload))
+        per_gpu = value / n
+        line = {"kind": "multigpu", "workload": workload, "mode": mode, "n": n,
+                "throughput": value, "unit": units[workload], "per_gpu": round(per_gpu, 1),
+                "per_gpu_vs_n1": round(per_gpu / one, 3) if one else None}
+        if workload == "mixed":
+            line["small_p95_ms"] = figures.get((mode, n, "mixed_small_p95_ms"))
+        if workload in ("rag", "long") and one:
+            line["target"] = 0.9
+            line["meets_target"] = per_gpu / one >= 0.9
+        emit(line)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phase", choices=["baseline", "levers", "custom", "fp8", "batching", "startup",
-                                     "determinism", "stop"])
+                                     "determinism", "multigpu", "stop"])
     p.add_argument("--budgets", default="32768,98304", help="engine token budgets for `batching`")
     p.add_argument("--budget", type=float, default=540, help="seconds this call may take")
     p.add_argument("--config", default="custom")
@@ -692,6 +874,10 @@ def main(argv=None) -> int:
     p.add_argument("--workloads", default="seed,rag,long")
     p.add_argument("--targets", default="shim,vllm")
     p.add_argument("--concurrency", default="")
+    p.add_argument("--ns", default=",".join(map(str, MULTIGPU_NS)),
+                   help="multigpu: GPU counts to measure (those above the box's are left out)")
+    p.add_argument("--modes", default=",".join(MULTIGPU_MODES), help="multigpu: engines,data-parallel")
+    p.add_argument("--fresh", action="store_true", help="multigpu: measure steps done earlier again")
     p.add_argument("--configs", default=",".join(STARTUP_CONFIGS),
                    help=f"startup: which of {','.join(STARTUP_CONFIGS)}")
     args = p.parse_args(argv)
@@ -716,6 +902,9 @@ def main(argv=None) -> int:
             phase_startup(clock, args.configs.split(","))
         elif args.phase == "determinism":
             phase_determinism(clock)
+        elif args.phase == "multigpu":
+            phase_multigpu(clock, [int(n) for n in args.ns.split(",") if n],
+                           [m for m in args.modes.split(",") if m], args.fresh)
         elif args.phase == "custom":
             phase_custom(clock, args.config, shlex.split(args.flags), args.workloads, args.targets,
                          args.concurrency)

@@ -8,6 +8,9 @@
 #   bash benchmarks/gpu/run.sh custom --config NAME --flags "--max-num-batched-tokens 32768" --workloads seed,rag
 #   bash benchmarks/gpu/run.sh startup            # cold/warm starts with the start-up timeline (issue 12)
 #   bash benchmarks/gpu/run.sh determinism        # same pairs alone/batched/under load; throughput cost
+#   bash benchmarks/gpu/run.sh multigpu           # issue 16, on a multi-GPU kind: N=1,2,4,8 engines and
+#                                                 # data-parallel, per-GPU throughput vs N=1 (repeat the
+#                                                 # call until done: finished steps are skipped)
 #   bash benchmarks/gpu/run.sh stop               # stop a launcher left running
 #
 # What a device call carries (see docs/gpu.md): one .gpukit/kN part per call; the last part's call

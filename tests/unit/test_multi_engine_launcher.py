@@ -5,6 +5,7 @@ launcher, and a real vLLM pair is in tests/integration/test_multi_engine.py."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -16,7 +17,7 @@ import pytest
 from launcher import preflight
 from launcher.cli import parse
 from launcher.supervise import Supervisor
-from launcher.vllm_args import engine_commands, vllm_environment
+from launcher.vllm_args import cpu_binds, engine_commands, vllm_environment
 from server.settings import Settings
 from tests.conftest import free_port
 
@@ -43,10 +44,24 @@ def test_each_engine_gets_its_tensor_parallel_group_of_the_visible_gpus():
     assert all(flag(cmd, "--tensor-parallel-size") == "2" for cmd, _ in commands)
 
 
-def test_engines_on_a_cpu_are_just_processes():
-    commands = engine_commands(parse(["--model", "/m", "--engines", "2"]), ARCH, gpu=False)
-    assert [env for _, env in commands] == [{}, {}]
+def test_engines_on_a_cpu_are_processes_on_cpus_of_their_own():
+    commands = engine_commands(parse(["--model", "/m", "--engines", "2"]), ARCH, gpu=False, env={})
     assert len({flag(cmd, "--port") for cmd, _ in commands}) == 2
+    assert all("CUDA_VISIBLE_DEVICES" not in env for _, env in commands)
+    binds = [env.get("VLLM_CPU_OMP_THREADS_BIND") for _, env in commands]
+    if len(os.sched_getaffinity(0)) >= 2:
+        first, second = ({int(c) for c in b.split(",")} for b in binds)
+        assert first and second and not first & second
+    # each engine's core runs in a process of its own (in-process cores served 2.5x less)
+    s = parse(["--model", "/m", "--engines", "2"])
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in vllm_environment({}, gpu=False, settings=s)
+    assert cpu_binds(2, cpus=[0, 1, 2, 3, 4]) == ["0,1", "2,3"]
+    assert cpu_binds(2, tp=2, cpus=list(range(8))) == ["0,1|2,3", "4,5|6,7"]
+    assert cpu_binds(4, cpus=[0, 1]) == []  # fewer CPUs than engines: vLLM's own binding
+    # an operator's own binding wins
+    commands = engine_commands(parse(["--model", "/m", "--engines", "2"]), ARCH, gpu=False,
+                               env={"VLLM_CPU_OMP_THREADS_BIND": "nobind"})
+    assert [env for _, env in commands] == [{}, {}]
 
 
 def test_one_engine_is_the_single_vllm_as_before():
