@@ -103,8 +103,9 @@ class Settings(BaseSettings):
                                  "this long before sending it (an idle engine gets work at once)")
     engine_token_budget: int = Field(
         0, description="while interactive work is around, bulk work is held in the shim once this "
-        "many prompt tokens are in the engine; 0 = auto: 0.5 x max_num_batched_tokens (16384 on GPU; "
-        "measured on an H200, benchmarks/RESULTS.md)")
+        "many prompt tokens are in the engine (all shim workers together: each holds its share); "
+        "0 = auto: 0.5 x max_num_batched_tokens (16384 on GPU; measured on an H200, "
+        "benchmarks/RESULTS.md)")
     bulk_budget_factor: int = Field(8, description="with no interactive work for "
                                     "interactive_memory_s, bulk may use this many times the budget")
     interactive_memory_s: float = Field(2.0, description="how long one interactive request keeps "
@@ -266,8 +267,12 @@ class Settings(BaseSettings):
         n = self.shim_workers
         if n <= 1:
             return self
+        # The engine token budget is the engine's, so each worker holds its share of it: with
+        # four workers each holding the whole budget, the engine saw 4x the bulk tokens and a
+        # small request waited behind 2-3 engine steps instead of one (benchmarks/RESULTS.md).
         share = {"max_inflight_pairs": -(-self.max_inflight_pairs // n),
-                 "max_inflight_tokens": -(-self.max_inflight_tokens // n)}
+                 "max_inflight_tokens": -(-self.max_inflight_tokens // n),
+                 "engine_token_budget": -(-self.engine_token_budget_resolved // n)}
         return self.model_copy(update=share)
 
     def to_env(self) -> dict[str, str]:
