@@ -110,7 +110,8 @@ class Settings(BaseSettings):
                                     "interactive_memory_s, bulk may use this many times the budget")
     interactive_memory_s: float = Field(2.0, description="how long one interactive request keeps "
                                         "the tight bulk budget in force")
-    engine_max_calls: int = Field(8, description="/classify calls in flight at once")
+    engine_max_calls: int = Field(4, description="/classify calls in flight at once, per shim "
+                                  "worker (H200: 4 beat 2 and 8 on small c=50, benchmarks/RESULTS.md)")
     interactive_max_tokens: int = Field(
         4096, description="requests with at most this many prompt tokens are interactive "
         "(dispatched first); larger ones are bulk. A caller may also say X-Priority: bulk|interactive")
