@@ -588,14 +588,14 @@ def phase_front(clock: Clock, variants: list[str]) -> None:
         front_step(clock, "api-servers=2 raw-vllm", VLLM, target="vllm")
 
 
-def phase_mix(clock: Clock, flags: list[str], budgets: list[int]) -> None:
+def phase_mix(clock: Clock, flags: list[str], budgets: list[int], targets: str = "shim,vllm") -> None:
     """Issue 11, the engine side, with one launcher configuration (`flags`, default: defaults):
     mixed (small under long saturation) at the default engine token budget and at `budgets`
     (engine-wide, split across the shim's workers), then rag c=8/32, long, rag100, each beside
     raw vLLM on the same engine."""
     config = "defaults" if not flags else " ".join(flags)
     ensure_launcher(config, flags)
-    loadgen(clock, config, "mixed", targets="shim,vllm", est_s=95)
+    loadgen(clock, config, "mixed", targets=targets, est_s=50 * len(targets.split(",")))
     for budget in budgets:
         with Shims(1, engine_token_budget=str(budget)) as shim:
             loadgen(clock, f"budget{budget}", "mixed", shim=shim.urls, targets="shim", est_s=50)
@@ -831,7 +831,8 @@ def main(argv=None) -> int:
         elif args.phase == "front":
             phase_front(clock, [v for v in args.variants.split(",") if v])
         elif args.phase == "mix":
-            phase_mix(clock, shlex.split(args.flags), [int(b) for b in args.budgets.split(",") if b])
+            phase_mix(clock, shlex.split(args.flags), [int(b) for b in args.budgets.split(",") if b],
+                      args.targets)
         elif args.phase == "startup":
             phase_startup(clock, args.configs.split(","))
         elif args.phase == "determinism":
