@@ -145,16 +145,19 @@ def install_openapi(app: FastAPI, settings) -> None:
 
 
 def finish(document: dict, settings, scoring_paths: set[str]) -> dict:
-    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    components = document.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
     _fill_settings(schemas, settings)
     _replace_validation_error(document, schemas)
+    # the middleware sends X-Request-Id with every response: one definition, referenced
+    components.setdefault("headers", {})["X-Request-Id"] = {**HEADERS["X-Request-Id"], "required": True}
     for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
             if path in scoring_paths:
                 operation.setdefault("parameters", []).append(dict(PRIORITY_PARAMETER))
             for response in operation.get("responses", {}).values():
-                response.setdefault("headers", {})["X-Request-Id"] = {**HEADERS["X-Request-Id"],
-                                                                      "required": True}
+                response.setdefault("headers", {})["X-Request-Id"] = {
+                    "$ref": "#/components/headers/X-Request-Id"}
     return document
 
 
