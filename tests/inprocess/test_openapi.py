@@ -167,7 +167,7 @@ def anyio_backend():
 @pytest.fixture(scope="module")
 async def served(anyio_backend):
     """(spec, client) of an app with max_documents=3."""
-    async with running(max_documents=3) as (app, client, fake):
+    async with running(max_documents=3) as (_, client, _fake):
         yield (await client.get("/openapi.json")).json(), client
 
 
@@ -280,9 +280,9 @@ async def _provoke(client, fake, path: str, body: dict, key: str, fault: str, au
 
 async def test_real_error_bodies_match_the_documented_model_and_headers(anyio_backend):
     keys = [f"{KEY}-{i}" for i in range(len(PATHS))]  # one rate-limit budget per route
-    limits = dict(max_body_bytes=40_000, max_request_tokens=2_000, max_documents=4,
-                  api_keys=keys, rate_limit="40/minute")
-    async with running(**limits) as (app, client, fake):
+    limits = {"max_body_bytes": 40_000, "max_request_tokens": 2_000, "max_documents": 4,
+              "api_keys": keys, "rate_limit": "40/minute"}
+    async with running(**limits) as (_, client, fake):
         spec = (await client.get("/openapi.json")).json()
         for (dialect, path), key_ in zip(PATHS, keys):
             body = example(spec, path)

@@ -30,7 +30,7 @@ def schemathesis(url: str, *args: str) -> str:
     """Run schemathesis against `url`; fail with its report unless it found nothing."""
     cmd = [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", "all", "--seed", "1",
            "--no-color", "--request-timeout", "60", *args]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     report = done.stdout + done.stderr
     assert done.returncode == 0, f"schemathesis found contract failures:\n{report[-12000:]}"
     operations = sum(len(ops) for ops in httpx.get(f"{url}/openapi.json").json()["paths"].values())
