@@ -29,6 +29,7 @@ from server.dialects.common import (
     score,
     search_units,
 )
+from server.openapi import documented_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 
@@ -132,6 +133,9 @@ RerankBody = Annotated[
 
 # errors answer in the dialect the body speaks
 _errors_as_spoken = vllm_api.errors_for_bodies(lambda body: _speaks(body) == "vllm")
+# the body as documented: a vLLM body is one with a vLLM-only field (see _speaks)
+_VLLM_FIELD = {"anyOf": [{"required": [name]} for name in sorted(vllm_api.VLLM_ONLY_FIELDS)]}
+_BODY = documented_body((RerankRequest, {"not": _VLLM_FIELD}), (vllm_api.VllmRerankRequest, _VLLM_FIELD))
 
 
 async def _answer(body, request: Request, version: str) -> dict:
@@ -146,13 +150,13 @@ async def _answer(body, request: Request, version: str) -> dict:
     return answer
 
 
-@router.post("/v1/rerank", responses={200: {"model": RerankResponse}},
+@router.post("/v1/rerank", responses={200: {"model": RerankResponse}}, openapi_extra=_BODY,
              summary="Cohere v1 / Jina rerank (and vLLM's, for bodies with vLLM's own fields)")
 async def rerank_v1(request: Request, body: Annotated[RerankBody, Body()], _=Depends(_errors_as_spoken)):
     return FastJSONResponse(await _answer(body, request, "1"))
 
 
-@router.post("/v2/rerank", responses={200: {"model": RerankResponse}},
+@router.post("/v2/rerank", responses={200: {"model": RerankResponse}}, openapi_extra=_BODY,
              summary="Cohere v2 rerank (and vLLM's, for bodies with vLLM's own fields)")
 async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()], _=Depends(_errors_as_spoken)):
     return FastJSONResponse(await _answer(body, request, "2"))
@@ -160,4 +164,5 @@ async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()], _=Dep
 
 DIALECT = Dialect("cohere", router,
                   responses={"/v1/rerank": RerankResponse, "/v2/rerank": RerankResponse},
+                  shared_with=(vllm_api.DIALECT,),
                   bench={"shim": ("/v1/rerank", "documents")})

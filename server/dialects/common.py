@@ -14,7 +14,7 @@ from pydantic import BaseModel, BeforeValidator, Field, Strict, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from server.errors import NON_BLANK, ErrorBody, default_error_body
-from server.openapi import MAX_ITEMS_SETTING
+from server.openapi import setting_bounds
 from server.scoring.core import ScoreRequest, ScoreResult
 from server.scoring.errors import Cancelled, InvalidInput
 
@@ -41,10 +41,10 @@ def _json_number(value: Any) -> Any:
     return value
 
 
-def json_integer(minimum: int) -> Any:
+def json_integer(minimum: int, maximum: int | None = None) -> Any:
     """An integer as JSON Schema means it: 3 or 3.0 (JSON has one number type; 3.5 is refused),
     never "3" or true. (Strict mode alone would refuse 3.0, lax mode would take "3".)"""
-    return Annotated[int, Field(ge=minimum), Strict(False), BeforeValidator(_json_number)]
+    return Annotated[int, Field(ge=minimum, le=maximum), Strict(False), BeforeValidator(_json_number)]
 
 
 def documents_field(description: str) -> Any:
@@ -53,7 +53,7 @@ def documents_field(description: str) -> Any:
     document gets `maxItems` when the app is built (server/openapi.py); the core enforces it
     with a message that names the setting."""
     return Field(min_length=1, description=description,
-                 json_schema_extra={MAX_ITEMS_SETTING: "max_documents"})
+                 json_schema_extra=setting_bounds(maxItems="max_documents"))
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,12 @@ class Dialect:
     # server answers on this dialect's paths (server/openapi.py), and the tests validate real
     # error bodies against it
     error_model: type[BaseModel] = ErrorBody
+    # dialects whose bodies this dialect's routes also take, answering their errors in that
+    # dialect's shape (vLLM bodies on /rerank and /v1/rerank: vllm_api.errors_for_bodies)
+    shared_with: tuple[Dialect, ...] = ()
+    # path -> what the route can answer besides its 200 (server/openapi.py: JSON_BODY, SCORED,
+    # ENGINE, RELAYED); a path not listed is a scoring route (a JSON body, scored by the core)
+    answers: dict[str, frozenset[str]] = field(default_factory=dict)
     # load-generator targets: name -> (path, key of the documents list in the body)
     bench: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -91,11 +97,24 @@ class Dialect:
 _WATCH_FROM_DOCS = 32
 
 
+PRIORITIES = ("interactive", "bulk")
+
+
+def priority_header(request: Request) -> str | None:
+    """X-Priority: interactive | bulk, a caller's mark on its work; any other value is refused
+    (also where the body names a priority of its own, which then wins)."""
+    value = request.headers.get("x-priority")
+    if value is not None and value not in PRIORITIES:
+        raise InvalidInput(f"priority must be 'interactive' or 'bulk', not {value!r} (X-Priority)")
+    return value
+
+
 async def score(request: Request, req: ScoreRequest) -> ScoreResult:
     """Run the core; a client that disconnects cancels its work (and vLLM's, via the socket)."""
     scorer = request.app.state.scorer
-    if req.priority is None:  # a caller may mark its work: X-Priority: interactive | bulk
-        req.priority = request.headers.get("x-priority")
+    header = priority_header(request)
+    if req.priority is None:
+        req.priority = header
     if len(req.documents) < _WATCH_FROM_DOCS:
         result = await scorer.score(req)
     else:
@@ -110,6 +129,10 @@ async def score_all(request: Request, reqs: list[ScoreRequest], concurrency: int
     (one receiver of the request's messages, not one per call)."""
     if len(reqs) == 1:
         return [await score(request, reqs[0])]
+    header = priority_header(request)
+    for req in reqs:
+        if req.priority is None:
+            req.priority = header
     scorer = request.app.state.scorer
     gate = asyncio.Semaphore(concurrency)
 

@@ -143,8 +143,6 @@ async def _tei(body: TeiRequest, request: Request) -> list[dict]:
 
 
 async def _seed(body: SeedRequest, request: Request) -> dict:
-    if isinstance(body.query, dict):
-        vllm_api.texts_of([body.query], "query")
     documents = vllm_api.as_list(body.documents)
     texts = vllm_api.texts_of(documents, "documents")
     req = await vllm_api.core_request(request, body, body.query, texts, raw=body.raw_scores,
@@ -188,4 +186,4 @@ class TeiErrorBody(ErrorBody):
 
 
 DIALECT = Dialect("tei", router, responses={"/rerank": RerankAnswer}, error=_error,
-                  error_model=TeiErrorBody)
+                  error_model=TeiErrorBody, shared_with=(vllm_api.DIALECT,))
