@@ -10,6 +10,7 @@ default body: {"detail", "message", "type", "id"}). `detail` is what Jina-style 
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -101,10 +102,32 @@ def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, "request body is not valid JSON"
     parts = []
-    for e in errors[:5]:
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+    for where, e in _one_per_field(errors)[:5]:
         parts.append(_readable(where, e))
     return 422, "; ".join(parts)
+
+
+# pydantic names the member of a union that refused a value in the error's location
+# ("documents.list[union[str,dict[str,any]]]", "query.constrained-str"): not a field of the body
+_UNION_MEMBER = re.compile(r"[\[\](),\-]|^(str|int|float|bool|dict|list|none|bytes)$")
+_JSON_TYPE_OF_MEMBER = {str: "str", bool: "bool", int: "int", float: "float", list: "list", dict: "dict"}
+
+
+def _one_per_field(errors: list[dict]) -> list[tuple[str, dict]]:
+    """(field path, error), one per field: of the errors each member of a union gave for a value,
+    the one of the member of the value's own JSON type (a string refused by a pattern, not "is
+    not a list"), else the first."""
+    by_field: dict[str, list[dict]] = {}
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        where = ".".join(p for p in loc if not _UNION_MEMBER.search(p)) or "body"
+        by_field.setdefault(where, []).append(e)
+    out = []
+    for where, group in by_field.items():
+        kind = _JSON_TYPE_OF_MEMBER.get(type(group[0].get("input")), "")
+        same = [e for e in group if kind and any(kind in str(p) for p in e.get("loc", ())[-1:])]
+        out.append((where, (same or group)[0]))
+    return out
 
 
 def _readable(where: str, error: dict) -> str:
