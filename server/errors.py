@@ -137,9 +137,9 @@ def _readable(where: str, error: dict) -> str:
     kind, ctx = error.get("type"), error.get("ctx") or {}
     if kind == "too_short" and ctx.get("min_length") == 1:
         return f"{where} must contain at least one item"
-    blank = (kind == "string_too_short" and ctx.get("min_length") == 1) or (
-        kind == "string_pattern_mismatch" and ctx.get("pattern") == NON_BLANK)
-    if blank:
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return f"{where} must be a non-empty string"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NON_BLANK:
         return f"{where} must be a non-empty string (not only whitespace)"
     return f"{where}: {error.get('msg')}"
 

@@ -105,7 +105,7 @@ def priority_header(request: Request) -> str | None:
     (also where the body names a priority of its own, which then wins)."""
     value = request.headers.get("x-priority")
     if value is not None and value not in PRIORITIES:
-        raise InvalidInput(f"priority must be 'interactive' or 'bulk', not {value!r} (X-Priority)")
+        raise InvalidInput(f"priority (the X-Priority header) must be 'interactive' or 'bulk', not {value!r}")
     return value
 
 

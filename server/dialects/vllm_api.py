@@ -881,9 +881,10 @@ async def models(request: Request):
 # --- errors ------------------------------------------------------------------------------------
 _ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError",
                 501: "NotImplementedError", 503: "ServiceUnavailableError"}
-# server/errors._validation_detail writes schema errors as "<field.path>: <message>; ...":
-# the first path is vLLM's `param`. Domain errors are sentences, which never start that way.
-_FIELD_PATH = re.compile(r"^([^\s:;]+): ")
+# server/errors._validation_detail writes schema errors as "<field.path>: <message>; ..." (or
+# "<field.path> must ..."): the first path is vLLM's `param`. Domain errors are sentences, which
+# never start that way.
+_FIELD_PATH = re.compile(r"^([^\s:;]+)(?:: | must )")
 _BODY_TAGS = {"seed", "vllm", "cohere", "tei"}
 
 
