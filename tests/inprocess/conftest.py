@@ -36,6 +36,11 @@ class FakeEngine:
         self.fail: Exception | None = None       # raised by every call while set
         self.poison_ids: list[int] = []          # token ids of POISON: such prompts are refused
         self.calls: list[list[list[int]]] = []
+        # vLLM's routes the shim passes through (/classify, /pooling, ...): what the fake answers
+        # them, and what it was sent
+        self.answer: tuple[int, bytes] = (200, b'{"id": "classify-1", "object": "list", "created": 0, '
+                                               b'"model": "m", "data": [], "usage": {}}')
+        self.forwarded: list[tuple[str, str, bytes | None]] = []
 
     @staticmethod
     def logit(prompt: list[int]) -> float:
@@ -57,6 +62,12 @@ class FakeEngine:
 
     async def rerank(self, query, documents, instruction, raw):  # engine_api=rerank is not faked
         raise NotImplementedError
+
+    async def forward(self, method: str, path: str, content: bytes | None = None) -> tuple[int, bytes]:
+        self.forwarded.append((method, path, content))
+        if self.fail is not None:
+            raise self.fail
+        return self.answer
 
     async def check_health(self) -> bool:
         return self.healthy
