@@ -7,12 +7,13 @@ import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from server import playground
 from server.dialects import DIALECTS
 from server.errors import install_error_handlers
+from server.openapi import error_responses, install_openapi, refresh_openapi, scoring_answers
 from server.ops import health
 from server.ops.admission import Admission
 from server.ops.auth import Authenticator, bearer_scheme
@@ -42,6 +43,12 @@ async def guard(request: Request,
     state = request.app.state
     identity = state.auth.identify(credentials)
     await state.ratelimiter.check(request, identity)
+
+
+async def rate_guard(request: Request) -> None:
+    """The guard when auth is off: rate limit only. No bearer dependency, so the OpenAPI
+    document does not claim a security scheme the server does not check."""
+    await request.app.state.ratelimiter.check(request, None)
 
 
 async def watch_engine_once(app: FastAPI) -> None:
@@ -114,6 +121,7 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
         app.state.admission = admission
         app.state.scorer = Scorer(settings, encoder, engine, admission, metrics)
         await app.state.ratelimiter.start()
+        refresh_openapi(app)  # now with the tokenizer's bounds (token ids)
         await watch_engine_once(app)
         health.publish_state(app.state)
         watcher = asyncio.create_task(watch_engine(app))
@@ -137,10 +145,18 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
     if settings.playground:  # the page is public; the scoring calls it makes are guarded below
         app.include_router(playground.router)
     # With neither auth nor rate limits configured, the guard would only cost time per request.
-    guarded = app.state.auth.enabled or app.state.ratelimiter.enabled
+    limiter = app.state.ratelimiter
+    auth_on, limit = app.state.auth.enabled, limiter.spec if limiter.enabled else None
+    dependencies = [Depends(guard)] if auth_on else [Depends(rate_guard)] if limit else []
     app.state.dialect_of = {path: d for d in DIALECTS for path in d.paths}
+    answers = scoring_answers(settings, auth_on, limit)
     for dialect in DIALECTS:
-        app.include_router(dialect.router, dependencies=[Depends(guard)] if guarded else [])
+        for route in dialect.router.routes:  # one at a time: each documents its own errors
+            one = APIRouter()
+            one.routes.append(route)
+            app.include_router(one, dependencies=dependencies,
+                               responses=error_responses(dialect, route.path, answers))
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        dialect_of=app.state.dialect_of)
+    install_openapi(app, settings)
     return app

@@ -10,9 +10,11 @@ default body: {"detail", "message", "type", "id"}). `detail` is what Jina-style 
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.responses import FastJSONResponse
@@ -48,6 +50,11 @@ _DOMAIN_STATUS: dict[type[domain.ScoringError], tuple[int, str]] = {
 }
 
 
+def domain_statuses() -> list[tuple[type[domain.ScoringError], tuple[int, str]]]:
+    """The mapping above, read by the OpenAPI document (server/openapi.py)."""
+    return list(_DOMAIN_STATUS.items())
+
+
 def http_error(exc: Exception) -> ApiError:
     """The one mapping from a domain error to an HTTP error."""
     if isinstance(exc, ApiError):
@@ -58,6 +65,18 @@ def http_error(exc: Exception) -> ApiError:
             headers = retry_after(exc.retry_after) if hasattr(exc, "retry_after") else {}
             return ApiError(status, exc.detail, type_, headers)
     raise TypeError(f"not a mapped error: {exc!r}")
+
+
+class ErrorBody(BaseModel):
+    """The model of `default_error_body`: what the OpenAPI document promises for every error of a
+    dialect that keeps the default shape (`Dialect.error_model`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detail: str = Field(description="what went wrong, as a sentence (Jina-style clients raise it)")
+    message: str = Field(description="the same sentence (Cohere's field)")
+    type: str = Field(description="machine-readable kind, e.g. invalid_request, overloaded")
+    id: str = Field(description="the request id, also sent as the X-Request-Id header")
 
 
 def default_error_body(status: int, detail: str, type_: str, request_id: str) -> tuple[int, dict]:
@@ -83,10 +102,55 @@ def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, "request body is not valid JSON"
     parts = []
-    for e in errors[:5]:
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-        parts.append(f"{where or 'body'}: {e.get('msg')}")
+    for where, e in _one_per_field(errors)[:5]:
+        parts.append(_readable(where, e))
     return 422, "; ".join(parts)
+
+
+# pydantic names the member of a union that refused a value in the error's location
+# ("documents.list[union[str,dict[str,any]]]", "query.constrained-str"): not a field of the body
+_UNION_MEMBER = re.compile(r"[\[\](),\-]|^(str|int|float|bool|dict|list|none|bytes)$")
+_JSON_TYPE_OF_MEMBER = {str: "str", bool: "bool", int: "int", float: "float", list: "list", dict: "dict"}
+
+
+def _one_per_field(errors: list[dict]) -> list[tuple[str, dict]]:
+    """(field path, error), one per field: of the errors each member of a union gave for a value,
+    the one of the member of the value's own JSON type (a string refused by a pattern, not "is
+    not a list"), else the first."""
+    by_field: dict[str, list[dict]] = {}
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        where = ".".join(p for p in loc if not _UNION_MEMBER.search(p)) or "body"
+        by_field.setdefault(where, []).append(e)
+    out = []
+    for where, group in by_field.items():
+        kind = _JSON_TYPE_OF_MEMBER.get(type(group[0].get("input")), "")
+        same = [e for e in group if kind and any(kind in str(p) for p in e.get("loc", ())[-1:])]
+        out.append((where, (same or group)[0]))
+    return out
+
+
+def _readable(where: str, error: dict) -> str:
+    """One schema violation as a sentence. Constraints the request models declare (so that the
+    OpenAPI document states them) get the wording the scoring core used when it was the only
+    one checking them; anything else keeps pydantic's message."""
+    kind, ctx = error.get("type"), error.get("ctx") or {}
+    if kind == "too_short" and ctx.get("min_length") == 1:
+        return f"{where} must contain at least one item"
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return f"{where} must be a non-empty string"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NON_BLANK:
+        return f"{where} must be a non-empty string (not only whitespace)"
+    return f"{where}: {error.get('msg')}"
+
+
+# A string with at least one character that is not whitespace. The class lists exactly the
+# characters Python's str.isspace() calls whitespace (what the core's `query.strip()` removes),
+# spelled out because `\S` means three different sets in pydantic's Rust regex, Python's `re`
+# and the ECMA-262 regex of JSON Schema (they disagree on U+001C-U+001F, U+0085 and U+FEFF).
+# Search semantics (unanchored) in pydantic and in JSON Schema alike.
+NON_BLANK = (r"[^\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a"
+             r"\u2028\u2029\u202f\u205f\u3000]")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -115,13 +115,16 @@ class Settings(BaseSettings):
                                  "this long before sending it (an idle engine gets work at once)")
     engine_token_budget: int = Field(
         0, description="while interactive work is around, bulk work is held in the shim once this "
-        "many prompt tokens are in an engine (per engine); 0 = auto: 0.5 x max_num_batched_tokens "
-        "(16384 on GPU; measured on an H200, benchmarks/RESULTS.md)")
+        "many prompt tokens are in an engine (per engine; all shim workers together: each holds "
+        "its share); 0 = auto: 0.5 x max_num_batched_tokens (16384 on GPU; measured on an H200, "
+        "benchmarks/RESULTS.md)")
     bulk_budget_factor: int = Field(8, description="with no interactive work for "
                                     "interactive_memory_s, bulk may use this many times the budget")
     interactive_memory_s: float = Field(2.0, description="how long one interactive request keeps "
                                         "the tight bulk budget in force")
-    engine_max_calls: int = Field(8, description="/classify calls in flight at once, per engine")
+    engine_max_calls: int = Field(4, description="/classify calls in flight at once, per shim "
+                                  "worker and engine (H200: 4 beat 2 and 8 on small c=50, "
+                                  "benchmarks/RESULTS.md)")
     interactive_max_tokens: int = Field(
         4096, description="requests with at most this many prompt tokens are interactive "
         "(dispatched first); larger ones are bulk. A caller may also say X-Priority: bulk|interactive")
@@ -306,8 +309,13 @@ class Settings(BaseSettings):
         n, engines = self.shim_workers, self.engine_count
         if n <= 1 and engines == 1:
             return self
+        # The engine token budget is an engine's, so each worker holds its share of it: with
+        # four workers each holding the whole budget, the engine saw 4x the bulk tokens and a
+        # small request waited behind 2-3 engine steps instead of one (benchmarks/RESULTS.md).
+        # (The dispatcher applies it to each engine: it is not multiplied by the engines.)
         share = {"max_inflight_pairs": -(-self.max_inflight_pairs * engines // n),
-                 "max_inflight_tokens": -(-self.max_inflight_tokens * engines // n)}
+                 "max_inflight_tokens": -(-self.max_inflight_tokens * engines // n),
+                 "engine_token_budget": -(-self.engine_token_budget_resolved // n)}
         return self.model_copy(update=share)
 
     def to_env(self) -> dict[str, str]:

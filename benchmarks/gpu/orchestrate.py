@@ -504,6 +504,120 @@ def phase_batching(clock: Clock, budgets: list[int]) -> None:
             loadgen(clock, f"budget{budget}", "mixed", shim=shim.urls, targets="shim", est_s=45)
 
 
+class CpuSample:
+    """CPU seconds per process (vLLM API server, engine core, shim workers, clients) over a step,
+    as % of one core: which process saturates first is where per-request cost must go down."""
+
+    def __init__(self, config: str, step: str, shim_url: str = SHIM) -> None:
+        self.config, self.step, self.shim_url = config, step, shim_url
+
+    @staticmethod
+    def _snapshot() -> dict:
+        import psutil
+
+        snap = {}
+        for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+            try:
+                cmd = " ".join(proc.info["cmdline"] or [])
+                if "python" not in cmd and "VLLM" not in (proc.info["name"] or "") and "hey" not in cmd:
+                    continue
+                t = proc.cpu_times()
+                snap[proc.info["pid"]] = (proc.info["name"], cmd[:100], t.user + t.system)
+            except psutil.Error:
+                continue
+        return snap
+
+    def _batch_stats(self) -> tuple[float, float]:
+        import re
+
+        try:
+            text = httpx.get(self.shim_url + "/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return 0.0, 0.0
+        def metric(name: str) -> float:
+            pattern = rf"^reranker_engine_batch_prompts_{name}(?:\{{[^}}]*\}})? (\S+)"
+            return sum(float(v) for v in re.findall(pattern, text, re.M))
+        total, count = metric("sum"), metric("count")
+        return total, count
+
+    def __enter__(self):
+        self.t0, self.before, self.b0 = time.monotonic(), self._snapshot(), self._batch_stats()
+        return self
+
+    def __exit__(self, *exc):
+        seconds = time.monotonic() - self.t0
+        after, b1 = self._snapshot(), self._batch_stats()
+        rows = []
+        for pid, (name, cmd, cpu) in after.items():
+            if pid in self.before:
+                used = cpu - self.before[pid][2]
+                if used > 0.05 * seconds:
+                    rows.append({"pid": pid, "name": name, "cmd": cmd,
+                                 "cpu_pct": round(100 * used / seconds, 1)})
+        rows.sort(key=lambda r: -r["cpu_pct"])
+        calls = b1[1] - self.b0[1]
+        emit({"kind": "cpu", "config": self.config, "step": self.step, "seconds": round(seconds, 1),
+              "engine_calls": calls, "prompts_per_call": round((b1[0] - self.b0[0]) / calls, 2)
+              if calls else None, "processes": rows[:12]})
+
+
+def front_step(clock: Clock, config: str, url: str, target: str = "shim") -> None:
+    """One front-end configuration: hey seed c=50 and a varied small workload at c=50, each
+    with per-process CPU and the shim's prompts per engine call."""
+    if clock.left() < 50:
+        emit({"kind": "skipped", "config": config, "reason": "device-call budget"})
+        return
+    path = "/v1/rank" if target == "shim" else "/rerank"
+    body = SEED_BODY if target == "shim" else {"model": NAME, "query": SEED_BODY["query"],
+                                               "documents": SEED_BODY["docs"]}
+    with CpuSample(config, "hey seed c=50", url):
+        hey(config, target, url + path, body, c=50)
+    with CpuSample(config, "small c=50", url):
+        loadgen(clock, config, "small", shim=url, targets=target if target == "shim" else "vllm",
+                vllm=url, concurrency="50", requests=3000, est_s=40)
+
+
+def phase_front(clock: Clock, variants: list[str]) -> None:
+    """Issue 11, the front end: where a small request's time goes at c=50 (seed hey and a varied
+    small workload), per process, for the defaults, raw vLLM, and shim variants (engine calls in
+    flight per worker, worker count) in front of the same engine; then vLLM with two API servers."""
+    ensure_launcher("defaults", [])
+    loadgen(clock, "defaults", "small", targets="shim,vllm", concurrency="1", requests=300, est_s=25)
+    front_step(clock, "defaults", SHIM)
+    front_step(clock, "raw-vllm", VLLM, target="vllm")
+    hey("defaults", "shim", SHIM + "/v1/rank", SEED_BODY, c=120)
+    for variant in variants:  # e.g. engine_max_calls=2 or workers=8
+        key, value = variant.split("=")
+        if clock.left() < 70:
+            emit({"kind": "skipped", "config": variant, "reason": "device-call budget"})
+            continue
+        with Shims(1, **{key: value}) as shims:
+            front_step(clock, variant, shims.urls[0])
+    if clock.left() > 120:
+        flags = ["--", "--api-server-count", "2"]
+        stop_launcher()
+        emit(start_launcher("api-servers=2", flags))
+        front_step(clock, "api-servers=2", SHIM)
+        front_step(clock, "api-servers=2 raw-vllm", VLLM, target="vllm")
+
+
+def phase_mix(clock: Clock, flags: list[str], budgets: list[int], targets: str = "shim,vllm") -> None:
+    """Issue 11, the engine side, with one launcher configuration (`flags`, default: defaults):
+    mixed (small under long saturation) at the default engine token budget and at `budgets`
+    (engine-wide, split across the shim's workers), then rag c=8/32, long, rag100, each beside
+    raw vLLM on the same engine."""
+    config = "defaults" if not flags else " ".join(flags)
+    ensure_launcher(config, flags)
+    loadgen(clock, config, "mixed", targets=targets, est_s=50 * len(targets.split(",")))
+    for budget in budgets:
+        with Shims(1, engine_token_budget=str(budget)) as shim:
+            loadgen(clock, f"budget{budget}", "mixed", shim=shim.urls, targets="shim", est_s=50)
+    loadgen(clock, config, "rag", targets="shim,vllm", est_s=70)
+    loadgen(clock, config, "long,rag100", targets="shim,vllm", est_s=70)
+    with CpuSample(config, "hey seed c=50"):
+        hey(config, "shim", SHIM + "/v1/rank", SEED_BODY, c=50)
+
+
 def score_probe(seed: int = 7, queries: int = 8, docs: int = 25) -> list[list[float]]:
     """Scores of a fixed set of pairs (mixed lengths) through the running shim."""
     import random
@@ -865,8 +979,10 @@ def multigpu_summary() -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["baseline", "levers", "custom", "fp8", "batching", "startup",
-                                     "determinism", "multigpu", "stop"])
+    p.add_argument("phase", choices=["baseline", "levers", "custom", "fp8", "batching", "front",
+                                     "mix", "startup", "determinism", "multigpu", "stop"])
+    p.add_argument("--variants", default="engine_max_calls=2,engine_max_calls=4,workers=8,workers=2",
+                   help="`front`: shim settings tried one at a time, in front of the same engine")
     p.add_argument("--budgets", default="32768,98304", help="engine token budgets for `batching`")
     p.add_argument("--budget", type=float, default=540, help="seconds this call may take")
     p.add_argument("--config", default="custom")
@@ -898,6 +1014,11 @@ def main(argv=None) -> int:
             phase_fp8(clock)
         elif args.phase == "batching":
             phase_batching(clock, [int(b) for b in args.budgets.split(",") if b])
+        elif args.phase == "front":
+            phase_front(clock, [v for v in args.variants.split(",") if v])
+        elif args.phase == "mix":
+            phase_mix(clock, shlex.split(args.flags), [int(b) for b in args.budgets.split(",") if b],
+                      args.targets)
         elif args.phase == "startup":
             phase_startup(clock, args.configs.split(","))
         elif args.phase == "determinism":

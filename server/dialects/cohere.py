@@ -17,7 +17,19 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from server.dialects import vllm_api
-from server.dialects.common import Dialect, Document, document_texts, echo, ranking, score, search_units
+from server.dialects.common import (
+    Dialect,
+    Document,
+    Query,
+    document_texts,
+    documents_field,
+    echo,
+    json_integer,
+    ranking,
+    score,
+    search_units,
+)
+from server.openapi import documented_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 
@@ -31,18 +43,32 @@ _EXAMPLE = {
 }
 
 
+# Without rank_fields (absent, null or []) an object document is ranked on `text`, so it must have
+# one; with rank_fields it must have each named field, which JSON Schema cannot say (it cannot
+# compare a value with a key): that case is documented with the 422 and checked by the server.
+_TEXT_UNLESS_RANK_FIELDS = {
+    "if": {"required": ["rank_fields"],
+           "properties": {"rank_fields": {"type": "array", "minItems": 1}}},
+    "else": {"properties": {"documents": {"items": {"anyOf": [
+        {"type": "string"}, {"type": "object", "required": ["text"]}]}}}},
+}
+
+
 class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [_EXAMPLE]})
+    model_config = ConfigDict(strict=True, extra="allow",
+                              json_schema_extra={**_TEXT_UNLESS_RANK_FIELDS, "examples": [_EXAMPLE]})
 
     model: str | None = Field(None, description="accepted and ignored: the served model answers")
-    query: str
-    documents: list[Document] = Field(description="strings or objects with `text` (or rank_fields)")
-    top_n: int | None = Field(None, ge=0, description="null/0 = all")
+    query: Query
+    documents: list[Document] = documents_field(
+        "strings, or objects ranked on `text` (or on the fields named in rank_fields: each "
+        "must be present in every object, else 422)")
+    top_n: json_integer(0) | None = Field(None, description="null/0 = all")
     return_documents: bool | None = Field(None, description="echo documents (default false)")
     rank_fields: list[str] | None = Field(None, description="Cohere v1: object fields to rank on")
-    max_chunks_per_doc: int | None = Field(
-        None, ge=1, description="split long documents into up to N chunks; score = max over chunks")
-    max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to N tokens")
+    max_chunks_per_doc: json_integer(1) | None = Field(
+        None, description="split long documents into up to N chunks; score = max over chunks")
+    max_tokens_per_doc: json_integer(1) | None = Field(None, description="cut each document to N tokens")
     instruction: str | None = Field(None, description="extension: Qwen3 task instruction")
     raw_scores: bool | None = Field(None, description="extension: logit(yes)-logit(no) not P(yes)")
 
@@ -107,6 +133,9 @@ RerankBody = Annotated[
 
 # errors answer in the dialect the body speaks
 _errors_as_spoken = vllm_api.errors_for_bodies(lambda body: _speaks(body) == "vllm")
+# the body as documented: a vLLM body is one with a vLLM-only field (see _speaks)
+_VLLM_FIELD = {"anyOf": [{"required": [name]} for name in sorted(vllm_api.VLLM_ONLY_FIELDS)]}
+_BODY = documented_body((RerankRequest, {"not": _VLLM_FIELD}), (vllm_api.VllmRerankRequest, _VLLM_FIELD))
 
 
 async def _answer(body, request: Request, version: str) -> dict:
@@ -121,13 +150,13 @@ async def _answer(body, request: Request, version: str) -> dict:
     return answer
 
 
-@router.post("/v1/rerank", responses={200: {"model": RerankResponse}},
+@router.post("/v1/rerank", responses={200: {"model": RerankResponse}}, openapi_extra=_BODY,
              summary="Cohere v1 / Jina rerank (and vLLM's, for bodies with vLLM's own fields)")
 async def rerank_v1(request: Request, body: Annotated[RerankBody, Body()], _=Depends(_errors_as_spoken)):
     return FastJSONResponse(await _answer(body, request, "1"))
 
 
-@router.post("/v2/rerank", responses={200: {"model": RerankResponse}},
+@router.post("/v2/rerank", responses={200: {"model": RerankResponse}}, openapi_extra=_BODY,
              summary="Cohere v2 rerank (and vLLM's, for bodies with vLLM's own fields)")
 async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()], _=Depends(_errors_as_spoken)):
     return FastJSONResponse(await _answer(body, request, "2"))
@@ -135,4 +164,5 @@ async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()], _=Dep
 
 DIALECT = Dialect("cohere", router,
                   responses={"/v1/rerank": RerankResponse, "/v2/rerank": RerankResponse},
+                  shared_with=(vllm_api.DIALECT,),
                   bench={"shim": ("/v1/rerank", "documents")})

@@ -7,16 +7,53 @@ import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, BeforeValidator, Field, Strict, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
-from server.errors import default_error_body
+from server.errors import NON_BLANK, ErrorBody, default_error_body
+from server.openapi import setting_bounds
 from server.scoring.core import ScoreRequest, ScoreResult
 from server.scoring.errors import Cancelled, InvalidInput
 
 Document = str | dict[str, Any]
 ErrorShape = Callable[[int, str, str, str], tuple[int, dict]]
+
+# --- request constraints every dialect shares (they appear in the OpenAPI document) -----------
+# The scoring core checks the same things again (with the same wording): a dialect that does not
+# use these types is still safe, and the core stays the one place that decides what is scorable.
+# Request models are `strict=True`: JSON types as the document states them (pydantic's lax mode
+# would also take 0 or "true" for a boolean and "5" for an integer, which no schema promises).
+Query = Annotated[str, Field(min_length=1, pattern=NON_BLANK,
+                             description="at least one character that is not whitespace")]
+# A document object of a dialect without Cohere's rank_fields: ranked on its `text` (any JSON
+# value; a non-string is ranked on its JSON text), other keys are echoed back.
+TextObject = Annotated[dict[str, Any], WithJsonSchema({
+    "type": "object", "required": ["text"], "additionalProperties": True,
+    "description": "ranked on `text`; other keys are echoed back with return_documents"})]
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+def json_integer(minimum: int, maximum: int | None = None) -> Any:
+    """An integer as JSON Schema means it: 3 or 3.0 (JSON has one number type; 3.5 is refused),
+    never "3" or true. (Strict mode alone would refuse 3.0, lax mode would take "3".)"""
+    return Annotated[int, Field(ge=minimum, le=maximum), Strict(False), BeforeValidator(_json_number)]
+
+
+def documents_field(description: str) -> Any:
+    """The documents list of a request: at least one; at most the `max_documents` setting. That
+    bound is per deployment, so the model carries only the setting's name and the OpenAPI
+    document gets `maxItems` when the app is built (server/openapi.py); the core enforces it
+    with a message that names the setting."""
+    return Field(min_length=1, description=description,
+                 json_schema_extra=setting_bounds(maxItems="max_documents"))
 
 
 @dataclass(frozen=True)
@@ -27,7 +64,8 @@ class Dialect:
     validate every 200 body against `responses[path]`, and the load generator can target it.
 
     error(status, detail, type, request_id) -> (status, body): a dialect may change the status
-    too (vLLM answers 400 where we answer 422, for instance)."""
+    too (vLLM answers 400 where we answer 422, for instance); the OpenAPI document lists the
+    statuses `error` really returns, each with `error_model`."""
 
     name: str
     router: APIRouter
@@ -36,6 +74,16 @@ class Dialect:
     # paths whose 200 body is vLLM's own, relayed as it is (its contract is vLLM's: checked
     # against the real engine in tests/integration/test_vllm_compat.py, not against a fake)
     relayed: frozenset[str] = frozenset()
+    # the model of what `error` returns: the OpenAPI document lists it for every error status the
+    # server answers on this dialect's paths (server/openapi.py), and the tests validate real
+    # error bodies against it
+    error_model: type[BaseModel] = ErrorBody
+    # dialects whose bodies this dialect's routes also take, answering their errors in that
+    # dialect's shape (vLLM bodies on /rerank and /v1/rerank: vllm_api.errors_for_bodies)
+    shared_with: tuple[Dialect, ...] = ()
+    # path -> what the route can answer besides its 200 (server/openapi.py: JSON_BODY, SCORED,
+    # ENGINE, RELAYED); a path not listed is a scoring route (a JSON body, scored by the core)
+    answers: dict[str, frozenset[str]] = field(default_factory=dict)
     # load-generator targets: name -> (path, key of the documents list in the body)
     bench: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -49,11 +97,24 @@ class Dialect:
 _WATCH_FROM_DOCS = 32
 
 
+PRIORITIES = ("interactive", "bulk")
+
+
+def priority_header(request: Request) -> str | None:
+    """X-Priority: interactive | bulk, a caller's mark on its work; any other value is refused
+    (also where the body names a priority of its own, which then wins)."""
+    value = request.headers.get("x-priority")
+    if value is not None and value not in PRIORITIES:
+        raise InvalidInput(f"priority (the X-Priority header) must be 'interactive' or 'bulk', not {value!r}")
+    return value
+
+
 async def score(request: Request, req: ScoreRequest) -> ScoreResult:
     """Run the core; a client that disconnects cancels its work (and vLLM's, via the socket)."""
     scorer = request.app.state.scorer
-    if req.priority is None:  # a caller may mark its work: X-Priority: interactive | bulk
-        req.priority = request.headers.get("x-priority")
+    header = priority_header(request)
+    if req.priority is None:
+        req.priority = header
     if len(req.documents) < _WATCH_FROM_DOCS:
         result = await scorer.score(req)
     else:
@@ -68,6 +129,10 @@ async def score_all(request: Request, reqs: list[ScoreRequest], concurrency: int
     (one receiver of the request's messages, not one per call)."""
     if len(reqs) == 1:
         return [await score(request, reqs[0])]
+    header = priority_header(request)
+    for req in reqs:
+        if req.priority is None:
+            req.priority = header
     scorer = request.app.state.scorer
     gate = asyncio.Semaphore(concurrency)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.dialects.common import Dialect, ranking, score
+from server.dialects.common import Dialect, Query, documents_field, ranking, score
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 
@@ -13,11 +13,11 @@ router = APIRouter(tags=["legacy"])
 
 
 class RankRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
+    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [{
         "query": "如何申请差旅报销", "docs": ["员工手册第3章", "财务系统操作指南", "OA审批流程说明"]}]})
 
-    query: str
-    docs: list[str]
+    query: Query
+    docs: list[str] = documents_field("the documents to rank")
     instruction: str | None = Field(None, description="task instruction; server default if absent")
 
 

@@ -11,15 +11,15 @@ A seed `results` item also carries `truncated: true` when its document was cut t
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from server.dialects import vllm_api
 from server.dialects.cohere import RerankResult, Usage
-from server.dialects.common import Dialect, ranking, score
-from server.errors import default_error_body
+from server.dialects.common import Dialect, Query, documents_field, json_integer, ranking, score
+from server.errors import ErrorBody, default_error_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 from server.scoring.errors import InvalidInput
@@ -28,16 +28,18 @@ router = APIRouter(tags=["tei / seed"])
 
 
 class TeiRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+    model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={"examples": [{
         "query": "What is Deep Learning?", "texts": ["Deep Learning is not...", "Deep learning is..."],
         "return_text": True}]})
 
-    query: str
-    texts: list[str]
+    query: Query
+    texts: list[str] = documents_field("the texts to rank")
     raw_scores: bool = False
     return_text: bool = False
     truncate: bool | None = Field(None, description="false: over-long texts are an error (422)")
-    truncation_direction: str | None = Field(None, description="accepted; cuts are always right")
+    # TEI's values are Left/Right; lower case is taken too
+    truncation_direction: Literal["Left", "Right", "left", "right"] | None = Field(
+        None, description="accepted; cuts are always right")
     instruction: str | None = None
 
 
@@ -45,21 +47,27 @@ class SeedRequest(vllm_api.VllmRerankRequest):
     """The seed body, a superset of vLLM's RerankRequest: vLLM's fields (use_activation,
     truncate_prompt_tokens, max_tokens_per_query, request_id, ...) mean what they mean on vLLM."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "query": "如何申请差旅报销", "documents": ["员工手册第3章", "财务系统操作指南", "OA审批流程说明"],
-        "instruction": "Given a question, retrieve documents that answer it"}]})
+    # `not required texts`: a body with `texts` is TEI's, whatever else it holds (see _dialect)
+    model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={
+        "not": {"required": ["texts"]},
+        "examples": [{"query": "如何申请差旅报销", "documents": ["员工手册第3章", "财务系统操作指南", "OA审批流程说明"],
+                      "instruction": "Given a question, retrieve documents that answer it"}]})
 
-    top_n: int | None = Field(None, ge=0, description="null/0 = all")
+    top_n: json_integer(0) | None = Field(None, description="null/0 = all")
     return_documents: bool = True
     raw_scores: bool = False
-    max_tokens_per_doc: int | None = Field(None, ge=0, description="cut each document to N tokens (0/null: no cut)")
-    max_chunks_per_doc: int | None = Field(None, ge=1)
+    max_tokens_per_doc: json_integer(0) | None = Field(
+        None, description="cut each document to N tokens (0/null: no cut)")
+    max_chunks_per_doc: json_integer(1) | None = Field(
+        None, description="split long documents into up to N chunks; score = max over chunks")
 
 
 def _dialect(body: Any) -> str:
     return "tei" if isinstance(body, dict) and "texts" in body else "seed"
 
 
+# The body parameter is `Annotated[RerankBody, Body()]`: as `body: RerankBody = Body()` FastAPI
+# drops the discriminator and tries both models (errors then name fields of the other shape too).
 RerankBody = Annotated[
     Annotated[TeiRequest, Tag("tei")] | Annotated[SeedRequest, Tag("seed")],
     Discriminator(_dialect),
@@ -102,14 +110,15 @@ class SeedResponse(BaseModel):
     id: str
 
 
+RerankAnswer = list[TeiRank] | SeedResponse
+
 # errors answer in the dialect the body speaks
 _errors_as_spoken = vllm_api.errors_for_bodies(lambda body: _dialect(body) == "seed")
 
 
 @router.post("/rerank", summary="TEI (body has `texts`), or seed-style / vLLM rerank",
-             responses={200: {"content": {"application/json": {"schema": {"anyOf": [
-                 {"type": "array", "items": TeiRank.model_json_schema()},
-                 SeedResponse.model_json_schema()]}}}}})
+             responses={200: {"model": RerankAnswer,
+                              "description": "TEI's bare array for a TEI body, else the seed shape"}})
 async def rerank(request: Request, body: Annotated[RerankBody, Body()],
                  _=Depends(_errors_as_spoken)):
     # Annotated[..., Body()], not "= Body()": only this form keeps the discriminator, so schema
@@ -134,8 +143,6 @@ async def _tei(body: TeiRequest, request: Request) -> list[dict]:
 
 
 async def _seed(body: SeedRequest, request: Request) -> dict:
-    if isinstance(body.query, dict):
-        vllm_api.texts_of([body.query], "query")
     documents = vllm_api.as_list(body.documents)
     texts = vllm_api.texts_of(documents, "documents")
     req = await vllm_api.core_request(request, body, body.query, texts, raw=body.raw_scores,
@@ -171,4 +178,12 @@ def _error(status: int, detail: str, type_: str, request_id: str) -> tuple[int, 
     return status, {**body, "error": detail, "error_type": type_}
 
 
-DIALECT = Dialect("tei", router, responses={"/rerank": list[TeiRank] | SeedResponse}, error=_error)
+class TeiErrorBody(ErrorBody):
+    """The common error body plus TEI's own two fields (same sentence and kind)."""
+
+    error: str = Field(description="= detail (TEI clients read this)")
+    error_type: str = Field(description="= type (TEI clients read this)")
+
+
+DIALECT = Dialect("tei", router, responses={"/rerank": RerankAnswer}, error=_error,
+                  error_model=TeiErrorBody, shared_with=(vllm_api.DIALECT,))

@@ -14,12 +14,68 @@ _verified per engine; capacity lost shows as saturation, which the autoscaler ac
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
 
+from server.errors import ErrorBody
+from server.openapi import HEADERS
 from server.responses import FastJSONResponse
 
 router = APIRouter(tags=["operations"])
+
+# vLLM's exposition is passed through as it came; this is the type it is served with
+ENGINE_METRICS_TYPE = "text/plain; version=0.0.4"
+
+
+# --- documented bodies (the routes build plain dicts; tests validate them against these) -------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Alive(_Strict):
+    status: Literal["alive"]
+
+
+class EngineState(_Strict):
+    engine: str = Field(description="the engine's index (label `engine` of its metrics)")
+    up: bool = Field(description="it answers /health")
+    verified: bool = Field(description="it passed the readiness canary since it came up")
+    outstanding_tokens: int = Field(description="prompt tokens sent to it and not answered")
+    inflight_calls: int = Field(description="calls in flight to it")
+
+
+class ServiceState(_Strict):
+    model: str = Field(description="the served model name")
+    engine: Literal["up", "down"] = Field(description="vLLM answers its /health (several engines: "
+                                          "at least one does)")
+    draining: bool = Field(description="SIGTERM received: finishing in-flight work")
+    engines: list[EngineState] | None = Field(
+        None, description="with several engines per pod only: each engine's state")
+
+
+class Health(ServiceState):
+    status: Literal["ok", "unavailable"]
+
+
+class Ready(ServiceState):
+    status: Literal["ready"]
+
+
+class NotReady(ServiceState):
+    status: Literal["not_ready"]
+    reason: str = Field(description="why, as a sentence")
+
+
+def _text(media_type: str, description: str) -> dict:
+    return {200: {"description": description,
+                  "content": {media_type: {"schema": {"type": "string"}}}}}
+
+
+_RETRY = {"Retry-After": {**HEADERS["Retry-After"], "required": True}}
 
 
 def _state(request: Request) -> dict:
@@ -31,12 +87,16 @@ def _state(request: Request) -> dict:
     return state
 
 
-@router.get("/livez", summary="Liveness: the shim process answers")
+@router.get("/livez", summary="Liveness: the shim process answers",
+            responses={200: {"model": Alive}})
 async def livez():
     return {"status": "alive"}
 
 
-@router.get("/health", summary="200 when the service can score, 503 otherwise")
+@router.get("/health", summary="200 when the service can score, 503 otherwise",
+            responses={200: {"model": Health, "description": "the engine is up"},
+                       503: {"model": Health, "description": "the engine is down",
+                             "headers": _RETRY}})
 @router.get("/healthz", include_in_schema=False)
 @router.get("/ping", include_in_schema=False)   # SageMaker's probe (vLLM answers it too)
 @router.post("/ping", include_in_schema=False)
@@ -48,7 +108,9 @@ async def health(request: Request):
                           headers=None if ok else {"Retry-After": "1"})
 
 
-@router.get("/ready", summary="Readiness: engine loaded and not draining")
+@router.get("/ready", summary="Readiness: engine loaded and not draining",
+            responses={200: {"model": Ready, "description": "ready for traffic"},
+                       503: {"model": NotReady, "description": "not ready: `reason` says why"}})
 async def ready(request: Request):
     state = _state(request)
     if state["draining"]:
@@ -80,7 +142,8 @@ def publish_state(state) -> None:
         admission.flush()
 
 
-@router.get("/metrics", summary="Prometheus metrics of the shim")
+@router.get("/metrics", summary="Prometheus metrics of the shim", response_class=Response,
+            responses=_text(CONTENT_TYPE_LATEST, "Prometheus text exposition"))
 async def metrics(request: Request):
     state = request.app.state
     publish_state(state)
@@ -88,8 +151,12 @@ async def metrics(request: Request):
     return Response(body, media_type=content_type)
 
 
-@router.get("/metrics/engine", summary="vLLM's own Prometheus metrics, proxied for scraping")
+@router.get("/metrics/engine", summary="vLLM's own Prometheus metrics, proxied for scraping",
+            response_class=Response,
+            responses={**_text(ENGINE_METRICS_TYPE, "vLLM's Prometheus text exposition"),
+                       503: {"model": ErrorBody, "description": "the engine is unreachable",
+                             "headers": _RETRY}})
 async def engine_metrics(request: Request):
     text = await request.app.state.engine.metrics_text()
-    return Response(text, media_type="text/plain; version=0.0.4")
+    return Response(text, media_type=ENGINE_METRICS_TYPE)
 

@@ -82,8 +82,13 @@ class Dispatcher:
         """Scores of `prompts`, in order, dispatched with the other requests' work."""
         self._ensure_running()
         loop = asyncio.get_running_loop()
+        # Bulk parts are no larger than the tight budget: with 16k-token parts, each worker had
+        # one whole part in flight whatever its share of the budget (H200: the budget swept
+        # from 8k to 64k left small-request latency unchanged). Parts are merged back into
+        # calls of up to batch_max_tokens in _take, so this costs no extra calls.
+        cap = self.max_tokens if klass == "interactive" else min(self.max_tokens, self.budget)
         items = [_Item(part, sum(len(p) for p in part), raw, klass, loop.create_future())
-                 for part in self._split(prompts)]
+                 for part in self._split(prompts, cap)]
         if klass == "interactive":
             self.last_interactive = time.monotonic()
         for item in items:
@@ -102,10 +107,10 @@ class Dispatcher:
             raise
         return [score for part in parts for score in part]
 
-    def _split(self, prompts: list[list[int]]) -> list[list[list[int]]]:
+    def _split(self, prompts: list[list[int]], cap: int) -> list[list[list[int]]]:
         parts, current, tokens = [], [], 0
         for p in prompts:
-            if current and (tokens + len(p) > self.max_tokens or len(current) >= self.max_prompts):
+            if current and (tokens + len(p) > cap or len(current) >= self.max_prompts):
                 parts.append(current)
                 current, tokens = [], 0
             current.append(p)

@@ -38,6 +38,11 @@ class FakeEngine:
         self.calls: list[list[list[int]]] = []
         self.constant: float | None = None       # when set, every prompt scores this (vLLM #27857)
         self.answered = 0                        # calls answered with scores
+        # vLLM's routes the shim passes through (/classify, /pooling, ...): what the fake answers
+        # them, and what it was sent
+        self.answer: tuple[int, bytes] = (200, b'{"id": "classify-1", "object": "list", "created": 0, '
+                                               b'"model": "m", "data": [], "usage": {}}')
+        self.forwarded: list[tuple[str, str, bytes | None]] = []
 
     def kill(self) -> None:
         """What the real client sees of a vLLM that died: connection refused, and it marks itself
@@ -73,6 +78,12 @@ class FakeEngine:
 
     async def rerank(self, query, documents, instruction, raw):  # engine_api=rerank is not faked
         raise NotImplementedError
+
+    async def forward(self, method: str, path: str, content: bytes | None = None) -> tuple[int, bytes]:
+        self.forwarded.append((method, path, content))
+        if self.fail is not None:
+            raise self.fail
+        return self.answer
 
     async def check_health(self) -> bool:
         return self.healthy

@@ -21,8 +21,10 @@ ROUTES = [(d, r.path) for d in DIALECTS for r in d.router.routes
 def _examples(spec: dict, path: str) -> list[dict]:
     content = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
     schema = content["schema"]
-    refs = [schema] if "$ref" in schema else schema.get("anyOf") or schema.get("oneOf") or []
-    models = [spec["components"]["schemas"][r["$ref"].rsplit("/", 1)[1]] for r in refs if "$ref" in r]
+    alternatives = [schema] if "$ref" in schema else schema.get("anyOf") or schema.get("oneOf") or []
+    # an alternative is a model, or a model with a condition ({"allOf": [model], "not": ...})
+    refs = [a if "$ref" in a else a["allOf"][0] for a in alternatives if "$ref" in a or "allOf" in a]
+    models = [spec["components"]["schemas"][r["$ref"].rsplit("/", 1)[1]] for r in refs]
     found = [example for model in models for example in model.get("examples", [])]
     found += schema.get("examples", []) + [e["value"] for e in content.get("examples", {}).values()]
     return found

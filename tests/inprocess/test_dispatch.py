@@ -197,3 +197,37 @@ async def test_vllm_priority_maps_onto_the_dispatch_classes(anyio_backend):
                                                   "priority": priority})
             assert r.status_code == 200, r.text
             assert _count(wait, klass) == before + 1
+
+
+async def test_one_large_bulk_request_stays_within_the_tight_budget(anyio_backend):
+    # A bulk request larger than the budget used to go out whole (one part of up to
+    # batch_max_tokens), so a small request still waited behind all of it.
+    async with running(FakeEngine(), engine_token_budget=400, bulk_budget_factor=8,
+                       interactive_max_tokens=300, batch_max_tokens=4000,
+                       interactive_memory_s=30) as (app, client, fake):
+        dispatcher = app.state.scorer.dispatcher
+        dispatcher.last_interactive = float("-inf")
+        alone = await client.post("/v1/rank", json=big(8, 80), headers=BULK)
+        assert len(fake.calls) == 1, "bulk alone: its parts are merged back into one call"
+        assert sum(len(p) for p in fake.calls[0]) > 400  # the request is larger than the budget
+        await client.post("/v1/rank", json=SMALL)  # interactive work seen: the tight budget holds
+        fake.gate, fake.calls[:] = asyncio.Event(), []
+        peak = 0
+
+        async def watch():
+            nonlocal peak
+            while True:
+                peak = max(peak, dispatcher.outstanding)
+                await asyncio.sleep(0.001)
+
+        watcher = asyncio.create_task(watch())
+        task = asyncio.create_task(client.post("/v1/rank", json=big(8, 80), headers=BULK))
+        await until(lambda: len(fake.calls) == 1)
+        await asyncio.sleep(0.05)
+        assert 0 < peak <= 400, f"{peak} bulk tokens in the engine, budget 400"
+        fake.gate.set()
+        loaded = await task
+        watcher.cancel()
+        assert len(fake.calls) > 1  # sent in budget-sized calls
+        assert peak <= 400
+        assert scores(loaded) == scores(alone)

@@ -57,7 +57,7 @@ async def test_concurrent_requests_spread_over_both_engines_and_keep_their_score
 
 async def test_a_call_goes_to_the_engine_with_the_fewest_outstanding_tokens(anyio_backend):
     a, b = FakeEngine(), FakeEngine()
-    async with running([a, b]) as (app, client, _):
+    async with running([a, b], engine_max_calls=8) as (app, client, _):  # room for 6 held calls
         a.gate, b.gate = asyncio.Event(), asyncio.Event()
         large = asyncio.create_task(client.post("/v1/rank", json=big(4, 300), headers=BULK))
         await until(lambda: a.calls or b.calls)
@@ -204,3 +204,19 @@ async def test_engine_metrics_of_both_engines_merge_with_an_engine_label(anyio_b
         b.kill()
         text = (await client.get("/metrics/engine")).text  # the live engine's metrics still come
         assert 'engine="0"' in text and 'engine="1"' not in text
+
+
+async def test_ready_and_health_bodies_with_two_engines_are_the_documented_ones(anyio_backend):
+    from server.ops.health import Health, NotReady, Ready
+
+    a, b = FakeEngine(), FakeEngine()
+    async with running([a, b]) as (app, client, _):
+        Ready.model_validate((await client.get("/ready")).json())
+        Health.model_validate((await client.get("/health")).json())
+        a.kill()
+        b.kill()
+        await watch_engine_once(app)
+        r = await client.get("/ready")
+        assert r.status_code == 503
+        body = NotReady.model_validate(r.json())
+        assert [(e.engine, e.up) for e in body.engines] == [("0", False), ("1", False)]

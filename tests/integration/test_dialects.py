@@ -166,7 +166,9 @@ def test_openapi_documents_every_endpoint_with_an_example(service):
     schemas = spec["components"]["schemas"]
 
     def body_models(schema):
-        refs = [schema] if "$ref" in schema else schema.get("anyOf") or schema.get("oneOf", [])
+        alternatives = [schema] if "$ref" in schema else schema.get("anyOf") or schema.get("oneOf", [])
+        # a model, or a model with a condition ({"allOf": [model], "not": ...})
+        refs = [a if "$ref" in a else a["allOf"][0] for a in alternatives]
         return [schemas[r["$ref"].rsplit("/", 1)[1]] for r in refs]
 
     for path in ("/v1/rank", "/v1/rerank", "/v2/rerank", "/rerank"):

@@ -25,7 +25,8 @@ def client():
     ("POST", "/classify", {"input": "q"}),
     ("POST", "/pooling", {"input": [[1, 2, 3]]}),
     ("POST", "/invocations", {"input": "q"}),
-    ("POST", "/tokenize", {"messages": [{"role": "user", "content": "hi"}]}),  # vLLM renders these
+    # vLLM renders these (with this model's template: the "query" and "document" messages)
+    ("POST", "/tokenize", {"messages": [{"role": "query", "content": "q"}, {"role": "document", "content": "a"}]}),
     ("GET", "/version", None),
 ])
 def test_engine_down_is_503_with_retry_after_in_vllms_shape(client, method, path, body):

@@ -1,0 +1,88 @@
+"""The OpenAPI document is a contract the live service keeps: schemathesis (PyPI) generates
+requests from /openapi.json, valid and invalid, sends them to a shim in front of the real CPU vLLM
+(the real Qwen3 tokenizer) and runs every check it has (`--checks all`: no 5xx, every status,
+content type, header and body as documented, schema-valid requests accepted, schema-violating
+ones refused, auth not ignored, 405s with Allow). Zero failures allowed.
+
+A fixed seed and a small example count keep a run short; the coverage phase still sends the
+boundary values of every constraint (empty and max_documents-long lists, blank queries, every
+enum value, wrong JSON types). The shim under test sets max_documents=4: the document states the
+deployment's own bound, and boundary lists of 1,000 documents (the default) would make the run
+minutes long without testing anything more. schemathesis.toml at the repo root is read (cwd):
+it names the one hook (tests/integration/schemathesis_hooks.py: positive cases that break a rule
+JSON Schema cannot state are not sent) and keeps runs reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from server.dialects import DIALECTS
+from tests.conftest import MODEL_DIR, ROOT
+
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+KEY = "k-contract"
+
+
+def schemathesis(url: str, *args: str) -> str:
+    """Run schemathesis against `url`; fail with its report unless it found nothing."""
+    cmd = [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", "all", "--seed", "1",
+           "--no-color", "--request-timeout", "60", *args]
+    env = {**os.environ, "RERANKER_TOKENIZER": str(MODEL_DIR)}  # the hook counts prompt tokens
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+                          check=False)
+    report = done.stdout + done.stderr
+    assert done.returncode == 0, f"schemathesis found contract failures:\n{report[-12000:]}"
+    operations = sum(len(ops) for ops in httpx.get(f"{url}/openapi.json").json()["paths"].values())
+    assert f"Tested: {operations}" in report, report[-3000:]  # no operation skipped
+    return report
+
+
+def answered(url: str) -> dict[tuple[str, str], float]:
+    """(endpoint, status) -> requests so answered, from the shim's own request counter."""
+    text = httpx.get(f"{url}/metrics").text
+    return {(m[0], m[1]): float(m[2]) for m in re.findall(
+        r'reranker_request_total\{endpoint="([^"]+)",status="(\d+)"\} (\S+)', text)}
+
+
+def new_statuses(before: dict, after: dict, path: str) -> set[str]:
+    return {status for (endpoint, status), n in after.items()
+            if endpoint == path and n > before.get((endpoint, status), 0)}
+
+
+def test_the_live_service_keeps_its_openapi_contract(extra_shim):
+    shim = extra_shim(max_documents="4")
+    report = schemathesis(shim.url, "--max-examples", "10")
+    after = answered(shim.url)
+    methods = {path: set(ops) for path, ops in httpx.get(f"{shim.url}/openapi.json").json()["paths"].items()}
+    for dialect in DIALECTS:
+        for path in dialect.paths:  # it answered for real, and refused what the document calls invalid
+            expected = {"200", "405"}
+            if "post" in methods[path]:
+                expected.add(str(dialect.error(422, "", "", "")[0]))  # vLLM's routes: 400
+            assert expected <= new_statuses({}, after, path), (path, new_statuses({}, after, path))
+    cases = int(re.search(r"(\d+) generated", report).group(1))
+    assert cases > 1000, report[-2000:]  # the coverage phase ran: boundaries of every constraint
+
+
+def test_the_contract_holds_with_auth_and_rate_limits_on(extra_shim):
+    """Auth on: the document declares the bearer scheme and 401 with WWW-Authenticate; schemathesis
+    sends the key on every request and, for its auth check, requests without it. A small per-key
+    limit: once spent, requests get 429, which must match the documented 429 (Retry-After, error
+    model). The examples and fuzzing phases suffice for these answers (they do not depend on the
+    body; the run above covers the bodies)."""
+    shim = extra_shim(max_documents="4", api_keys=KEY, rate_limit="40/minute")
+    schemathesis(shim.url, "--max-examples", "10", "--phases", "examples,fuzzing",
+                 "--header", f"Authorization: Bearer {KEY}")
+    after = answered(shim.url)
+    seen = {status for (_, status) in after}
+    assert {"200", "401", "429"} <= seen, seen
+    for dialect in DIALECTS:
+        for path in dialect.paths:  # every route was reached with the key
+            assert {"200", "429"} & new_statuses({}, after, path), (path, new_statuses({}, after, path))

@@ -1,0 +1,22 @@
+"""Engine-wide bounds are split across the shim's worker processes (Settings.per_worker): each
+worker dispatches on its own, so a bound held whole by every worker would let the engine see N
+times what the operator configured (issue 11: small requests waited behind 4x the bulk budget)."""
+
+from server.settings import Settings
+
+
+def test_engine_token_budget_is_split_across_workers():
+    s = Settings(workers=4, engine_token_budget=16384)
+    assert s.per_worker().engine_token_budget_resolved == 4096
+    assert Settings(workers=3, engine_token_budget=1000).per_worker().engine_token_budget == 334
+
+
+def test_auto_engine_token_budget_is_half_a_step_for_the_whole_engine():
+    s = Settings(workers=4, max_num_batched_tokens=32768)
+    assert s.engine_token_budget_resolved == 16384
+    assert s.per_worker().engine_token_budget_resolved == 4096
+
+
+def test_one_worker_keeps_the_whole_budget():
+    s = Settings(workers=1, engine_token_budget=16384)
+    assert s.per_worker().engine_token_budget_resolved == 16384
