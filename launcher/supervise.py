@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -59,8 +60,9 @@ class StartFailed(Exception):
 
 class Engine:
     """One vLLM process of this launcher: its argv and environment, the process, its start-up
-    timeline and its own restart budget. States: starting (spawned, waiting for /health),
-    running, backoff (dead, restarting at `restart_at`)."""
+    timeline and its own restart budget. States: held (a cold compile cache: waiting for engine
+    0), starting (spawned, waiting for /health), running, backoff (dead, restarting at
+    `restart_at`)."""
 
     def __init__(self, index: int, cmd: list[str], env: dict[str, str], settings, url: str,
                  several: bool) -> None:
@@ -142,8 +144,15 @@ class Supervisor:
     def run(self) -> int:
         on_stop_signals(self._on_signal)
         try:
+            hold = self._cold_compile_cache()
             for engine in self.engines:
-                engine.spawn(first=True)
+                if hold and engine.index > 0:
+                    engine.state = "held"  # until engine 0 has filled the compile cache
+                else:
+                    engine.spawn(first=True)
+            if hold:
+                log.info("compile cache empty: the other engines start once engine 0 is up",
+                         extra={"engines": len(self.engines)})
             # The shim starts alongside, not after: while the model loads it already answers
             # liveness, and 503 + Retry-After instead of connection refused, and it is ready
             # the moment its canary passes, not a shim start-up later.
@@ -188,6 +197,19 @@ class Supervisor:
                 engine.schedule_restart()
         elif engine.state == "backoff" and time.monotonic() >= engine.restart_at:
             engine.spawn(first=False)
+        elif engine.state == "held" and self.engines[0].state in ("running", "backoff"):
+            engine.spawn(first=True)
+
+    def _cold_compile_cache(self) -> bool:
+        """Several engines and nothing compiled yet: N processes compiling the same graph into
+        the same cache directory at once (they are all rank 0 of the same configuration) race on
+        its files, so engine 0 compiles alone and the others start from its cache. A cold start
+        then takes about two starts; every later start, all engines at once."""
+        if len(self.engines) < 2 or self.settings.enforce_eager:
+            return False
+        env = vllm_environment(os.environ, settings=self.settings)
+        root = Path(env.get("VLLM_CACHE_ROOT") or Path.home() / ".cache" / "vllm")
+        return not (root / "torch_compile_cache").exists()
 
     def _check_starting(self, engine: Engine) -> None:
         if engine.proc.poll() is not None:

@@ -19,7 +19,7 @@ from launcher.cli import parse
 from launcher.supervise import Supervisor
 from launcher.vllm_args import cpu_binds, engine_commands, vllm_environment
 from server.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 
 ARCH = ["Qwen3ForCausalLM"]
 
@@ -126,10 +126,9 @@ def healthy(port: int) -> bool:
 
 
 def test_a_dead_engine_is_restarted_on_its_own_while_the_other_keeps_running():
-    base = free_port()
-    while not all(_free(base + i) for i in range(2)):
-        base = free_port()
-    settings = Settings(engines=2, vllm_port=base, vllm_restart_backoff=0.2, vllm_startup_timeout=30)
+    base = free_ports(2)
+    settings = Settings(engines=2, vllm_port=base, vllm_restart_backoff=0.2, vllm_startup_timeout=30,
+                        enforce_eager=True)  # nothing to compile: both start at once
     commands = [([sys.executable, "-c", STAND_IN, str(base + i)], {}) for i in range(2)]
     sup = Supervisor(settings, commands, with_shim=False)
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -167,12 +166,42 @@ def test_a_dead_engine_is_restarted_on_its_own_while_the_other_keeps_running():
     assert not healthy(base) and not healthy(base + 1)
 
 
-def _free(port: int) -> bool:
-    import socket
 
-    with socket.socket() as s:
+def test_with_an_empty_compile_cache_engine_0_compiles_alone_then_the_others_start(tmp_path):
+    """N engines compiling one graph into one cache directory at once race on its files."""
+    base = free_ports(3)
+    settings = Settings(engines=3, vllm_port=base, vllm_startup_timeout=30, cache_dir=str(tmp_path))
+    slow = "import time; time.sleep(1.5)\n" + STAND_IN  # engine 0 takes a while to come up
+    commands = [([sys.executable, "-c", slow if i == 0 else STAND_IN, str(base + i)], {}) for i in range(3)]
+    sup = Supervisor(settings, commands, with_shim=False)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    seen: dict = {}
+
+    def scenario():
         try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+            deadline = time.monotonic() + 30
+            while sup.engines[0].state != "running":
+                if sup.engines[0].state == "starting":  # engine 0 compiling: the others wait
+                    seen.setdefault("held", [e.state for e in sup.engines[1:]])
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            up_at = time.monotonic()
+            while not all(e.state == "running" for e in sup.engines):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            seen["later"] = all(e.started_at >= up_at - 0.6 for e in sup.engines[1:])
+        finally:
+            sup.stopping = True
+
+    thread = threading.Thread(target=scenario)
+    try:
+        thread.start()
+        assert sup.run() == 0
+        thread.join()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert seen["held"] == ["held", "held"] and seen["later"], seen
+    # a warm cache: every engine starts at once
+    (tmp_path / "vllm" / "torch_compile_cache").mkdir(parents=True)
+    assert not Supervisor(settings, commands, with_shim=False)._cold_compile_cache()
