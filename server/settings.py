@@ -122,6 +122,12 @@ class Settings(BaseSettings):
                                     "interactive_memory_s, bulk may use this many times the budget")
     interactive_memory_s: float = Field(2.0, description="how long one interactive request keeps "
                                         "the tight bulk budget in force")
+    bulk_split_to_budget: bool = Field(
+        False, description="cut bulk requests into parts no larger than the worker's share of "
+        "engine_token_budget, so the budget binds for large requests too. Off by default: on the CPU "
+        "build a request split across calls scores 1 ulp apart from the same pairs in one call "
+        "(tests/integration/test_determinism.py), and its GPU gain is not measured yet "
+        "(benchmarks/RESULTS.md, session 4)")
     engine_max_calls: int = Field(4, description="/classify calls in flight at once, per shim "
                                   "worker and engine (H200: 4 beat 2 and 8 on small c=50, "
                                   "benchmarks/RESULTS.md)")

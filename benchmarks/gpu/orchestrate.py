@@ -601,7 +601,8 @@ def phase_front(clock: Clock, variants: list[str]) -> None:
         front_step(clock, "api-servers=2 raw-vllm", VLLM, target="vllm")
 
 
-def phase_mix(clock: Clock, flags: list[str], budgets: list[int], targets: str = "shim,vllm") -> None:
+def phase_mix(clock: Clock, flags: list[str], budgets: list[int], targets: str = "shim,vllm",
+              variants: list[str] = ()) -> None:
     """Issue 11, the engine side, with one launcher configuration (`flags`, default: defaults):
     mixed (small under long saturation) at the default engine token budget and at `budgets`
     (engine-wide, split across the shim's workers), then rag c=8/32, long, rag100, each beside
@@ -612,6 +613,10 @@ def phase_mix(clock: Clock, flags: list[str], budgets: list[int], targets: str =
     for budget in budgets:
         with Shims(1, engine_token_budget=str(budget)) as shim:
             loadgen(clock, f"budget{budget}", "mixed", shim=shim.urls, targets="shim", est_s=50)
+    for variant in variants:  # e.g. bulk_split_to_budget=true
+        key, value = variant.split("=")
+        with Shims(1, **{key: value}) as shim:
+            loadgen(clock, variant, "mixed", shim=shim.urls, targets="shim", est_s=50)
     loadgen(clock, config, "rag", targets="shim,vllm", est_s=70)
     loadgen(clock, config, "long,rag100", targets="shim,vllm", est_s=70)
     with CpuSample(config, "hey seed c=50"):
@@ -983,6 +988,8 @@ def main(argv=None) -> int:
                                      "mix", "startup", "determinism", "multigpu", "stop"])
     p.add_argument("--variants", default="engine_max_calls=2,engine_max_calls=4,workers=8,workers=2",
                    help="`front`: shim settings tried one at a time, in front of the same engine")
+    p.add_argument("--mix-variants", default="",
+                   help="`mix`: shim settings tried one at a time on mixed, e.g. bulk_split_to_budget=true")
     p.add_argument("--budgets", default="32768,98304", help="engine token budgets for `batching`")
     p.add_argument("--budget", type=float, default=540, help="seconds this call may take")
     p.add_argument("--config", default="custom")
@@ -1018,7 +1025,7 @@ def main(argv=None) -> int:
             phase_front(clock, [v for v in args.variants.split(",") if v])
         elif args.phase == "mix":
             phase_mix(clock, shlex.split(args.flags), [int(b) for b in args.budgets.split(",") if b],
-                      args.targets)
+                      args.targets, [v for v in args.mix_variants.split(",") if v])
         elif args.phase == "startup":
             phase_startup(clock, args.configs.split(","))
         elif args.phase == "determinism":

@@ -65,6 +65,7 @@ class Dispatcher:
         self.fill_s = settings.batch_fill_ms / 1000.0
         self.budget = settings.engine_token_budget_resolved
         self.bulk_budget = self.budget * settings.bulk_budget_factor
+        self.split_to_budget = settings.bulk_split_to_budget
         self.interactive_memory_s = settings.interactive_memory_s
         self.last_interactive = float("-inf")
         self.max_calls = settings.engine_max_calls
@@ -82,11 +83,13 @@ class Dispatcher:
         """Scores of `prompts`, in order, dispatched with the other requests' work."""
         self._ensure_running()
         loop = asyncio.get_running_loop()
-        # Bulk parts are no larger than the tight budget: with 16k-token parts, each worker had
-        # one whole part in flight whatever its share of the budget (H200: the budget swept
-        # from 8k to 64k left small-request latency unchanged). Parts are merged back into
-        # calls of up to batch_max_tokens in _take, so this costs no extra calls.
-        cap = self.max_tokens if klass == "interactive" else min(self.max_tokens, self.budget)
+        # With bulk_split_to_budget, bulk parts are no larger than the tight budget: with
+        # 16k-token parts each worker had one whole part in flight whatever its share of the
+        # budget (H200: the budget swept from 8k to 64k left small-request latency unchanged).
+        # Parts are merged back into calls of up to batch_max_tokens in _take when bulk is alone.
+        cap = self.max_tokens
+        if klass == "bulk" and self.split_to_budget:
+            cap = min(cap, self.budget)
         items = [_Item(part, sum(len(p) for p in part), raw, klass, loop.create_future())
                  for part in self._split(prompts, cap)]
         if klass == "interactive":

@@ -200,10 +200,10 @@ async def test_vllm_priority_maps_onto_the_dispatch_classes(anyio_backend):
 
 
 async def test_one_large_bulk_request_stays_within_the_tight_budget(anyio_backend):
-    # A bulk request larger than the budget used to go out whole (one part of up to
-    # batch_max_tokens), so a small request still waited behind all of it.
+    # With bulk_split_to_budget (off by default), a bulk request larger than the budget does not
+    # go out whole (one part of up to batch_max_tokens), which a small request waits behind.
     async with running(FakeEngine(), engine_token_budget=400, bulk_budget_factor=8,
-                       interactive_max_tokens=300, batch_max_tokens=4000,
+                       interactive_max_tokens=300, batch_max_tokens=4000, bulk_split_to_budget=True,
                        interactive_memory_s=30) as (app, client, fake):
         dispatcher = app.state.scorer.dispatcher
         dispatcher.last_interactive = float("-inf")
