@@ -157,7 +157,8 @@ def check_gpus(settings, gpu: bool | None = None, env: dict | None = None) -> No
         return
     needed, have = gpus_needed(settings), visible_gpus(env)
     if needed > len(have):
-        raise ConfigError(f"--engines {settings.engines} x --tensor-parallel-size "
+        per_gpu = f" / --engines-per-gpu {settings.engines_per_gpu}" if settings.engines_per_gpu > 1 else ""
+        raise ConfigError(f"--engines {settings.engines}{per_gpu} x --tensor-parallel-size "
                           f"{settings.tensor_parallel_size} needs {needed} GPUs, {len(have)} visible "
                           f"({', '.join(have) or 'none'}): lower --engines or give the pod more "
                           "GPUs (Helm gpu.count)")

@@ -144,14 +144,15 @@ class Supervisor:
     def run(self) -> int:
         on_stop_signals(self._on_signal)
         try:
-            hold = self._cold_compile_cache()
+            hold = self._cold_compile_cache() or self._shared_gpus()
             for engine in self.engines:
                 if hold and engine.index > 0:
                     engine.state = "held"  # until engine 0 has filled the compile cache
                 else:
                     engine.spawn(first=True)
             if hold:
-                log.info("compile cache empty: the other engines start once engine 0 is up",
+                log.info("engines sharing a GPU start one after another" if self._shared_gpus()
+                         else "compile cache empty: the other engines start once engine 0 is up",
                          extra={"engines": len(self.engines)})
             # The shim starts alongside, not after: while the model loads it already answers
             # liveness, and 503 + Retry-After instead of connection refused, and it is ready
@@ -197,8 +198,18 @@ class Supervisor:
                 engine.schedule_restart()
         elif engine.state == "backoff" and time.monotonic() >= engine.restart_at:
             engine.spawn(first=False)
-        elif engine.state == "held" and self.engines[0].state in ("running", "backoff"):
+        elif engine.state == "held" and self._may_start(engine):
             engine.spawn(first=True)
+
+    def _shared_gpus(self) -> bool:
+        return len(self.engines) > 1 and self.settings.engines_per_gpu > 1
+
+    def _may_start(self, engine: Engine) -> bool:
+        """A held engine starts once engine 0 is up (its compile cache is filled); engines
+        sharing a GPU once every engine before it is up: vLLM sizes its KV cache from the
+        GPU memory it sees free while it profiles, which another engine loading would skew."""
+        before = self.engines[:engine.index] if self._shared_gpus() else self.engines[:1]
+        return all(e.state in ("running", "backoff") for e in before)
 
     def _cold_compile_cache(self) -> bool:
         """Several engines and nothing compiled yet: N processes compiling the same graph into

@@ -65,7 +65,7 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
 
 
 def gpus_needed(settings) -> int:
-    return settings.engines * settings.tensor_parallel_size
+    return -(-settings.engines // settings.engines_per_gpu) * settings.tensor_parallel_size
 
 
 def engine_commands(settings, architectures: list[str] | None = None, gpu: bool | None = None,
@@ -81,17 +81,21 @@ def engine_commands(settings, architectures: list[str] | None = None, gpu: bool 
     ports = settings.vllm_ports
     if len(ports) == 1:
         return [(build_vllm_command(settings, architectures, gpu=gpu), {})]
-    tp = settings.tensor_parallel_size
+    tp, per_gpu = settings.tensor_parallel_size, settings.engines_per_gpu
     devices = visible_gpus(env) if gpu else []
-    if gpu and len(devices) < len(ports) * tp:  # not countable here: CUDA numbers them from 0
-        devices = [str(i) for i in range(len(ports) * tp)]  # (preflight refuses too few GPUs)
+    if gpu and len(devices) < gpus_needed(settings):  # not countable here: CUDA numbers them from 0
+        devices = [str(i) for i in range(gpus_needed(settings))]  # (preflight refuses too few GPUs)
+    if per_gpu > 1:  # engines sharing a GPU share its memory
+        settings = settings.model_copy(update={
+            "gpu_memory_utilization": round((settings.gpu_memory_utilization or 0.9) / per_gpu, 4)})
     env = os.environ if env is None else env
     binds = [] if gpu or "VLLM_CPU_OMP_THREADS_BIND" in env else cpu_binds(len(ports), tp)
     out = []
     for i, port in enumerate(ports):
         cmd = build_vllm_command(settings.model_copy(update={"vllm_port": port}), architectures, gpu=gpu)
         if gpu:
-            extra = {"CUDA_VISIBLE_DEVICES": ",".join(devices[i * tp:(i + 1) * tp])}
+            group = i // per_gpu
+            extra = {"CUDA_VISIBLE_DEVICES": ",".join(devices[group * tp:(group + 1) * tp])}
         else:
             extra = {"VLLM_CPU_OMP_THREADS_BIND": binds[i]} if binds else {}
         out.append((cmd, extra))

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     # health, one restart for all). Which is faster is for benchmarks/gpu (phase multigpu).
     engines: int = Field(1, ge=1, description="engine replicas per pod, each tensor_parallel_size "
                          "GPUs (so GPUs = engines x tensor_parallel_size)")
+    # Two engines on one GPU: at c=50 small requests are bound by vLLM's one engine-core
+    # process (100% of a core on an H200 while the GPU idles, benchmarks/RESULTS.md session 4),
+    # so a second engine core on the same GPU is the next lever. Not measured yet.
+    engines_per_gpu: int = Field(1, ge=1, description="engines sharing one GPU (tensor_parallel_size "
+                                 "1 only); each gets gpu_memory_utilization / engines_per_gpu and "
+                                 "they start one after another (vLLM profiles free GPU memory)")
     multi_gpu_mode: Literal["engines", "data-parallel"] = Field(
         "engines", description="engines: one vLLM per replica behind the shim (least outstanding "
         "tokens); data-parallel: one vLLM with --data-parallel-size engines")
@@ -244,6 +250,14 @@ class Settings(BaseSettings):
     def _drain_delay_is_the_old_name_of_drain_window(self):
         if self.drain_delay is not None and "drain_window" not in self.model_fields_set:
             self.drain_window = self.drain_delay
+        return self
+
+    @model_validator(mode="after")
+    def _engines_share_a_gpu_only_as_single_gpu_engines(self):
+        if self.engines_per_gpu > 1 and (self.tensor_parallel_size > 1
+                                         or self.multi_gpu_mode != "engines"):
+            raise ValueError("engines_per_gpu > 1 needs tensor_parallel_size 1 and multi_gpu_mode "
+                             "engines (each engine a vLLM process of its own on a shared GPU)")
         return self
 
     # --- derived -------------------------------------------------------------------------------

@@ -580,7 +580,9 @@ def front_step(clock: Clock, config: str, url: str, target: str = "shim") -> Non
 def phase_front(clock: Clock, variants: list[str]) -> None:
     """Issue 11, the front end: where a small request's time goes at c=50 (seed hey and a varied
     small workload), per process, for the defaults, raw vLLM, and shim variants (engine calls in
-    flight per worker, worker count) in front of the same engine; then vLLM with two API servers."""
+    flight per worker, worker count) in front of the same engine; then two engines sharing the
+    GPU (--engines-per-gpu 2), then vLLM with two API servers. `--variants ""` skips the shim
+    variants (measured in session 4) to leave the time to the engine configurations."""
     ensure_launcher("defaults", [])
     loadgen(clock, "defaults", "small", targets="shim,vllm", concurrency="1", requests=300, est_s=25)
     front_step(clock, "defaults", SHIM)
@@ -593,6 +595,11 @@ def phase_front(clock: Clock, variants: list[str]) -> None:
             continue
         with Shims(1, **{key: value}) as shims:
             front_step(clock, variant, shims.urls[0])
+    if clock.left() > 150:  # two engine cores on the one GPU (the c=50 limit is one core's CPU)
+        flags = ["--engines", "2", "--engines-per-gpu", "2"]
+        stop_launcher()
+        emit(start_launcher("engines-per-gpu=2", flags))
+        front_step(clock, "engines-per-gpu=2", SHIM)
     if clock.left() > 120:
         flags = ["--", "--api-server-count", "2"]
         stop_launcher()

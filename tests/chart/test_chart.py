@@ -605,6 +605,19 @@ def test_data_parallel_mode_runs_one_vllm_over_every_gpu(helm, monkeypatch):
     assert s.engine_count == 4  # admission and saturation capacity are four engines'
 
 
+def test_engines_per_gpu_runs_that_many_engines_on_each_gpu(helm, monkeypatch):
+    from launcher.vllm_args import engine_commands
+
+    _, _, container = workload(render("--set", "gpu.count=2", "--set", "gpu.enginesPerGpu=2"))
+    env = env_map(container)
+    assert env["RERANKER_ENGINES"]["value"] == "4" and env["RERANKER_ENGINES_PER_GPU"]["value"] == "2"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    s = _launcher_settings(container, monkeypatch)
+    commands = engine_commands(s, ["Qwen3ForCausalLM"], gpu=True, env={})
+    assert [e["CUDA_VISIBLE_DEVICES"] for _, e in commands] == ["0", "0", "1", "1"]
+    assert "RERANKER_ENGINES_PER_GPU" not in env_map(workload(render())[2])  # default: one per GPU
+
+
 def test_gpu_count_not_a_multiple_of_tensor_parallel_is_refused(helm):
     err = render_fails("--set", "gpu.count=3", "--set", "vllm.tensorParallelSize=2")
     assert "gpu.count (3) is not a multiple of vllm.tensorParallelSize (2)" in err

@@ -205,3 +205,53 @@ def test_with_an_empty_compile_cache_engine_0_compiles_alone_then_the_others_sta
     # a warm cache: every engine starts at once
     (tmp_path / "vllm" / "torch_compile_cache").mkdir(parents=True)
     assert not Supervisor(settings, commands, with_shim=False)._cold_compile_cache()
+
+
+def test_engines_sharing_a_gpu_split_its_memory_and_need_fewer_gpus():
+    s = parse(["--model", "/m", "--engines", "4", "--engines-per-gpu", "2"])
+    commands = engine_commands(s, ARCH, gpu=True, env={"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in commands] == ["2", "2", "3", "3"]
+    assert {flag(cmd, "--gpu-memory-utilization") for cmd, _ in commands} == {"0.45"}
+    assert len({flag(cmd, "--port") for cmd, _ in commands}) == 4
+    preflight.check_gpus(s, gpu=True, env={"CUDA_VISIBLE_DEVICES": "2,3"})  # 2 GPUs are enough
+    with pytest.raises(preflight.ConfigError, match="needs 2 GPUs, 1 visible"):
+        preflight.check_gpus(s, gpu=True, env={"CUDA_VISIBLE_DEVICES": "0"})
+    with pytest.raises(ValueError, match="engines_per_gpu > 1 needs tensor_parallel_size 1"):
+        Settings(engines=2, engines_per_gpu=2, tensor_parallel_size=2)
+
+
+def test_engines_sharing_a_gpu_start_one_after_another():
+    """vLLM sizes its KV cache from the GPU memory free while it profiles: an engine loading
+    beside it would skew that, so each waits for the ones before it, even with a warm cache."""
+    base = free_ports(3)
+    settings = Settings(engines=3, engines_per_gpu=3, vllm_port=base, vllm_startup_timeout=30,
+                        enforce_eager=True)  # no compile-cache hold: only the shared GPU holds
+    slow = "import time; time.sleep(1.0)\n" + STAND_IN
+    commands = [([sys.executable, "-c", slow, str(base + i)], {}) for i in range(3)]
+    sup = Supervisor(settings, commands, with_shim=False)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    seen: dict = {"states": set()}
+
+    def scenario():
+        try:
+            deadline = time.monotonic() + 30
+            while not all(e.state == "running" for e in sup.engines):
+                seen["states"].add(tuple(e.state for e in sup.engines))
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        finally:
+            sup.stopping = True
+
+    thread = threading.Thread(target=scenario)
+    try:
+        thread.start()
+        assert sup.run() == 0
+        thread.join()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    # never two engines starting at once
+    assert all(states.count("starting") <= 1 for states in seen["states"]), seen["states"]
+    assert ("running", "starting", "held") in seen["states"]
+    started = [e.started_at for e in sup.engines]
+    assert started[0] + 0.9 < started[1] and started[1] + 0.9 < started[2]

@@ -197,7 +197,7 @@ $mapping is a dict valuesKey -> FIELD. Null values are skipped (the launcher def
 {{/* Engine replicas per pod (RERANKER_ENGINES): gpu.count / vllm.tensorParallelSize, 1 on a CPU. */}}
 {{- define "reranker.engines" -}}
 {{- if gt (int .Values.gpu.count) 0 -}}
-{{- div (int .Values.gpu.count) (max 1 (int .Values.vllm.tensorParallelSize)) -}}
+{{- mul (div (int .Values.gpu.count) (max 1 (int .Values.vllm.tensorParallelSize))) (max 1 (int (.Values.gpu.enginesPerGpu | default 1))) -}}
 {{- else -}}
 1
 {{- end -}}
