@@ -125,13 +125,26 @@ def healthy(port: int) -> bool:
         return False
 
 
+def run_supervised(sup: Supervisor, scenario) -> None:
+    """Run the supervisor's loop here (it installs signal handlers: main thread only) while
+    `scenario` drives it from a thread and sets sup.stopping when done."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    thread = threading.Thread(target=scenario)
+    try:
+        thread.start()
+        assert sup.run() == 0
+        thread.join()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def test_a_dead_engine_is_restarted_on_its_own_while_the_other_keeps_running():
     base = free_ports(2)
     settings = Settings(engines=2, vllm_port=base, vllm_restart_backoff=0.2, vllm_startup_timeout=30,
                         enforce_eager=True)  # nothing to compile: both start at once
     commands = [([sys.executable, "-c", STAND_IN, str(base + i)], {}) for i in range(2)]
     sup = Supervisor(settings, commands, with_shim=False)
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     seen: dict = {}
 
     def scenario():
@@ -151,14 +164,7 @@ def test_a_dead_engine_is_restarted_on_its_own_while_the_other_keeps_running():
         finally:
             sup.stopping = True
 
-    thread = threading.Thread(target=scenario)
-    try:
-        thread.start()
-        assert sup.run() == 0
-        thread.join()
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    run_supervised(sup, scenario)
     first, second, first_now, second_now = seen["pids"]
     assert first_now == first and second_now != second  # only the dead one was replaced
     assert seen["healthy"] and seen["budgets"] == [0, 1]  # each engine spends its own budget
@@ -174,7 +180,6 @@ def test_with_an_empty_compile_cache_engine_0_compiles_alone_then_the_others_sta
     slow = "import time; time.sleep(1.5)\n" + STAND_IN  # engine 0 takes a while to come up
     commands = [([sys.executable, "-c", slow if i == 0 else STAND_IN, str(base + i)], {}) for i in range(3)]
     sup = Supervisor(settings, commands, with_shim=False)
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     seen: dict = {}
 
     def scenario():
@@ -193,14 +198,7 @@ def test_with_an_empty_compile_cache_engine_0_compiles_alone_then_the_others_sta
         finally:
             sup.stopping = True
 
-    thread = threading.Thread(target=scenario)
-    try:
-        thread.start()
-        assert sup.run() == 0
-        thread.join()
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    run_supervised(sup, scenario)
     assert seen["held"] == ["held", "held"] and seen["later"], seen
     # a warm cache: every engine starts at once
     (tmp_path / "vllm" / "torch_compile_cache").mkdir(parents=True)
@@ -229,7 +227,6 @@ def test_engines_sharing_a_gpu_start_one_after_another():
     slow = "import time; time.sleep(1.0)\n" + STAND_IN
     commands = [([sys.executable, "-c", slow, str(base + i)], {}) for i in range(3)]
     sup = Supervisor(settings, commands, with_shim=False)
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     seen: dict = {"states": set()}
 
     def scenario():
@@ -242,14 +239,7 @@ def test_engines_sharing_a_gpu_start_one_after_another():
         finally:
             sup.stopping = True
 
-    thread = threading.Thread(target=scenario)
-    try:
-        thread.start()
-        assert sup.run() == 0
-        thread.join()
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    run_supervised(sup, scenario)
     # never two engines starting at once
     assert all(states.count("starting") <= 1 for states in seen["states"]), seen["states"]
     assert ("running", "starting", "held") in seen["states"]
