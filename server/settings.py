@@ -330,8 +330,9 @@ class Settings(BaseSettings):
         if n <= 1 and engines == 1:
             return self
         # The engine token budget is an engine's, so each worker holds its share of it: with
-        # four workers each holding the whole budget, the engine saw 4x the bulk tokens and a
-        # small request waited behind 2-3 engine steps instead of one (benchmarks/RESULTS.md).
+        # four workers each holding the whole budget, the engine could hold 4x the bulk tokens
+        # the operator configured. (On the H200 the split alone did not move small-request
+        # latency: bulk parts were larger than a worker's share, see bulk_split_to_budget.)
         # (The dispatcher applies it to each engine: it is not multiplied by the engines.)
         share = {"max_inflight_pairs": -(-self.max_inflight_pairs * engines // n),
                  "max_inflight_tokens": -(-self.max_inflight_tokens * engines // n),
