@@ -624,6 +624,11 @@ def phase_mix(clock: Clock, flags: list[str], budgets: list[int], targets: str =
         key, value = variant.split("=")
         with Shims(1, **{key: value}) as shim:
             loadgen(clock, variant, "mixed", shim=shim.urls, targets="shim", est_s=50)
+            # a variant that changes how a batch is cut into engine calls must keep scores
+            # bit-identical (the 64-pair batch is bulk work, split when bulk_split_to_budget is on)
+            det_probe(clock, variant, url=shim.urls[0])
+            # rag requests (~9k tokens) are bulk too: the cut must not cost GPU-bound throughput
+            loadgen(clock, variant, "rag", shim=shim.urls, targets="shim", est_s=45)
     loadgen(clock, config, "rag", targets="shim,vllm", est_s=70)
     loadgen(clock, config, "long,rag100", targets="shim,vllm", est_s=70)
     with CpuSample(config, "hey seed c=50"):
@@ -780,14 +785,14 @@ def phase_startup(clock: Clock, configs: list[str]) -> None:
         stop_launcher()
 
 
-def det_probe(clock: Clock, config: str, est_s: float = 40) -> None:
+def det_probe(clock: Clock, config: str, est_s: float = 40, url: str = SHIM) -> None:
     from benchmarks.determinism import probe
 
     if clock.left() < est_s:
         emit({"kind": "skipped", "step": "determinism probe", "config": config, "reason": "budget"})
         return
     try:
-        emit({**probe(SHIM, NAME, pairs=64, concurrency=32), "config": config})
+        emit({**probe(url, NAME, pairs=64, concurrency=32), "config": config})
     except httpx.HTTPError as exc:
         emit({"kind": "error", "step": "determinism probe", "config": config, "error": repr(exc)[:500]})
 
