@@ -129,11 +129,11 @@ class Settings(BaseSettings):
     interactive_memory_s: float = Field(2.0, description="how long one interactive request keeps "
                                         "the tight bulk budget in force")
     bulk_split_to_budget: bool = Field(
-        False, description="cut bulk requests into parts no larger than the worker's share of "
-        "engine_token_budget, so the budget binds for large requests too. Off by default: on the CPU "
-        "build a request split across calls scores 1 ulp apart from the same pairs in one call "
-        "(tests/integration/test_determinism.py), and its GPU gain is not measured yet "
-        "(benchmarks/RESULTS.md, session 4)")
+        True, description="while the tight budget is in force (interactive work seen), cut a bulk "
+        "request to the room left in the worker's share of engine_token_budget, so the budget binds "
+        "for large requests too (H200: mixed small p95 240 -> 108 ms, benchmarks/RESULTS.md session "
+        "5); bulk alone goes in whole calls. Scores stay bit-identical on GPUs (batch-invariant "
+        "mode); the CPU build may differ by 1 ulp for a request cut across calls")
     engine_max_calls: int = Field(4, description="/classify calls in flight at once, per shim "
                                   "worker and engine (H200: 4 beat 2 and 8 on small c=50, "
                                   "benchmarks/RESULTS.md)")

@@ -609,7 +609,7 @@ def phase_front(clock: Clock, variants: list[str]) -> None:
 
 
 def phase_mix(clock: Clock, flags: list[str], budgets: list[int], targets: str = "shim,vllm",
-              variants: list[str] = ()) -> None:
+              variants: list[str] = (), variant_steps: str = "mixed,det,rag") -> None:
     """Issue 11, the engine side, with one launcher configuration (`flags`, default: defaults):
     mixed (small under long saturation) at the default engine token budget and at `budgets`
     (engine-wide, split across the shim's workers), then rag c=8/32, long, rag100, each beside
@@ -620,15 +620,17 @@ def phase_mix(clock: Clock, flags: list[str], budgets: list[int], targets: str =
     for budget in budgets:
         with Shims(1, engine_token_budget=str(budget)) as shim:
             loadgen(clock, f"budget{budget}", "mixed", shim=shim.urls, targets="shim", est_s=50)
-    for variant in variants:  # e.g. bulk_split_to_budget=true
-        key, value = variant.split("=")
-        with Shims(1, **{key: value}) as shim:
+    # scores of the configuration measured: bit-identical alone, batched (cut across calls
+    # right after interactive work, bulk_split_to_budget) and under load
+    det_probe(clock, config, est_s=15)
+    for variant in variants:  # e.g. bulk_split_to_budget=false or a+b: several settings at once
+        settings = dict(kv.split("=", 1) for kv in variant.split("+"))
+        with Shims(1, **settings) as shim:
             loadgen(clock, variant, "mixed", shim=shim.urls, targets="shim", est_s=50)
-            # a variant that changes how a batch is cut into engine calls must keep scores
-            # bit-identical (the 64-pair batch is bulk work, split when bulk_split_to_budget is on)
-            det_probe(clock, variant, url=shim.urls[0])
-            # rag requests (~9k tokens) are bulk too: the cut must not cost GPU-bound throughput
-            loadgen(clock, variant, "rag", shim=shim.urls, targets="shim", est_s=45)
+            if "det" in variant_steps:
+                det_probe(clock, variant, est_s=15, url=shim.urls[0])
+            if "rag" in variant_steps:  # rag requests (~9k tokens) are bulk work too
+                loadgen(clock, variant, "rag", shim=shim.urls, targets="shim", est_s=45)
     loadgen(clock, config, "rag", targets="shim,vllm", est_s=70)
     loadgen(clock, config, "long,rag100", targets="shim,vllm", est_s=70)
     with CpuSample(config, "hey seed c=50"):
@@ -1002,6 +1004,8 @@ def main(argv=None) -> int:
                    help="`front`: shim settings tried one at a time, in front of the same engine")
     p.add_argument("--mix-variants", default="",
                    help="`mix`: shim settings tried one at a time on mixed, e.g. bulk_split_to_budget=true")
+    p.add_argument("--variant-steps", default="mixed,det,rag",
+                   help="`mix`: what each variant runs beyond mixed (det, rag)")
     p.add_argument("--budgets", default="32768,98304", help="engine token budgets for `batching`")
     p.add_argument("--budget", type=float, default=540, help="seconds this call may take")
     p.add_argument("--config", default="custom")
@@ -1037,7 +1041,8 @@ def main(argv=None) -> int:
             phase_front(clock, [v for v in args.variants.split(",") if v])
         elif args.phase == "mix":
             phase_mix(clock, shlex.split(args.flags), [int(b) for b in args.budgets.split(",") if b],
-                      args.targets, [v for v in args.mix_variants.split(",") if v])
+                      args.targets, [v for v in args.mix_variants.split(",") if v],
+                      args.variant_steps)
         elif args.phase == "startup":
             phase_startup(clock, args.configs.split(","))
         elif args.phase == "determinism":

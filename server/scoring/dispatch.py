@@ -17,6 +17,11 @@ one class as fit `batch_max_tokens` / `batch_max_prompts`. While calls are in fl
 a batch fill for `batch_fill_ms` first (the engine is busy anyway); an idle engine gets work at
 once, so a lone request never waits for the deadline.
 
+While that tight budget is in force, a bulk item larger than the room left in it is cut
+(`bulk_split_to_budget`, on by default): its leading prompts that fit go now, the rest stays at
+the head of the bulk queue. Without the cut, each shim worker always had one whole 16k-token item
+in the engine and the budget did not bind (H200, benchmarks/RESULTS.md session 5).
+
 The bulk budget adapts: while interactive work has been seen in the last
 `interactive_memory_s`, bulk may hold only `engine_token_budget` tokens in the engine (small
 requests then wait behind at most that much); with no interactive traffic, bulk may fill the
@@ -54,6 +59,7 @@ class _Item:
     klass: str
     future: asyncio.Future
     queued_at: float = field(default_factory=time.monotonic)
+    parts: list[_Item] = field(default_factory=list)  # what it was cut into (_cut)
 
 
 class Dispatcher:
@@ -83,15 +89,8 @@ class Dispatcher:
         """Scores of `prompts`, in order, dispatched with the other requests' work."""
         self._ensure_running()
         loop = asyncio.get_running_loop()
-        # With bulk_split_to_budget, bulk parts are no larger than the tight budget: with
-        # 16k-token parts each worker had one whole part in flight whatever its share of the
-        # budget (H200: the budget swept from 8k to 64k left small-request latency unchanged).
-        # Parts are merged back into calls of up to batch_max_tokens in _take when bulk is alone.
-        cap = self.max_tokens
-        if klass == "bulk" and self.split_to_budget:
-            cap = min(cap, self.budget)
         items = [_Item(part, sum(len(p) for p in part), raw, klass, loop.create_future())
-                 for part in self._split(prompts, cap)]
+                 for part in self._split(prompts, self.max_tokens)]
         if klass == "interactive":
             self.last_interactive = time.monotonic()
         for item in items:
@@ -106,6 +105,7 @@ class Dispatcher:
             for item in items:
                 if not item.future.cancel() and not item.future.cancelled():
                     item.future.exception()  # retrieved: no "never retrieved" warning
+                self._abandon(item)
             self._drop_cancelled(klass)
             raise
         return [score for part in parts for score in part]
@@ -147,6 +147,8 @@ class Dispatcher:
             batch = self._take(klass, engine)
             if batch:
                 self._launch(klass, batch, engine)
+            else:  # the pick went stale (budget state changed during the fill): never spin hot
+                await asyncio.sleep(0.001)
 
     def _pick(self) -> tuple[str, Engine] | None:
         """The class to dispatch next and the engine it goes to, or None when nothing may go now."""
@@ -158,7 +160,10 @@ class Dispatcher:
             order = ("bulk", "interactive")
         for klass in order:
             if self.queues[klass]:
-                engine = self._engine_for(klass, self.queues[klass][0].tokens)
+                head = self.queues[klass][0]
+                # an item that may be cut needs room for its first prompt only
+                need = len(head.prompts[0]) if self._may_cut(klass) else head.tokens
+                engine = self._engine_for(klass, need)
                 if engine is not None:
                     return klass, engine
         return None
@@ -178,18 +183,39 @@ class Dispatcher:
             return self.budget
         return self.bulk_budget
 
+    def _may_cut(self, klass: str) -> bool:
+        """Bulk items are cut to the room left in the budget only while the tight budget is in
+        force (bulk_split_to_budget): queued items are up to batch_max_tokens (16k) and, sent
+        whole, each shim worker had a whole one in the engine whatever its share of the budget
+        (H200: the budget swept 8k-64k left small-request latency unchanged). With bulk alone
+        they go whole, so bulk-only throughput and latency are those of uncut calls."""
+        return (klass == "bulk" and self.split_to_budget
+                and time.monotonic() - self.last_interactive < self.interactive_memory_s)
+
     def _take(self, klass: str, engine: Engine) -> list[_Item]:
         queue, batch, tokens, prompts = self.queues[klass], [], 0, 0
         budget = self._bulk_budget() * engine.weight
+        may_cut = self._may_cut(klass)
         while queue:
             item = queue[0]
             if item.future.done():  # cancelled while queued
                 queue.popleft()
                 self.queued_prompts[klass] -= len(item.prompts)
                 continue
+            over_budget = klass == "bulk" and engine.outstanding + tokens + item.tokens > budget
+            if may_cut and over_budget and len(item.prompts) > 1:
+                n = self._fitting(item, budget - engine.outstanding - tokens,
+                                  self.max_prompts - prompts)
+                if n == 0 and not batch and engine.outstanding == 0:
+                    n = 1  # an idle engine always gets work
+                if n:
+                    head, queue[0] = self._cut(item, n)
+                    batch.append(head)
+                    tokens += head.tokens
+                    prompts += len(head.prompts)
+                break
             if batch and (item.raw != batch[0].raw or tokens + item.tokens > self.max_tokens
-                          or prompts + len(item.prompts) > self.max_prompts
-                          or (klass == "bulk" and engine.outstanding + tokens + item.tokens > budget)):
+                          or prompts + len(item.prompts) > self.max_prompts or over_budget):
                 break
             queue.popleft()
             batch.append(item)
@@ -201,6 +227,56 @@ class Dispatcher:
             self.metrics.queue_wait.labels(klass).observe(now - item.queued_at)
         self._publish_depth(klass)
         return batch
+
+    @staticmethod
+    def _fitting(item: _Item, room: int, max_prompts: int) -> int:
+        """How many of the item's leading prompts fit `room` tokens (and `max_prompts`)."""
+        n = used = 0
+        for p in item.prompts[:max(0, max_prompts)]:
+            if used + len(p) > room:
+                break
+            used += len(p)
+            n += 1
+        return n
+
+    @staticmethod
+    def _cut(item: _Item, n: int) -> tuple[_Item, _Item]:
+        """The item's first n prompts as one item and the rest as another, each with its own
+        future; the original future (the caller's) gets the joined scores, or the first error.
+        When the caller stops waiting (gone, or failed by one part), classify() abandons the
+        parts, so a queued rest is dropped instead of sent."""
+        loop = item.future.get_loop()
+        head_tokens = sum(len(p) for p in item.prompts[:n])
+        head = _Item(item.prompts[:n], head_tokens, item.raw, item.klass, loop.create_future(),
+                     item.queued_at)
+        rest = _Item(item.prompts[n:], item.tokens - head_tokens, item.raw, item.klass,
+                     loop.create_future(), item.queued_at)
+        joined = asyncio.gather(head.future, rest.future)
+
+        def finish(done: asyncio.Future) -> None:
+            # retrieved even when nobody waits any more (no "never retrieved" error in the log)
+            error = None if done.cancelled() else done.exception()
+            if item.future.done():
+                return
+            if done.cancelled():
+                item.future.cancel()
+            elif error is not None:
+                item.future.set_exception(error)
+            else:
+                first, second = done.result()
+                item.future.set_result(first + second)
+
+        joined.add_done_callback(finish)
+        item.parts = [head, rest]
+        return head, rest
+
+    @classmethod
+    def _abandon(cls, item: _Item) -> None:
+        """Cancel what the item was cut into, now (a done-callback would run only after the
+        caller has already cleaned the queue)."""
+        for part in item.parts:
+            part.future.cancel()  # no-op for a part already answered
+            cls._abandon(part)
 
     def _launch(self, klass: str, batch: list[_Item], engine: Engine) -> None:
         tokens = sum(item.tokens for item in batch)

@@ -200,15 +200,16 @@ async def test_vllm_priority_maps_onto_the_dispatch_classes(anyio_backend):
 
 
 async def test_one_large_bulk_request_stays_within_the_tight_budget(anyio_backend):
-    # With bulk_split_to_budget (off by default), a bulk request larger than the budget does not
-    # go out whole (one part of up to batch_max_tokens), which a small request waits behind.
+    # While interactive work is around, a bulk request larger than the budget does not go out
+    # whole (one item of up to batch_max_tokens), which a small request would wait behind: it is
+    # cut to the room left in the budget (bulk_split_to_budget, the default).
     async with running(FakeEngine(), engine_token_budget=400, bulk_budget_factor=8,
-                       interactive_max_tokens=300, batch_max_tokens=4000, bulk_split_to_budget=True,
+                       interactive_max_tokens=300, batch_max_tokens=4000,
                        interactive_memory_s=30) as (app, client, fake):
         dispatcher = app.state.scorer.dispatcher
         dispatcher.last_interactive = float("-inf")
         alone = await client.post("/v1/rank", json=big(8, 80), headers=BULK)
-        assert len(fake.calls) == 1, "bulk alone: its parts are merged back into one call"
+        assert len(fake.calls) == 1, "bulk alone goes whole: one call"
         assert sum(len(p) for p in fake.calls[0]) > 400  # the request is larger than the budget
         await client.post("/v1/rank", json=SMALL)  # interactive work seen: the tight budget holds
         fake.gate, fake.calls[:] = asyncio.Event(), []
@@ -231,3 +232,54 @@ async def test_one_large_bulk_request_stays_within_the_tight_budget(anyio_backen
         assert len(fake.calls) > 1  # sent in budget-sized calls
         assert peak <= 400
         assert scores(loaded) == scores(alone)
+
+
+async def test_without_the_cut_one_large_bulk_request_fills_the_engine(anyio_backend):
+    # What bulk_split_to_budget=false gives (and what main did before it): the whole item goes
+    # out at once, past the budget, whenever the engine has no bulk in flight.
+    async with running(FakeEngine(), engine_token_budget=400, bulk_budget_factor=8,
+                       interactive_max_tokens=300, batch_max_tokens=4000, bulk_split_to_budget=False,
+                       interactive_memory_s=30) as (app, client, fake):
+        await client.post("/v1/rank", json=SMALL)  # interactive work seen
+        fake.gate, fake.calls[:] = asyncio.Event(), []
+        task = asyncio.create_task(client.post("/v1/rank", json=big(8, 80), headers=BULK))
+        await until(lambda: len(fake.calls) == 1)
+        assert app.state.scorer.dispatcher.outstanding > 400
+        fake.gate.set()
+        assert (await task).status_code == 200
+
+
+async def test_a_cut_request_cancelled_after_its_first_part_sends_no_more(anyio_backend):
+    async with running(FakeEngine(), engine_token_budget=400, bulk_budget_factor=8,
+                       interactive_max_tokens=300, batch_max_tokens=4000,
+                       interactive_memory_s=30) as (app, client, fake):
+        await client.post("/v1/rank", json=SMALL)
+        fake.gate, fake.calls[:] = asyncio.Event(), []
+        task = asyncio.create_task(client.post("/v1/rank", json=big(8, 80), headers=BULK))
+        await until(lambda: len(fake.calls) == 1)
+        first = len(fake.calls[0])
+        assert first < 8  # cut: only part of the request was sent
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        fake.gate.set()
+        await asyncio.sleep(0.1)
+        assert [len(c) for c in fake.calls] == [first]  # the rest was dropped, never sent
+        assert app.state.scorer.admission.pairs == 0
+        assert app.state.metrics.queue_depth.labels("bulk")._value.get() == 0
+        # and the dispatcher still serves: the next request is answered
+        assert (await client.post("/v1/rank", json=SMALL)).status_code == 200
+
+
+async def test_an_engine_error_in_one_part_of_a_cut_request_fails_it_cleanly(anyio_backend):
+    async with running(FakeEngine(), engine_token_budget=400, bulk_budget_factor=8,
+                       interactive_max_tokens=300, batch_max_tokens=4000,
+                       interactive_memory_s=30) as (app, client, fake):
+        await client.post("/v1/rank", json=SMALL)
+        fake.gate, fake.calls[:] = asyncio.Event(), []
+        task = asyncio.create_task(client.post("/v1/rank", json=big(8, 80), headers=BULK))
+        await until(lambda: len(fake.calls) == 1)
+        fake.kill()  # the call held at the gate fails, as a dead vLLM's would
+        fake.gate.set()
+        r = await asyncio.wait_for(task, 10)
+        assert r.status_code == 503 and "detail" in r.json() and r.headers.get("retry-after")
+        assert app.state.metrics.queue_depth.labels("bulk")._value.get() == 0
