@@ -122,18 +122,22 @@ class Settings(BaseSettings):
     engine_token_budget: int = Field(
         0, description="while interactive work is around, bulk work is held in the shim once this "
         "many prompt tokens are in an engine (per engine; all shim workers together: each holds "
-        "its share); 0 = auto: 0.5 x max_num_batched_tokens (16384 on GPU; measured on an H200, "
-        "benchmarks/RESULTS.md)")
-    bulk_budget_factor: int = Field(8, description="with no interactive work for "
-                                    "interactive_memory_s, bulk may use this many times the budget")
+        "its share); 0 = auto: one engine step, max_num_batched_tokens (32768 on GPU). H200, "
+        "mixed traffic, same run: 16k/24k/32k gave small p95 115/88/129 ms with long-document "
+        "throughput at 63/55/87% of alone (benchmarks/RESULTS.md session 5): 32k keeps bulk "
+        "throughput and still cuts small p95 from 301 ms")
+    bulk_budget_factor: int = Field(4, description="with no interactive work for "
+                                    "interactive_memory_s, bulk may use this many times the budget "
+                                    "(4 x 32k = the 131k bulk-only rag/long figures were measured at)")
     interactive_memory_s: float = Field(2.0, description="how long one interactive request keeps "
                                         "the tight bulk budget in force")
     bulk_split_to_budget: bool = Field(
         True, description="while the tight budget is in force (interactive work seen), cut a bulk "
         "request to the room left in the worker's share of engine_token_budget, so the budget binds "
-        "for large requests too (H200: mixed small p95 240 -> 108 ms, benchmarks/RESULTS.md session "
-        "5); bulk alone goes in whole calls. Scores stay bit-identical on GPUs (batch-invariant "
-        "mode); the CPU build may differ by 1 ulp for a request cut across calls")
+        "for large requests too (H200, same run, 32k budget: mixed small p95 301 -> 129 ms, "
+        "benchmarks/RESULTS.md session 5); bulk alone goes in whole calls. Scores stay "
+        "bit-identical on GPUs (batch-invariant mode); the CPU build may differ by 1 ulp for a "
+        "request cut across calls")
     engine_max_calls: int = Field(4, description="/classify calls in flight at once, per shim "
                                   "worker and engine (H200: 4 beat 2 and 8 on small c=50, "
                                   "benchmarks/RESULTS.md)")
@@ -316,8 +320,9 @@ class Settings(BaseSettings):
     def engine_token_budget_resolved(self) -> int:
         if self.engine_token_budget > 0:
             return self.engine_token_budget
-        step = self.max_num_batched_tokens or (32768 if Path("/dev/nvidiactl").exists() else 8192)
-        return step // 2
+        # one engine step: the bulk in flight fills about one vLLM step, so a small request
+        # waits for about one step (the RESULTS.md session 5 sweep)
+        return self.max_num_batched_tokens or (32768 if Path("/dev/nvidiactl").exists() else 8192)
 
     def per_worker(self) -> Settings:
         """The share of one shim worker: in-flight bounds are per engine and per process, so
@@ -331,8 +336,8 @@ class Settings(BaseSettings):
             return self
         # The engine token budget is an engine's, so each worker holds its share of it: with
         # four workers each holding the whole budget, the engine could hold 4x the bulk tokens
-        # the operator configured. (On the H200 the split alone did not move small-request
-        # latency: bulk parts were larger than a worker's share, see bulk_split_to_budget.)
+        # the operator configured. (The split binds only with bulk_split_to_budget: uncut bulk
+        # items were larger than a worker's share, so each worker had a whole one in flight.)
         # (The dispatcher applies it to each engine: it is not multiplied by the engines.)
         share = {"max_inflight_pairs": -(-self.max_inflight_pairs * engines // n),
                  "max_inflight_tokens": -(-self.max_inflight_tokens * engines // n),

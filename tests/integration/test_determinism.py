@@ -59,6 +59,7 @@ def test_without_deterministic_mode_a_batch_rounds_some_scores_differently(extra
     query, docs = fixed_pairs(64)
     with httpx.Client(timeout=120) as client:
         alone = score_alone(client, shim.url, MODEL_NAME, query, docs)
+        time.sleep(Settings.model_fields["interactive_memory_s"].default + 0.5)  # one call (above)
         batch = score_batch(client, shim.url, MODEL_NAME, query, docs)
     drift = compare(alone, batch)
     assert drift["identical"] < len(docs)

@@ -11,10 +11,10 @@ def test_engine_token_budget_is_split_across_workers():
     assert Settings(workers=3, engine_token_budget=1000).per_worker().engine_token_budget == 334
 
 
-def test_auto_engine_token_budget_is_half_a_step_for_the_whole_engine():
+def test_auto_engine_token_budget_is_one_step_for_the_whole_engine():
     s = Settings(workers=4, max_num_batched_tokens=32768)
-    assert s.engine_token_budget_resolved == 16384
-    assert s.per_worker().engine_token_budget_resolved == 4096
+    assert s.engine_token_budget_resolved == 32768
+    assert s.per_worker().engine_token_budget_resolved == 8192
 
 
 def test_one_worker_keeps_the_whole_budget():
