@@ -245,3 +245,34 @@ def test_engines_sharing_a_gpu_start_one_after_another():
     assert ("running", "starting", "held") in seen["states"]
     started = [e.started_at for e in sup.engines]
     assert started[0] + 0.9 < started[1] and started[1] + 0.9 < started[2]
+
+
+def test_an_engine_killed_after_it_answered_but_before_the_launcher_saw_it_healthy_is_restarted(tmp_path):
+    """The shim polls vLLM itself and can verify it and send it work before the launcher's loop
+    (every 0.5 s) sees it healthy; a crash in that gap is a crash, not a failed first start
+    (which would make the launcher give up: exit 1). Stand-in engine: the first time, it prints
+    vLLM's access-log line for an answered request and SIGKILLs itself at once."""
+    port = free_ports(1)
+    marker = tmp_path / "ran-once"
+    crash_once = (f"import os, pathlib, signal, sys\nm = pathlib.Path({str(marker)!r})\n"
+                  "if not m.exists():\n"
+                  "    m.touch()\n"
+                  "    print('INFO:     127.0.0.1:4 - \"POST /classify HTTP/1.1\" 200 OK', flush=True)\n"
+                  "    os.kill(os.getpid(), signal.SIGKILL)\n" + STAND_IN)
+    settings = Settings(vllm_port=port, vllm_restart_backoff=0.2, vllm_startup_timeout=30)
+    sup = Supervisor(settings, [([sys.executable, "-c", crash_once, str(port)], {})], with_shim=False)
+    seen: dict = {}
+
+    def scenario():
+        try:
+            deadline = time.monotonic() + 30
+            while sup.engines[0].state != "running":
+                assert time.monotonic() < deadline, sup.engines[0].state
+                time.sleep(0.05)
+            seen["restarts"] = len(sup.engines[0].restarts.times)
+            seen["healthy"] = healthy(port)
+        finally:
+            sup.stopping = True
+
+    run_supervised(sup, scenario)  # asserts run() == 0: it did not give up
+    assert marker.exists() and seen == {"restarts": 1, "healthy": True}
