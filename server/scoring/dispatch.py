@@ -202,10 +202,12 @@ class Dispatcher:
                 queue.popleft()
                 self.queued_prompts[klass] -= len(item.prompts)
                 continue
+            if batch and item.raw != batch[0].raw:  # one call answers one kind of score
+                break
             over_budget = klass == "bulk" and engine.outstanding + tokens + item.tokens > budget
             if may_cut and over_budget and len(item.prompts) > 1:
-                n = self._fitting(item, budget - engine.outstanding - tokens,
-                                  self.max_prompts - prompts)
+                room = min(budget - engine.outstanding, self.max_tokens) - tokens
+                n = self._fitting(item, room, self.max_prompts - prompts)
                 if n == 0 and not batch and engine.outstanding == 0:
                     n = 1  # an idle engine always gets work
                 if n:
@@ -214,7 +216,7 @@ class Dispatcher:
                     tokens += head.tokens
                     prompts += len(head.prompts)
                 break
-            if batch and (item.raw != batch[0].raw or tokens + item.tokens > self.max_tokens
+            if batch and (tokens + item.tokens > self.max_tokens
                           or prompts + len(item.prompts) > self.max_prompts or over_budget):
                 break
             queue.popleft()
