@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -234,29 +235,32 @@ async def test_one_large_bulk_request_stays_within_the_tight_budget(anyio_backen
         assert scores(loaded) == scores(alone)
 
 
-async def test_without_the_cut_one_large_bulk_request_fills_the_engine(anyio_backend):
-    # What bulk_split_to_budget=false gives (and what main did before it): the whole item goes
-    # out at once, past the budget, whenever the engine has no bulk in flight.
+@asynccontextmanager
+async def bulk_held_after_small(**settings):
+    """A tight budget of 400 tokens in force (a small request was just answered), the engine
+    held shut, and one 8-document bulk request sent: yields (app, client, fake, task) once its
+    first engine call is waiting at the gate."""
     async with running(FakeEngine(), engine_token_budget=400, bulk_budget_factor=8,
-                       interactive_max_tokens=300, batch_max_tokens=4000, bulk_split_to_budget=False,
-                       interactive_memory_s=30) as (app, client, fake):
+                       interactive_max_tokens=300, batch_max_tokens=4000, interactive_memory_s=30,
+                       **settings) as (app, client, fake):
         await client.post("/v1/rank", json=SMALL)  # interactive work seen
         fake.gate, fake.calls[:] = asyncio.Event(), []
         task = asyncio.create_task(client.post("/v1/rank", json=big(8, 80), headers=BULK))
         await until(lambda: len(fake.calls) == 1)
+        yield app, client, fake, task
+
+
+async def test_without_the_cut_one_large_bulk_request_fills_the_engine(anyio_backend):
+    # What bulk_split_to_budget=false gives (and what main did before it): the whole item goes
+    # out at once, past the budget, whenever the engine has no bulk in flight.
+    async with bulk_held_after_small(bulk_split_to_budget=False) as (app, client, fake, task):
         assert app.state.scorer.dispatcher.outstanding > 400
         fake.gate.set()
         assert (await task).status_code == 200
 
 
 async def test_a_cut_request_cancelled_after_its_first_part_sends_no_more(anyio_backend):
-    async with running(FakeEngine(), engine_token_budget=400, bulk_budget_factor=8,
-                       interactive_max_tokens=300, batch_max_tokens=4000,
-                       interactive_memory_s=30) as (app, client, fake):
-        await client.post("/v1/rank", json=SMALL)
-        fake.gate, fake.calls[:] = asyncio.Event(), []
-        task = asyncio.create_task(client.post("/v1/rank", json=big(8, 80), headers=BULK))
-        await until(lambda: len(fake.calls) == 1)
+    async with bulk_held_after_small() as (app, client, fake, task):
         first = len(fake.calls[0])
         assert first < 8  # cut: only part of the request was sent
         task.cancel()
@@ -271,13 +275,7 @@ async def test_a_cut_request_cancelled_after_its_first_part_sends_no_more(anyio_
 
 
 async def test_an_engine_error_in_one_part_of_a_cut_request_fails_it_cleanly(anyio_backend):
-    async with running(FakeEngine(), engine_token_budget=400, bulk_budget_factor=8,
-                       interactive_max_tokens=300, batch_max_tokens=4000,
-                       interactive_memory_s=30) as (app, client, fake):
-        await client.post("/v1/rank", json=SMALL)
-        fake.gate, fake.calls[:] = asyncio.Event(), []
-        task = asyncio.create_task(client.post("/v1/rank", json=big(8, 80), headers=BULK))
-        await until(lambda: len(fake.calls) == 1)
+    async with bulk_held_after_small() as (app, client, fake, task):
         fake.kill()  # the call held at the gate fails, as a dead vLLM's would
         fake.gate.set()
         r = await asyncio.wait_for(task, 10)
