@@ -187,8 +187,9 @@ class Dispatcher:
         """Bulk items are cut to the room left in the budget only while the tight budget is in
         force (bulk_split_to_budget): queued items are up to batch_max_tokens (16k) and, sent
         whole, each shim worker had a whole one in the engine whatever its share of the budget
-        (H200: the budget swept 8k-64k left small-request latency unchanged). With bulk alone
-        they go whole, so bulk-only throughput and latency are those of uncut calls."""
+        (H200 session 4: the budget swept 8k-64k left small-request latency unchanged; session 5
+        with the cut: small p95 301 -> 129 ms at 32k). With bulk alone they go whole, so
+        bulk-only throughput and latency are those of uncut calls."""
         return (klass == "bulk" and self.split_to_budget
                 and time.monotonic() - self.last_interactive < self.interactive_memory_s)
 
