@@ -1235,3 +1235,35 @@ def test_contradictory_rate_limit_values_are_refused(helm, sets, message):
 def test_rate_limit_values_are_schema_checked(helm, bad):
     err = render_fails(*bad)
     assert "additional properties" in err or "does not match pattern" in err, err
+
+
+def test_dispatch_values_reach_the_settings_and_defaults_stay_the_settings_defaults(helm, monkeypatch):
+    """An SRE trading small-request latency against bulk throughput (docs/deployment.md "Mixed
+    traffic") sets server.dispatch; the shim reads exactly that. Unset keys set no variable."""
+    _, _, container = workload(render())
+    assert not any(k in env_map(container) for k in ("RERANKER_ENGINE_TOKEN_BUDGET",
+                                                     "RERANKER_BULK_SPLIT_TO_BUDGET",
+                                                     "RERANKER_ENGINE_MAX_CALLS"))
+    _, _, container = workload(render(
+        "--set", "server.dispatch.engineTokenBudget=16384",
+        "--set", "server.dispatch.bulkSplitToBudget=false",
+        "--set", "server.dispatch.interactiveMaxTokens=2048",
+        "--set", "server.dispatch.engineMaxCalls=2",
+        "--set", "server.dispatch.bulkMaxWaitSeconds=0.5",
+        "--set", "server.dispatch.batching=true"))
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for key in list(os.environ):
+        if key.startswith("RERANKER_"):
+            monkeypatch.delenv(key)
+    for name, value in env.items():
+        if name.startswith("RERANKER_"):
+            monkeypatch.setenv(name, value)
+    s = Settings()
+    assert (s.engine_token_budget, s.bulk_split_to_budget, s.interactive_max_tokens,
+            s.engine_max_calls, s.bulk_max_wait_s, s.batching) == (16384, False, 2048, 2, 0.5, True)
+
+
+def test_dispatch_values_are_checked_by_the_schema(helm):
+    assert "engineMaxCalls" in render_fails("--set", "server.dispatch.engineMaxCalls=0")
+    assert "engineTokenBudget" in render_fails("--set", "server.dispatch.engineTokenBudget=-1")
+    assert "tokenBudget" in render_fails("--set", "server.dispatch.tokenBudget=1")  # unknown key
