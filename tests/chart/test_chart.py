@@ -1080,8 +1080,8 @@ def test_service_monitor_keeps_the_route_label_and_tells_its_two_paths_apart(hel
         assert {"sourceLabels": ["__metrics_path__"], "targetLabel": "metrics_path"} in endpoint["relabelings"]
 
 
-def test_saturation_capacity_and_trusted_proxies_reach_the_settings(helm, monkeypatch):
-    _, _, container = workload(render_ci("observability-values.yaml"))
+def settings_from(container: dict, monkeypatch) -> Settings:
+    """The shim's Settings as the rendered container's RERANKER_* variables make them."""
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     for key in list(os.environ):
         if key.startswith("RERANKER_"):
@@ -1089,7 +1089,12 @@ def test_saturation_capacity_and_trusted_proxies_reach_the_settings(helm, monkey
     for name, value in env.items():
         if name.startswith("RERANKER_"):
             monkeypatch.setenv(name, value)
-    settings = Settings()
+    return Settings()
+
+
+def test_saturation_capacity_and_trusted_proxies_reach_the_settings(helm, monkeypatch):
+    _, _, container = workload(render_ci("observability-values.yaml"))
+    settings = settings_from(container, monkeypatch)
     assert settings.saturation_capacity_tokens == 60000
     assert settings.trusted_proxies == ["10.244.0.0/16"]
 
@@ -1251,14 +1256,7 @@ def test_dispatch_values_reach_the_settings_and_defaults_stay_the_settings_defau
         "--set", "server.dispatch.engineMaxCalls=2",
         "--set", "server.dispatch.bulkMaxWaitSeconds=0.5",
         "--set", "server.dispatch.batching=true"))
-    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-    for key in list(os.environ):
-        if key.startswith("RERANKER_"):
-            monkeypatch.delenv(key)
-    for name, value in env.items():
-        if name.startswith("RERANKER_"):
-            monkeypatch.setenv(name, value)
-    s = Settings()
+    s = settings_from(container, monkeypatch)
     assert (s.engine_token_budget, s.bulk_split_to_budget, s.interactive_max_tokens,
             s.engine_max_calls, s.bulk_max_wait_s, s.batching) == (16384, False, 2048, 2, 0.5, True)
 
