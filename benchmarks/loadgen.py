@@ -163,6 +163,22 @@ class TokenCounter:
                                                          add_special_tokens=False)]
 
 
+def metric_samples(base_url: str, timeout: float = 10) -> list[tuple[str, dict, float]]:
+    """(name, labels, value) of every sample on base_url/metrics (the shim's or vLLM's), parsed
+    by prometheus_client; httpx.HTTPError when the page does not answer."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base_url + "/metrics", timeout=timeout).text
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text)
+            for s in family.samples]
+
+
+def metric_sum(samples: list[tuple[str, dict, float]], name: str) -> float:
+    """One sample name's value summed over its label sets."""
+    return sum(value for sample, _, value in samples if sample == name)
+
+
 def make_text(rng: random.Random, words: int) -> str:
     out, sentence = [], 0
     for i in range(words):

@@ -26,25 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 import time
 
 import httpx
 
-from benchmarks.loadgen import make_query, make_text
+from benchmarks.loadgen import make_query, make_text, metric_samples, metric_sum
 
 COUNTERS = ("vllm:prompt_tokens_total", "vllm:prompt_tokens_cached_total",
             "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
 
 
 def counters(vllm: str) -> dict[str, float]:
-    text = httpx.get(vllm + "/metrics", timeout=10).text
-    out = {}
-    for name in COUNTERS:
-        values = re.findall(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
-        out[name] = sum(float(v) for v in values)
-    return out
+    samples = metric_samples(vllm)
+    return {name: metric_sum(samples, name) for name in COUNTERS}
 
 
 def run(mode: str, shim: str, vllm: str, model: str, requests: int, docs: int, words: int,

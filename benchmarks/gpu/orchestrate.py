@@ -528,17 +528,14 @@ class CpuSample:
         return snap
 
     def _batch_stats(self) -> tuple[float, float]:
-        import re
+        from benchmarks.loadgen import metric_samples, metric_sum
 
         try:
-            text = httpx.get(self.shim_url + "/metrics", timeout=5).text
+            samples = metric_samples(self.shim_url, timeout=5)
         except httpx.HTTPError:
             return 0.0, 0.0
-        def metric(name: str) -> float:
-            pattern = rf"^reranker_engine_batch_prompts_{name}(?:\{{[^}}]*\}})? (\S+)"
-            return sum(float(v) for v in re.findall(pattern, text, re.M))
-        total, count = metric("sum"), metric("count")
-        return total, count
+        return (metric_sum(samples, "reranker_engine_batch_prompts_sum"),
+                metric_sum(samples, "reranker_engine_batch_prompts_count"))
 
     def __enter__(self):
         self.t0, self.before, self.b0 = time.monotonic(), self._snapshot(), self._batch_stats()
@@ -900,14 +897,14 @@ def wait_all_engines(n: int, budget: float) -> float:
 
 def engine_calls() -> dict[str, float]:
     """Calls the shim sent to each engine so far (reranker_engine_instance_calls_total)."""
-    import re
+    from benchmarks.loadgen import metric_samples
 
     try:
-        text = httpx.get(SHIM + "/metrics", timeout=10).text
+        samples = metric_samples(SHIM)
     except httpx.HTTPError:
         return {}
-    return {m[0]: float(m[1]) for m in re.findall(
-        r'^reranker_engine_instance_calls_total\{engine="(\d+)"\} (\S+)$', text, re.M)}
+    return {labels["engine"]: value for name, labels, value in samples
+            if name == "reranker_engine_instance_calls_total"}
 
 
 def phase_multigpu(clock: Clock, ns: list[int], modes: list[str], fresh: bool) -> None:
