@@ -558,6 +558,11 @@ class CpuSample:
               if calls else None, "processes": rows[:12]})
 
 
+def variant_settings(variant: str) -> dict[str, str]:
+    """A shim variant of `front` / `mix`: key=value, several joined by `+` (a=1+b=2)."""
+    return dict(kv.split("=", 1) for kv in variant.split("+"))
+
+
 def front_step(clock: Clock, config: str, url: str, target: str = "shim") -> None:
     """One front-end configuration: hey seed c=50 and a varied small workload at c=50, each
     with per-process CPU and the shim's prompts per engine call."""
@@ -586,11 +591,10 @@ def phase_front(clock: Clock, variants: list[str]) -> None:
     front_step(clock, "raw-vllm", VLLM, target="vllm")
     hey("defaults", "shim", SHIM + "/v1/rank", SEED_BODY, c=120)
     for variant in variants:  # e.g. engine_max_calls=2 or workers=8
-        key, value = variant.split("=")
         if clock.left() < 70:
             emit({"kind": "skipped", "config": variant, "reason": "device-call budget"})
             continue
-        with Shims(1, **{key: value}) as shims:
+        with Shims(1, **variant_settings(variant)) as shims:
             front_step(clock, variant, shims.urls[0])
     if clock.left() > 150:  # two engine cores on the one GPU (the c=50 limit is one core's CPU)
         flags = ["--engines", "2", "--engines-per-gpu", "2"]
@@ -628,9 +632,8 @@ def phase_mix(clock: Clock, flags: list[str], budgets: list[int], targets: str =
     # scores of the configuration measured: bit-identical alone, batched (cut across calls
     # right after interactive work, bulk_split_to_budget) and under load
     det_probe(clock, config, est_s=15)
-    for variant in variants:  # e.g. bulk_split_to_budget=false or a+b: several settings at once
-        settings = dict(kv.split("=", 1) for kv in variant.split("+"))
-        with Shims(1, **settings) as shim:
+    for variant in variants:  # e.g. bulk_split_to_budget=false
+        with Shims(1, **variant_settings(variant)) as shim:
             loadgen(clock, variant, "mixed", shim=shim.urls, targets="shim", est_s=50)
             if "det" in variant_steps:
                 det_probe(clock, variant, est_s=15, url=shim.urls[0])
@@ -1006,9 +1009,11 @@ def main(argv=None) -> int:
     p.add_argument("phase", choices=["baseline", "levers", "custom", "fp8", "batching", "front",
                                      "mix", "startup", "determinism", "multigpu", "stop"])
     p.add_argument("--variants", default="engine_max_calls=2,engine_max_calls=4,workers=8,workers=2",
-                   help="`front`: shim settings tried one at a time, in front of the same engine")
+                   help="`front`: shim settings tried one at a time, in front of the same engine "
+                   "(a=1+b=2: several in one shim)")
     p.add_argument("--mix-variants", default="",
-                   help="`mix`: shim settings tried one at a time on mixed, e.g. bulk_split_to_budget=true")
+                   help="`mix`: shim settings tried one at a time on mixed, e.g. "
+                   "bulk_split_to_budget=false,engine_token_budget=24576 (a=1+b=2: several in one shim)")
     p.add_argument("--variant-steps", default="mixed,det,rag",
                    help="`mix`: what each variant runs beyond mixed (det, rag)")
     p.add_argument("--budgets", default="32768,98304", help="engine token budgets for `batching`")
