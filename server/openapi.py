@@ -216,7 +216,7 @@ def install_openapi(app: FastAPI, settings) -> None:
     """Replace app.openapi with the finished document, generated now (a document that cannot be
     generated fails start-up, not the first visit to /docs). `refresh_openapi(app)` builds it
     again once start-up has loaded the tokenizer (its largest token id bounds token-id inputs)."""
-    dialects = {path: d for path, d in app.state.dialect_of.items()}
+    dialects = app.state.dialect_of
     scored = {path for path, d in dialects.items() if SCORED in route_kinds(d, path)}
 
     def openapi() -> dict:

@@ -70,7 +70,8 @@ class Settings(BaseSettings):
                          "GPUs (so GPUs = engines x tensor_parallel_size)")
     # Two engines on one GPU: at c=50 small requests are bound by vLLM's one engine-core
     # process (100% of a core on an H200 while the GPU idles, benchmarks/RESULTS.md session 4),
-    # so a second engine core on the same GPU is the next lever. Not measured yet.
+    # so a second engine core on the same GPU is the next lever. Not measured validly yet
+    # (session 5 ran it while the second engine was still starting; RESULTS.md).
     engines_per_gpu: int = Field(1, ge=1, description="engines sharing one GPU (tensor_parallel_size "
                                  "1 only); each gets gpu_memory_utilization / engines_per_gpu and "
                                  "they start one after another (vLLM profiles free GPU memory)")
