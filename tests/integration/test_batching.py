@@ -42,10 +42,12 @@ def test_a_bulk_request_cut_across_engine_calls_under_small_traffic_keeps_its_sc
     """Once small requests have been seen, a bulk request larger than the engine token budget is
     cut into several /classify calls (bulk_split_to_budget, the default); its scores are those of
     the same request sent as one call (bulk alone), through the real engine, with a pooled client,
-    also while small requests run alongside."""
-    shim = extra_shim(engine_token_budget="1500", interactive_memory_s="30")
+    also while small requests run alongside. Default settings: the budget is one engine step
+    (8,192 tokens on the CPU build), so the request is ~10k tokens (one queued item: under
+    batch_max_tokens)."""
+    shim = extra_shim(defaults=True)
     docs = [f"Document {i}: " + "the city hosts a port, a university and a cathedral. " * 12
-            for i in range(12)]  # ~2,400 prompt tokens
+            for i in range(48)]  # ~200 prompt tokens each
     big = {"query": "which city has a cathedral?", "docs": docs}
     bulk = {"X-Priority": "bulk"}
 
