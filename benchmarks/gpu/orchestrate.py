@@ -1071,6 +1071,8 @@ def main(argv=None) -> int:
                    help="fill: engine configurations, n<K>[+mps][+sync][+eager] (benchmarks/gpu/fill.py)")
     p.add_argument("--fill-steps", default="seed,small,rag", help="fill: steps per configuration")
     p.add_argument("--fill-raw", default="n1", help="fill: configurations also measured on raw vLLM")
+    p.add_argument("--fill-profile-starts", action="store_true",
+                   help="fill: py-spy dumps of vLLM once a second while each configuration starts")
     args = p.parse_args(argv)
     clock = Clock(args.budget)
     global CLOCK
@@ -1106,7 +1108,8 @@ def main(argv=None) -> int:
             from benchmarks.gpu.fill import phase_fill
 
             phase_fill(clock, [c for c in args.fill_configs.split(",") if c],
-                       [s for s in args.fill_steps.split(",") if s], args.fill_raw.split(","))
+                       [s for s in args.fill_steps.split(",") if s], args.fill_raw.split(","),
+                       args.fill_profile_starts)
         elif args.phase == "custom":
             phase_custom(clock, args.config, shlex.split(args.flags), args.workloads, args.targets,
                          args.concurrency)
