@@ -140,12 +140,25 @@ def measured():
     roots = [os.getpid()]
     if STATE.exists():  # a launcher started by an earlier call is no child of this process
         roots.append(json.loads(STATE.read_text())["pid"])
+    util = Utilisation(roots)
     try:
-        with Utilisation(roots) as util:
-            yield
+        util.__enter__()
+    except Exception:  # noqa: BLE001 - the load step still runs; the error is in the log
+        import traceback
+
+        traceback.print_exc()
+    try:
+        yield
     finally:
         lines, _STEP_LINES = _STEP_LINES, None
-        extra = util.fields()
+        try:
+            util.__exit__(None, None, None)
+            extra = util.fields()
+        except Exception as exc:  # noqa: BLE001 - the figures still count without it
+            import traceback
+
+            traceback.print_exc()
+            extra = {"utilisation_error": f"{type(exc).__name__}: {exc}"[:300]}
         for line in lines:
             emit({**line, **extra})
 
