@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 
 from server.app import create_app, watch_engine_once
-from server.dialects import DIALECTS, vllm_api
+from server.dialects import DIALECTS, vllm
 from server.openapi import ENGINE, JSON_BODY, RELAYED, SCORED, SETTING_BOUNDS, finish, route_kinds
 from server.scoring import errors as domain
 from tests.inprocess.conftest import FakeEngine, running, settings
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.anyio
 PATHS = [(d, path) for d in DIALECTS for path in d.paths]
 KEY = "k-openapi"
 # request models whose bodies get vLLM's errors on a route another dialect owns (/rerank's seed
-# body, a vLLM body on /v1|v2/rerank): vllm_api.errors_for_bodies
+# body, a vLLM body on /v1|v2/rerank): common.errors_as
 VLLM_BODIES = {"SeedRequest", "VllmRerankRequest"}
 CHAT = {"messages": [{"role": "query", "content": "capital of France"},
                      {"role": "document", "content": "Paris is the capital of France."}]}
@@ -95,7 +95,7 @@ def cases(spec: dict) -> list[tuple]:
         for name in request_models(spec, path):
             examples = spec["components"]["schemas"][name].get("examples")
             if examples:
-                shape = vllm_api.DIALECT if dialect.shared_with and name in VLLM_BODIES else dialect
+                shape = vllm.DIALECT if dialect.shared_with and name in VLLM_BODIES else dialect
                 out.append((dialect, path, name, dict(examples[0]), shape))
     return out
 
@@ -329,7 +329,7 @@ async def test_an_object_query_is_refused_with_400_not_a_500(served):
         sent = {"query": {"text": "a"}, "documents": ["x"]}
         r = await client.post(path, json=sent)
         assert r.status_code == 400 and agree(spec, path, sent, r), (path, r.text)
-        assert_documented(spec, path, r, vllm_api.DIALECT)
+        assert_documented(spec, path, r, vllm.DIALECT)
 
 
 async def test_x_priority_is_refused_where_the_body_names_a_priority_too(served):
@@ -365,7 +365,7 @@ async def test_relayed_bodies_are_checked_as_documented_then_passed_as_they_came
             assert [json.loads(c) for _, _, c in fake.forwarded] == [sent], (path, fake.forwarded)
         else:
             assert r.status_code == 400 and not fake.forwarded, (path, r.text)
-            assert_documented(spec, path, r, vllm_api.DIALECT)
+            assert_documented(spec, path, r, vllm.DIALECT)
 
 
 async def test_the_schemathesis_hook_skips_exactly_what_the_server_refuses(served):
@@ -374,8 +374,8 @@ async def test_the_schemathesis_hook_skips_exactly_what_the_server_refuses(serve
     spec, client, _ = served
     base = {"query": "What is the capital of France?", "documents": ["Paris."]}
     encoder = schemathesis_hooks._encoder()
-    fixed = vllm_api.fixed_prompt_tokens(encoder, base["query"], "Given a web search query, "
-                                         "retrieve relevant passages that answer the query")
+    fixed = schemathesis_hooks.fixed_prompt_tokens(encoder, base["query"], "Given a web search query, "
+                                                   "retrieve relevant passages that answer the query")
     bodies = [{**base, "truncate_prompt_tokens": n} for n in (-1, 0, 1, fixed - 1, fixed, fixed + 1, 2048)]
     bodies += [{**base, "truncate_prompt_tokens": fixed + 1, "max_tokens_per_query": 2},
                {**base, "truncate_prompt_tokens": fixed + 1, "instruction": "a long instruction " * 4},
@@ -479,7 +479,7 @@ def error_cases(spec: dict) -> list[tuple]:
             kinds = {JSON_BODY} | ({RELAYED} if model in RELAYED_MODELS else
                                    set() if model in LOCAL_MODELS else {SCORED})
             assert kinds <= route_kinds(dialect, path), (path, model)
-            shape = vllm_api.DIALECT if dialect.shared_with and model in VLLM_BODIES else dialect
+            shape = vllm.DIALECT if dialect.shared_with and model in VLLM_BODIES else dialect
             out.append((dialect, "post", path, model, body, shape, kinds))
     return out
 

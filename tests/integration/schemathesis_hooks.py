@@ -29,8 +29,9 @@ import schemathesis
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's server package (the hook runs in schemathesis' process)
 
-from server.dialects import vllm_api  # noqa: E402
-from server.settings import DEFAULT_INSTRUCTION  # noqa: E402
+from server.dialects.vllm.mapping import instruction_of  # noqa: E402
+from server.dialects.vllm.protocol import SCORE_PAIRS  # noqa: E402
+from server.settings import DEFAULT_INSTRUCTION, Settings  # noqa: E402
 
 
 def names_a_missing_field(body: dict) -> bool:
@@ -45,7 +46,7 @@ def names_a_missing_field(body: dict) -> bool:
 def pairs_unequal_lists(body: dict) -> bool:
     """A /score body (or an /invocations one shaped as /score) whose first complete pair is N:M
     with 1 < N != M (server: 400)."""
-    for left, right in vllm_api.SCORE_PAIRS:
+    for left, right in SCORE_PAIRS:
         a, b = body.get(left), body.get(right)
         if a is not None and b is not None:
             n, m = (len(x) if isinstance(x, list) else 1 for x in (a, b))
@@ -64,21 +65,30 @@ def _encoder():
 
 def truncation_leaves_no_room(body: dict) -> bool:
     """A vLLM-style body whose truncate_prompt_tokens is at or below the tokens of template,
-    instruction and (cut) query, as vllm_api.core_request counts them (server: 400)."""
+    instruction and (cut) query, as the scoring core counts them (server: 400)."""
     limit = body.get("truncate_prompt_tokens")
     if not isinstance(limit, (int, float)) or isinstance(limit, bool) or limit == -1:
         return False
     kwargs = body.get("chat_template_kwargs")
-    instruction = vllm_api.instruction_of(kwargs if isinstance(kwargs, dict) else None,
+    instruction = instruction_of(kwargs if isinstance(kwargs, dict) else None,
                                           body.get("instruction")) or DEFAULT_INSTRUCTION
     encoder = _encoder()
     for query in _queries(body):
         cut = body.get("max_tokens_per_query") or 0
+        keep = Settings.model_fields["max_query_tokens"].default  # the server's own query cut
         if isinstance(cut, (int, float)) and not isinstance(cut, bool) and cut > 0:
-            query = vllm_api.cut_to_tokens(encoder.encode_plain([query])[0], query, int(cut))
-        if limit - vllm_api.fixed_prompt_tokens(encoder, query, instruction) < 1:
+            keep = min(keep, int(cut))
+        piece = encoder.encode_plain([query])[0]
+        if len(piece) > keep:
+            query = query[: piece.ends[keep - 1]]
+        if limit - fixed_prompt_tokens(encoder, query, instruction) < 1:
             return True
     return False
+
+
+def fixed_prompt_tokens(encoder, query: str, instruction: str) -> int:
+    """The prompt's tokens other than the document's: template, instruction and query."""
+    return encoder.template_tokens + len(encoder.head(query, instruction))
 
 
 def _queries(body: dict) -> list[str]:
@@ -86,7 +96,7 @@ def _queries(body: dict) -> list[str]:
     if "query" in body and "documents" in body:
         sides = [body["query"]]
     else:
-        sides = [body.get(left) for left, right in vllm_api.SCORE_PAIRS
+        sides = [body.get(left) for left, right in SCORE_PAIRS
                  if body.get(left) is not None and body.get(right) is not None][:1]
     out = []
     for side in sides:
