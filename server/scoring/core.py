@@ -48,7 +48,9 @@ class ScoreRequest:
     max_tokens_per_query: int | None = None
     # A cap on the whole prompt's tokens (vLLM's truncate_prompt_tokens). Only the document is
     # cut to meet it: the template, instruction and query stay whole, because the score is read
-    # from the template's last tokens and a cut there makes the score meaningless.
+    # from the template's last tokens and is a judgement of the query. A cap below what they
+    # take leaves the document one token (the prompt then exceeds the cap): refusing instead
+    # would depend on a token count no request schema can state, and vLLM scores any cap >= 1.
     truncate_prompt_tokens: int | None = None
 
 
@@ -165,6 +167,8 @@ class Scorer:
             raise InvalidInput("max_chunks_per_doc must be >= 1")
         if req.max_tokens_per_query is not None and req.max_tokens_per_query < 1:
             raise InvalidInput("max_tokens_per_query must be >= 1")
+        if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens < 1:
+            raise InvalidInput("truncate_prompt_tokens must be >= 1")
         if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens > self.settings.max_model_len:
             # vLLM's words for the same refusal
             raise InvalidInput("truncate_prompt_tokens value is greater than max_model_len. "
@@ -175,20 +179,15 @@ class Scorer:
     async def _apply_cuts(self, req: ScoreRequest, instruction: str) -> ScoreRequest:
         """The request with the query cut (the client's max_tokens_per_query, then the server's
         max_query_tokens) and truncate_prompt_tokens turned into a cap on the document's tokens.
-        Done before the cache is consulted: the cut query and the cap are part of the key, and a
-        cap that cannot be met is refused whether or not the scores are cached."""
+        Done before the cache is consulted: the cut query and the cap are part of the key."""
         limit = self.settings.max_query_tokens
         if req.max_tokens_per_query is not None:
             limit = min(limit, req.max_tokens_per_query)
         query = await self._cut_query(req.query, limit)
         doc_cap = req.max_tokens_per_doc
         if req.truncate_prompt_tokens is not None:
-            cap = req.truncate_prompt_tokens
             fixed = self.encoder.template_tokens + len(self.encoder.head(query, instruction))
-            room = cap - fixed
-            if room < 1:
-                raise InvalidInput(f"truncate_prompt_tokens={cap} leaves no room for a document: the "
-                                   f"template, instruction and query take {fixed} tokens")
+            room = max(1, req.truncate_prompt_tokens - fixed)
             doc_cap = room if doc_cap is None else min(doc_cap, room)
         return replace(req, query=query, max_tokens_per_doc=doc_cap, max_tokens_per_query=None,
                        truncate_prompt_tokens=None)

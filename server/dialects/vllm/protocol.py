@@ -40,9 +40,9 @@ ScoreInput = str | dict[str, Any]
 
 # --- request types ---------------------------------------------------------------------------
 # Shared strict types (server/dialects/common.py): JSON types as the document states them, and the
-# constraints the server really applies stated in the document. A rule of the core that JSON Schema
-# cannot state (e.g. a truncate_prompt_tokens that leaves no room for a document) is in the
-# field's description; the core still checks everything itself.
+# constraints the server really applies stated in the document. A rule that JSON Schema cannot
+# state (e.g. /score's 1:1, 1:N or N:N pairing) is in the description; the core still checks
+# everything itself.
 _POSITIVE_TEXT = {"anyOf": [{"type": "string", "pattern": NON_BLANK}, {"not": {"type": "string"}}]}
 # A query-side object ({"text": ...}, Jina/seed style): ranked on its text (a non-string is
 # ranked on its JSON text). vLLM's multimodal form ({"content": [parts]}) is refused (400).
@@ -81,12 +81,12 @@ class VllmScoringFields(BaseModel):
     user: str | None = None
     use_activation: bool | None = Field(
         None, description="false: the raw logit(yes) - logit(no) instead of P(yes)")
-    truncate_prompt_tokens: json_integer(-1) | None = Field(
-        None, json_schema_extra=setting_bounds(maximum="max_model_len"), description=(
-            "cap on the whole prompt's tokens (-1 = max_model_len). Unlike raw vLLM, which cuts the "
-            "rendered prompt (and with it the template's end), only the document text is cut: the "
-            "template, instruction and query are kept whole, so a cap that leaves no room for a "
-            "document is refused (400)"))
+    truncate_prompt_tokens: Literal[-1] | _TRUNCATE_FROM_1 | None = Field(None, description=(
+        "cap on the whole prompt's tokens (-1 = max_model_len; 0 is refused: vLLM cuts the prompt to "
+        "nothing). Unlike raw vLLM, which cuts the rendered prompt (and with it "
+        "the template's end), only the document text is cut: the template, instruction and "
+        "query are kept whole. A cap below what they take plus one token leaves the document "
+        "its first token, and the prompt is that much longer than the cap"))
     truncation_side: Literal["left", "right"] | None = Field(
         None, description="accepted; the document's end is what is cut")
     padding: Literal["max_length", "do_not_pad"] | None = None
