@@ -565,3 +565,25 @@ async def test_probe_bodies_and_metrics_content_types_are_as_documented(anyio_ba
 
 async def _unreachable() -> str:
     raise domain.EngineUnavailable("engine metrics unreachable")
+
+
+async def test_sides_of_pairs_not_scored_are_held_to_the_document(served):
+    """/score scores the first complete pair and vLLM ignores the others; their sides are still
+    refused where the document calls them invalid (else the server accepts what it documents as
+    invalid), and accepted where it does not."""
+    spec, client, _ = served
+    base = {"queries": "q", "documents": ["d"]}
+    for extra, accepted in (({"text_2": [{"content": None}]}, False), ({"data_1": [{"text": " "}]}, False),
+                            ({"items": [{"title": "no text"}]}, False),
+                            ({"text_2": [{"text": "t", "id": 1}], "data_1": "q2"}, True)):
+        sent = {**base, **extra}
+        r = await client.post("/score", json=sent)
+        assert (r.status_code == 200) is accepted and agree(spec, "/score", sent, r), (extra, r.text)
+
+
+async def test_priority_bounds_are_integers_every_json_reader_reads_exactly(served):
+    spec, client, _ = served
+    for priority, accepted in ((2**53 - 1, True), (-(2**53 - 1), True), (2**53, False), (2**63 + 191, False)):
+        sent = {"query": "q", "documents": ["d"], "priority": priority}
+        r = await client.post("/rerank", json=sent)
+        assert (r.status_code == 200) is accepted and agree(spec, "/rerank", sent, r), (priority, r.text)

@@ -15,6 +15,7 @@ from fastapi import Request
 from server.dialects.common import ranking, score, score_all
 from server.dialects.vllm.protocol import (
     RESERVED_TEMPLATE_KWARGS,
+    SCORE_PAIRS,
     ScoreInput,
     VllmRerankRequest,
     VllmScoreRequest,
@@ -116,6 +117,8 @@ async def rerank_answer(request: Request, body: VllmRerankRequest) -> dict[str, 
 
 async def score_answer(request: Request, body: VllmScoreRequest) -> dict[str, Any]:
     """vLLM's /score answer (on /score, /v1/score and /invocations)."""
+    limit = request.app.state.settings.max_documents
+    _check_other_sides(body, limit)
     left, right = (as_list(side) for side in body.pair())
     # vLLM's pairing rules and messages, in its order (_validate_score_input_lens)
     if len(left) > 1 and len(left) != len(right):
@@ -123,7 +126,6 @@ async def score_answer(request: Request, body: VllmScoreRequest) -> dict[str, An
     if not left:
         raise InvalidInput("At least one text element must be given")
     queries, documents = texts_of(left, "queries"), texts_of(right, "documents")
-    limit = request.app.state.settings.max_documents
     if len(documents) > limit:
         raise InvalidInput(f"too many pairs: {len(documents)} > limit {limit} (max_documents); "
                            "split the request")
@@ -146,3 +148,26 @@ async def score_answer(request: Request, body: VllmScoreRequest) -> dict[str, An
             "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
             "usage": {**usage(tokens), "completion_tokens": 0, "prompt_tokens_details": None,
                       "completion_tokens_details": None}}
+
+
+def _check_other_sides(body: VllmScoreRequest, limit: int) -> None:
+    """Sides of the pairs that are not scored (vLLM ignores them) are held to what the document
+    states for every side, as the scored pair is: at most max_documents inputs, objects with
+    `text` and without `content`, query texts not blank. Otherwise the server would accept
+    bodies its document calls invalid."""
+    scored = next(pair for pair in SCORE_PAIRS
+                  if getattr(body, pair[0]) is not None and getattr(body, pair[1]) is not None)
+    for pair in SCORE_PAIRS:
+        for name, where in zip(pair, ("queries", "documents")):
+            side = getattr(body, name)
+            if side is None:
+                continue
+            inputs = as_list(side)
+            if len(inputs) > limit:
+                raise InvalidInput(f"too many inputs in {name}: {len(inputs)} > limit {limit} "
+                                   "(max_documents); split the request")
+            if name in scored:
+                continue  # checked where it is scored, in vLLM's words and order
+            texts = texts_of(inputs, name)
+            if where == "queries" and any(not text.strip() for text in texts):
+                raise InvalidInput(f"{name} must hold text with at least one non-whitespace character")

@@ -69,7 +69,10 @@ QuerySide = _one_or_list(QueryInput, "the queries: one for all documents, or one
 DocumentSide = _one_or_list(DocumentInput, "the documents")
 # a cap of 1 to max_model_len tokens (vLLM's truncate_prompt_tokens, besides -1 = max_model_len)
 _TRUNCATE_FROM_1 = Annotated[json_integer(1), Field(json_schema_extra=setting_bounds(maximum="max_model_len"))]
-_INT64 = 2**63 - 1
+# Integers a JSON parser reads exactly: validators and generators that read JSON numbers as
+# doubles (schemathesis among them) cannot tell integers apart beyond this, so a bound near vLLM's
+# int64 limit would be read differently by the document's readers and by the server.
+_JSON_SAFE = 2**53 - 1
 
 
 class VllmScoringFields(BaseModel):
@@ -91,10 +94,11 @@ class VllmScoringFields(BaseModel):
         None, description="accepted; the document's end is what is cut")
     padding: Literal["max_length", "do_not_pad"] | None = None
     request_id: str | None = Field(None, description="the answer's id is score-<X-Request-Id or this>")
-    priority: json_integer(-_INT64 - 1, _INT64) = Field(0, description=(
+    priority: json_integer(-_JSON_SAFE, _JSON_SAFE) = Field(0, description=(
         "vLLM's priority (lower = earlier), mapped onto the shim's dispatch classes: < 0 "
         "interactive, > 0 bulk, 0 decided by size (the shim, not vLLM's scheduler, orders work: "
-        "vLLM's priority policy never preempts for token budget)"))
+        "vLLM's priority policy never preempts for token budget). Within ±(2^53 - 1), the "
+        "integers every JSON parser reads exactly (vLLM takes int64; only the sign matters)"))
     mm_processor_kwargs: dict[str, Any] | None = None
     cache_salt: str | None = Field(None, min_length=1, max_length=1024,
                                    description="accepted; the score cache is keyed on the content")
