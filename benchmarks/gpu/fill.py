@@ -5,15 +5,17 @@
 
 A configuration is `n<K>` (K engines sharing the one GPU, `--engines K --engines-per-gpu K`) plus
 any of `+mps` (the launcher's MPS daemon, `--cuda-mps`), `+sync` (`--no-async-scheduling`) and
-`+eager` (`--enforce-eager`). Each is started (all K engines verified), then every step runs through
-the shim, and for the configurations in `--raw` also against raw vLLM (engine 0's `/rerank`), each
-line with GPU busy %, power and per-process CPU % (benchmarks/gpu/utilisation.py):
+`+eager` (`--enforce-eager`); `best` is the one that served most small requests so far, and
+`CONFIG@a/b` runs steps a and b for it instead of `--steps`. Each is started (all K engines
+verified), then every step runs through the shim, and for the configurations in `--raw` also
+against raw vLLM (engine 0's `/rerank`), each line with GPU busy %, power and per-process CPU %
+(benchmarks/gpu/utilisation.py):
 
   seed    hey -n 5000 -c 50, the seed document's fixed body (shim /v1/rank, vLLM /rerank)
   small   3 short documents, a new query each time, c=50 (3,000 requests)
   rag     20 x ~390-token documents, c=32 (400 requests)
   long    10 x ~3,600-token documents, c=8
-  mixed   small c=10 while long runs at c=8, then long alone (shim only)
+  mixed   small c=10 while long runs at c=8, then long alone
   det     the same 64 pairs alone, in one batch and under load (bit-identical in deterministic mode)
   profile py-spy dump of every engine core, three times during a small c=50 load (logs/pyspy-*.txt)
 """
@@ -112,8 +114,8 @@ def step(clock: o.Clock, config: str, name: str, target: str) -> None:
                   extra=["--procs", "2"])
     elif name == "long":
         o.loadgen(clock, config, "long", targets=target, concurrency="8", requests=100, est_s=40)
-    elif name == "mixed" and target == "shim":
-        o.loadgen(clock, config, "mixed", targets="shim", est_s=50)
+    elif name == "mixed":
+        o.loadgen(clock, config, "mixed", targets=target, est_s=50)
     elif name == "det" and target == "shim":
         o.det_probe(clock, config, est_s=20)
     elif name == "profile" and target == "shim":
@@ -174,18 +176,25 @@ def phase_fill(clock: o.Clock, configs: list[str], steps: list[str], raw: list[s
     for name in steps:
         if name not in STEPS:
             raise ValueError(f"unknown step {name!r}; choose from {', '.join(STEPS)}")
-    winner = best_config() if "best" in configs + raw else None
-    configs = [winner if c == "best" else c for c in configs if c != "best" or winner]
-    raw = [winner if c == "best" else c for c in raw]
-    o.emit({"kind": "fill_plan", "configs": configs, "raw": raw, "best": winner})
-    for config in configs:
+    for entry in configs:
+        # `config@a/b` runs steps a and b for that configuration instead of the common ones;
+        # `best` is resolved when reached, from everything measured so far (this call included)
+        config, _, own_steps = entry.partition("@")
+        with_raw = config in raw
+        if config == "best":
+            config = best_config()
+            o.emit({"kind": "fill_best", "best": config})
+            if config is None:
+                continue
         if clock.left() < 120:
             o.emit({"kind": "skipped", "step": "fill", "config": config, "reason": "device-call budget"})
             continue
-        if start(clock, config, profile_starts) is None:
-            continue
-        for name in steps:
-            if config in raw and name in ("seed", "small", "rag", "long"):
+        running = o.launcher_running()
+        if not (running and running["flags"] == config_flags(config)[1]):
+            if start(clock, config, profile_starts) is None:
+                continue
+        for name in own_steps.split("/") if own_steps else steps:
+            if with_raw and name in ("seed", "small", "rag", "long", "mixed"):
                 step(clock, config, name, "vllm")
             step(clock, config, name, "shim")
     o.stop_launcher()
