@@ -5,7 +5,7 @@ and one union response envelope that every client family parses: Cohere SDKs rea
 and `meta`, Jina clients (LangChain, LlamaIndex, Haystack) read `results`, `model`, `usage`.
 `document` is left out, never null, when documents are not requested (LiteLLM rejects null).
 A body carrying a field only vLLM's rerank has (`use_activation`, `truncate_prompt_tokens`,
-`request_id`, ...: vllm_api.VLLM_ONLY_FIELDS) is a vLLM client's: it gets vLLM's answer (documents
+`request_id`, ...: `VLLM_ONLY_FIELDS`) is a vLLM client's: it gets vLLM's answer (documents
 echoed unless return_documents is false) with Cohere's `meta`, and vLLM's errors.
 """
 
@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from server.dialects import vllm_api
+from server.dialects import vllm
 from server.dialects.common import (
     Dialect,
     Document,
@@ -24,11 +24,14 @@ from server.dialects.common import (
     document_texts,
     documents_field,
     echo,
+    errors_as,
     json_integer,
     ranking,
     score,
     search_units,
 )
+from server.dialects.vllm.mapping import as_list, rerank_answer
+from server.dialects.vllm.protocol import VLLM_ONLY_FIELDS, VllmRerankRequest
 from server.openapi import documented_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
@@ -122,28 +125,28 @@ async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
 
 
 def _speaks(body: Any) -> str:
-    return "vllm" if isinstance(body, dict) and not vllm_api.VLLM_ONLY_FIELDS.isdisjoint(body) else "cohere"
+    return "vllm" if isinstance(body, dict) and not VLLM_ONLY_FIELDS.isdisjoint(body) else "cohere"
 
 
 RerankBody = Annotated[
-    Annotated[RerankRequest, Tag("cohere")] | Annotated[vllm_api.VllmRerankRequest, Tag("vllm")],
+    Annotated[RerankRequest, Tag("cohere")] | Annotated[VllmRerankRequest, Tag("vllm")],
     Discriminator(_speaks),
 ]
 
 
 # errors answer in the dialect the body speaks
-_errors_as_spoken = vllm_api.errors_for_bodies(lambda body: _speaks(body) == "vllm")
+_errors_as_spoken = errors_as(vllm.DIALECT, lambda body: _speaks(body) == "vllm")
 # the body as documented: a vLLM body is one with a vLLM-only field (see _speaks)
-_VLLM_FIELD = {"anyOf": [{"required": [name]} for name in sorted(vllm_api.VLLM_ONLY_FIELDS)]}
-_BODY = documented_body((RerankRequest, {"not": _VLLM_FIELD}), (vllm_api.VllmRerankRequest, _VLLM_FIELD))
+_VLLM_FIELD = {"anyOf": [{"required": [name]} for name in sorted(VLLM_ONLY_FIELDS)]}
+_BODY = documented_body((RerankRequest, {"not": _VLLM_FIELD}), (VllmRerankRequest, _VLLM_FIELD))
 
 
 async def _answer(body, request: Request, version: str) -> dict:
     if isinstance(body, RerankRequest):
         return await _rerank(body, request, version)
-    answer = await vllm_api.rerank_answer(request, body)
+    answer = await rerank_answer(request, body)
     tokens = answer["usage"]["prompt_tokens"]
-    documents = len(vllm_api.as_list(body.documents))
+    documents = len(as_list(body.documents))
     answer["meta"] = {"api_version": {"version": version},
                       "billed_units": {"search_units": search_units(documents)},
                       "tokens": {"input_tokens": tokens, "output_tokens": 0}}
@@ -164,5 +167,5 @@ async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()], _=Dep
 
 DIALECT = Dialect("cohere", router,
                   responses={"/v1/rerank": RerankResponse, "/v2/rerank": RerankResponse},
-                  shared_with=(vllm_api.DIALECT,),
+                  shared_with=(vllm.DIALECT,),
                   bench={"shim": ("/v1/rerank", "documents")})

@@ -1,4 +1,4 @@
-"""Several engines behind one shim (issue 16): the engine set every engine call goes through.
+"""Several engines behind one shim: the engine set every engine call goes through.
 
 One `EngineClient` per vLLM: one per GPU (or tensor-parallel group) in `multi_gpu_mode=engines`,
 one in total otherwise. Rules, and why:
