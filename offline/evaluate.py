@@ -162,6 +162,9 @@ def score_run(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
     import ir_measures
 
     label_of = {str(m): label for label, m in labelled.items()}
+    # trec_eval's tools count a judged query missing from the run as all zeros; the queries
+    # evaluated are the run's
+    qrels = {qid: judged for qid, judged in qrels.items() if qid in run}
     overall = {label_of[str(m)]: float(v) for m, v in
                ir_measures.calc_aggregate(list(labelled.values()), qrels, run).items()}
     per_query: dict[str, dict[str, float]] = {}
@@ -383,10 +386,13 @@ def plot_gain(report: dict, path: Path, label: str) -> None:
 
     base = report["systems"][FIRST_STAGE]
     others = [(n, s) for n, s in report["systems"].items() if n != FIRST_STAGE]
-    fig, axes = plt.subplots(len(others), 1, figsize=(10, 3.2 * len(others)), squeeze=False)
+    fig, axes = plt.subplots(len(others), 1, figsize=(10, 3.2 * len(others)), squeeze=False, sharey=True)
     for ax, (name, system) in zip(axes[:, 0], others):
-        gains = sorted((system["per_query"][q][label] - base["per_query"][q][label] for q in base["per_query"]),
-                       reverse=True)
+        ranked = sorted(((system["per_query"][q][label] - base["per_query"][q][label], q) for q in base["per_query"]),
+                        key=lambda item: -item[0])
+        gains = [gain for gain, _ in ranked]
+        if len(ranked) <= 40:  # few enough to name each query
+            ax.set_xticks(range(len(ranked)), [q for _, q in ranked], rotation=60, fontsize=7)
         colours = ["#2a9d8f" if g > 0 else "#e76f51" if g < 0 else "#999999" for g in gains]
         ax.bar(range(len(gains)), gains, color=colours, width=1.0)
         ax.axhline(0, color="black", linewidth=0.8)

@@ -82,8 +82,9 @@ def test_resume_keeps_final_answers_and_drops_retryable_and_cut_off_lines(tmp_pa
 
 # ---------------------------------------------------------------------------- eval metrics
 
-QRELS_TSV = "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td3\t1\nq1\td9\t1\nq2\te2\t1\nq3\tf1\t0\n"
-# q1: d2 d1 d4 d3 (d9 relevant, not retrieved); q2: e1 e3 e2; q3: nothing relevant
+QRELS_TSV = "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\td3\t1\nq1\td9\t1\nq2\te2\t1\nq3\tf1\t0\nq4\tg1\t1\n"
+# q1: d2 d1 d4 d3 (d9 relevant, not retrieved); q2: e1 e3 e2; q3: nothing relevant; q4 (judged)
+# is not in the run: not evaluated, not counted in the means
 RUN = """q1 Q0 d2 1 9.0 bm25
 q1 Q0 d1 2 8.0 bm25
 q1 Q0 d4 3 7.0 bm25
@@ -103,10 +104,11 @@ def test_metrics_of_a_hand_made_run_match_the_hand_computed_numbers(tmp_path):
     (tmp_path / "qrels.tsv").write_text(QRELS_TSV)
     (tmp_path / "run.trec").write_text(RUN)
     qrels = read_qrels(tmp_path / "qrels.tsv")
-    assert qrels == {"q1": {"d1": 2, "d3": 1, "d9": 1}, "q2": {"e2": 1}, "q3": {"f1": 0}}
+    assert qrels == {"q1": {"d1": 2, "d3": 1, "d9": 1}, "q2": {"e2": 1}, "q3": {"f1": 0}, "q4": {"g1": 1}}
     run = {q: dict(docs) for q, docs in read_run(tmp_path / "run.trec", depth=100).items()}
     overall, per_query = score_run(qrels, run, measures(10, [2, 10]))
 
+    assert set(per_query) == {"q1", "q2", "q3"}
     ndcg = {"q1": dcg([0, 2, 0, 1]) / dcg([2, 1, 1]), "q2": dcg([0, 0, 1]) / dcg([1]), "q3": 0.0}
     mrr = {"q1": 1 / 2, "q2": 1 / 3, "q3": 0.0}
     recall2 = {"q1": 1 / 3, "q2": 0.0, "q3": 0.0}
