@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from benchmarks import batch_memory
-from tests.conftest import ROOT, eventually
+from tests.conftest import MAX_MODEL_LEN, MODEL_DIR, MODEL_NAME, ROOT, engine_env, eventually
 
 ROUTED = ["/v1/rerank", "/v2/rerank", "/rerank", "/v1/rank", "/score"]
 
@@ -211,3 +211,24 @@ def test_memory_flat_over_1m_pairs_fake_server(tmp_path):
     assert result["input_mib"] > 50
     assert result["growth_after_tenth_mib"] < 10, result
     assert result["peak_rss_mib"] < 150, result
+
+
+def test_launch_starts_a_service_of_its_own_and_stops_it(service, tmp_path):
+    """--launch: the launcher as a subprocess (here in mode shim, in front of the shared vLLM, so
+    the test does not pay for a second engine start), /ready awaited, the job, SIGTERM."""
+    input_path, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [{"id": f"q{i}", **request_body("/v1/rerank", i)} for i in range(5)]
+    input_path.write_bytes(b"\n".join(orjson.dumps(x) for x in lines) + b"\n")
+    env = engine_env(PYTHONPATH=str(ROOT), RERANKER_DRAIN_WINDOW="0")
+    done = subprocess.run([sys.executable, "-m", "launcher", "batch", str(input_path), str(output), "--launch",
+                           "--", "--mode", "shim", "--vllm-url", service.vllm_url, "--model", str(MODEL_DIR),
+                           "--served-model-name", MODEL_NAME, "--max-model-len", str(MAX_MODEL_LEN),
+                           "--rate-limit", ""], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    url = done.stderr.split("service ready at ")[1].split()[0]
+    records = [orjson.loads(x) for x in output.read_bytes().splitlines()]
+    assert sorted(r["custom_id"] for r in records) == sorted(x["id"] for x in lines)
+    assert all(r["response"]["status_code"] == 200 for r in records)
+    assert (tmp_path / "out.jsonl.service.log").stat().st_size > 0
+    with pytest.raises(httpx.ConnectError):  # stopped with the job
+        httpx.get(url + "/health", timeout=5)
