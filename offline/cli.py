@@ -32,11 +32,18 @@ def _split_launcher_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None, help="sent as `Authorization: Bearer KEY`")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    parser.add_argument("--concurrency", type=_positive, default=16, help="requests in flight (default 16)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default 600)")
-    parser.add_argument("--max-attempts", type=int, default=8,
+    parser.add_argument("--max-attempts", type=_positive, default=8,
                         help="tries per request on 429/502/503/504 (honouring Retry-After) and on "
                              "connection failures (default 8)")
     parser.add_argument("--launch", action="store_true",
@@ -72,13 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--qrels", type=Path, default=None, help="a qrels TSV instead of qrels/<split>.tsv")
     evaluate.add_argument("--run", type=Path, required=True,
                           help="first-stage TREC run file (qid Q0 docid rank score tag), e.g. BM25")
-    evaluate.add_argument("--depth", type=int, default=100,
+    evaluate.add_argument("--depth", type=_positive, default=100,
                           help="rerank each query's top N first-stage documents (default 100)")
     evaluate.add_argument("--service", action="append", default=[], metavar="[NAME=]URL",
                           help="a service to evaluate; repeat to compare several side by side "
                                f"(default {DEFAULT_SERVICE}, or the launched one)")
-    evaluate.add_argument("--cutoff", type=int, default=10, help="k of nDCG@k and MRR@k (default 10)")
-    evaluate.add_argument("--recall", type=int, nargs="+", default=[10, 100], metavar="K",
+    evaluate.add_argument("--cutoff", type=_positive, default=10, help="k of nDCG@k and MRR@k (default 10)")
+    evaluate.add_argument("--recall", type=_positive, nargs="+", default=[10, 100], metavar="K",
                           help="Recall@K cut-offs (default 10 100)")
     evaluate.add_argument("--instruction", default=None, help="the Qwen3 task instruction (default: the service's)")
     evaluate.add_argument("--out", type=Path, required=True,

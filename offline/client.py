@@ -120,8 +120,14 @@ def launched(launcher_args: list[str], log_path: Path, ready_timeout_s: float = 
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
+    # a SIGTERM while we wait (the job's own runner giving up) must still stop the service:
+    # as SystemExit it unwinds through the `finally` below, where the default action would not
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        _wait_ready(proc, url, log_path, ready_timeout_s)
+        try:
+            _wait_ready(proc, url, log_path, ready_timeout_s)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         yield url
     finally:
         if proc.poll() is None:
@@ -135,6 +141,10 @@ def launched(launcher_args: list[str], log_path: Path, ready_timeout_s: float = 
 
 class LaunchError(RuntimeError):
     pass
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout_s: float) -> None:
