@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--recall", type=_positive, nargs="+", default=[10, 100], metavar="K",
                           help="Recall@K cut-offs (default 10 100)")
     evaluate.add_argument("--instruction", default=None, help="the Qwen3 task instruction (default: the service's)")
+    evaluate.add_argument("--per-query", action=argparse.BooleanOptionalAction, default=None,
+                          help="print the per-query table (default: when at most 50 queries)")
     evaluate.add_argument("--out", type=Path, required=True,
                           help="folder for report.json, per_query.tsv, gain.png and the reranked runs")
     _common(evaluate)
@@ -195,7 +197,8 @@ def _eval(args, launcher_args: list[str]) -> int:
         opts = EvalOptions(data=args.data, run=args.run, out=args.out, services=named, split=args.split,
                            qrels=args.qrels, depth=args.depth, cutoff=args.cutoff, recall=args.recall,
                            instruction=args.instruction, concurrency=args.concurrency,
-                           api_key=args.api_key, timeout_s=args.timeout, max_attempts=args.max_attempts)
+                           api_key=args.api_key, timeout_s=args.timeout, max_attempts=args.max_attempts,
+                           per_query_table=args.per_query)
         try:
             asyncio.run(run_eval(opts))
         except EvalError as exc:

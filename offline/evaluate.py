@@ -35,6 +35,7 @@ FIRST_STAGE = "first-stage"
 # documents per request; a query's top `depth` is sent in requests of at most this many
 # (the service's own limit, max_documents, is 1,000 by default)
 DOCS_PER_REQUEST = 100
+PER_QUERY_ROWS = 50
 
 
 class EvalError(Exception):
@@ -60,6 +61,7 @@ class EvalOptions:
     timeout_s: float = 600.0
     max_attempts: int = 8
     force_terminal: bool | None = None
+    per_query_table: bool | None = None       # None: when there are at most PER_QUERY_ROWS queries
 
 
 # ---------------------------------------------------------------------------- reading the data
@@ -301,7 +303,7 @@ async def run_eval(opts: EvalOptions) -> dict:
     for system in reranked:
         _write_trec_run(opts.out / f"run.{_safe(system.name)}.trec", runs[system.name], system.name)
     plot_gain(report, opts.out / "gain.png", f"nDCG@{opts.cutoff}")
-    print_table(report)
+    print_table(report, opts.per_query_table)
     return report
 
 
@@ -352,7 +354,9 @@ def _write_per_query(path: Path, report: dict) -> None:
             writer.writerow([qid, *(f"{systems[name]['per_query'][qid][label]:.4f}" for name, label in columns)])
 
 
-def print_table(report: dict) -> None:
+def print_table(report: dict, per_query_table: bool | None = None) -> None:
+    """The overall table, and the headline metric per query (by default when there are at most
+    PER_QUERY_ROWS queries)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -372,7 +376,21 @@ def print_table(report: dict) -> None:
         counts = system.get("queries")
         label = f"{name} ({system['model']})" if system.get("model") else name
         table.add_row(label, *cells, f"{counts['improved']}/{counts['hurt']}/{counts['unchanged']}" if counts else "")
-    Console(width=160).print(table)
+    console = Console(width=160)
+    console.print(table)
+    per_query = systems[FIRST_STAGE]["per_query"]
+    if per_query_table if per_query_table is not None else len(per_query) <= PER_QUERY_ROWS:
+        headline = report["metrics"][0]
+        rows = Table(title=f"{headline} per query (every metric: per_query.tsv)")
+        rows.add_column("query")
+        for name in systems:
+            rows.add_column(name, justify="right")
+        for qid in per_query:
+            base = per_query[qid][headline]
+            rows.add_row(qid, f"{base:.4f}", *(f"{s['per_query'][qid][headline]:.4f} "
+                                               f"({s['per_query'][qid][headline] - base:+.4f})"
+                                               for n, s in systems.items() if n != FIRST_STAGE))
+        console.print(rows)
     if report["queries"]["skipped"]:
         print(f"skipped {len(report['queries']['skipped'])} queries (report.json says why)")
 

@@ -94,6 +94,8 @@ def test_eval_end_to_end_two_services_side_by_side(service, extra_shim, tmp_path
 
     # the table, the per-query TSV, the reranked runs, the plot
     assert "nDCG@10" in done.stdout and "first-stage" in done.stdout and "A (qwen3-reranker-tiny)" in done.stdout
+    per_query_rows = done.stdout.split("nDCG@10 per query")[1]
+    assert all(f" q{q} " in per_query_rows for q in range(6))
     rows = (out / "per_query.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:2] == ["query", "first-stage:nDCG@10"] and len(rows) == 7
     trec = (out / "run.A.trec").read_text().splitlines()
