@@ -33,7 +33,7 @@ def request_body(route: str, i: int) -> dict:
     return {"query": query, "documents": docs}
 
 
-def make_input(path: Path, lines: int = 60) -> tuple[list[str], dict[str, str]]:
+def make_input(path: Path, lines: int = 120) -> tuple[list[str], dict[str, str]]:
     """`lines` good requests across the routes and both formats, with bad lines among them.
     Returns every line's expected custom_id, and the bad ones' expected error codes."""
     out, ids, bad = [], [], {}
@@ -95,7 +95,7 @@ def resumed_job(service, tmp_path_factory):
     proc = start_batch(input_path, output, service.url)
     runs.append((*interrupt_when(proc, output, 10, signal.SIGINT), lines_in(output)))
     proc = start_batch(input_path, output, service.url)
-    runs.append((*interrupt_when(proc, output, runs[0][2] + 15, signal.SIGTERM), lines_in(output)))
+    runs.append((*interrupt_when(proc, output, runs[0][2] + 25, signal.SIGTERM), lines_in(output)))
     proc = start_batch(input_path, output, service.url)
     out, _ = proc.communicate(timeout=600)
     runs.append((proc.returncode, out, lines_in(output)))
