@@ -3,27 +3,36 @@
 Every field is an environment variable `RERANKER_<FIELD>` and a launcher flag `--<field-with-dashes>`.
 The launcher hands its settings to the shim process through the same environment variables, so a
 value set once (Helm value, systemd Environment=, CLI flag) reaches both.
+
+The fields are grouped by concern, one class each (`ModelSettings`, `EngineSettings`, ...);
+`Settings` inherits them all, so every field stays one flat name (`settings.max_model_len`,
+`RERANKER_MAX_MODEL_LEN`, `--max-model-len`) and a group is where to read what belongs together.
+A group holds its own validators; what spans groups (derived values, cross-group checks) lives on
+`Settings`.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from server.limit_spec import parse_limit, storage_scheme
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 DEMO_MODEL_DIR = "models/qwen3-reranker-tiny"
 
 
-def _split_list(value):
+def _split_list(value: Any) -> Any:
     """Lists come from env vars as JSON (`["a","b"]`) or as comma/space separated text."""
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
-            import json
-
             return json.loads(text)
         return [part for part in text.replace(",", " ").split() if part]
     return value
@@ -32,21 +41,35 @@ def _split_list(value):
 StrList = Annotated[list[str], NoDecode]
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", validate_default=True)
+class ProcessSettings(BaseModel):
+    """What runs, and the shim's own process: listener, workers, logs, playground."""
 
-    # --- what runs -------------------------------------------------------------------------
     mode: Literal["all", "vllm", "shim"] = Field(
         "all", description="all: vLLM + shim supervised together; vllm: engine only; shim: API only")
+    host: str = "0.0.0.0"
+    port: int = 8000
+    workers: int = Field(0, description="shim worker processes; 0 = auto (one per 4 CPUs, 1..4)")
+    log_level: str = "INFO"
+    log_documents: bool = Field(False, description="log document and query text (off: privacy)")
+    # A static page at / and /playground to try the reranker in a browser. The page itself is public;
+    # the scoring calls it makes carry the user's key and get the same auth as any client.
+    playground: bool = Field(True, description="serve the browser playground at / and /playground")
 
-    # --- the model ---------------------------------------------------------------------------
+
+class ModelSettings(BaseModel):
+    """Which model is served, under which name, with which tokenizer."""
+
     model: str = Field("", description="Hub id or local path; empty = offline demo model")
     served_model_name: str = Field("", description="Name reported by the API; default from model")
     tokenizer: str = Field("", description="Tokenizer path/id for the shim; default = model")
     qwen3_overrides: Literal["auto", "on", "off"] = Field(
         "auto", description="Qwen3 --hf-overrides: auto = only for original (CausalLM) checkpoints")
 
-    # --- vLLM engine flags (the launcher maps these, and only these, to vLLM argv) -------------
+
+class EngineSettings(BaseModel):
+    """vLLM engine flags: the launcher maps these, and only these, to vLLM's argv
+    (launcher/vllm_args.py)."""
+
     vllm_host: str = "127.0.0.1"
     vllm_port: int = 8001
     vllm_url: str = Field("", description="shim mode: base URL of a running vLLM, or several "
@@ -55,22 +78,39 @@ class Settings(BaseSettings):
     dtype: str = "auto"
     gpu_memory_utilization: float | None = None
     max_num_seqs: int | None = None
+    # the GPU default is measured in benchmarks/RESULTS.md ("Engine levers")
     max_num_batched_tokens: int | None = Field(
-        None, description="unset: 32768 when a GPU is visible (measured +20% on rag), else vLLM's")
+        None, description="unset: 32768 when a GPU is visible, else vLLM's")
     enable_prefix_caching: bool = Field(True, description="the shared instruction+query prefix")
     enforce_eager: bool = False
     tensor_parallel_size: int = 1
-    # --- several GPUs in one pod (issue 16; docs/deployment.md "Several GPUs per host") ---------
-    # engines: N vLLM processes, engine i on port vllm_port+i and GPUs i*TP..(i+1)*TP-1
-    # (CUDA_VISIBLE_DEVICES), each supervised and restarted on its own; the shim sends every call
-    # to the healthy engine with the fewest outstanding tokens and moves a failed call to another.
-    # data-parallel: one vLLM with --data-parallel-size N (vLLM balances inside; one URL, one
-    # health, one restart for all). Which is faster is for benchmarks/gpu (phase multigpu).
+    async_scheduling: bool = Field(
+        True, description="GPU: vLLM --async-scheduling (the next step is scheduled while the GPU "
+        "runs this one); --no-async-scheduling passes vLLM's --no-async-scheduling")
+    vllm_shutdown_timeout: int = Field(30, description="vLLM --shutdown-timeout: drain seconds")
+    extra_vllm_args: StrList = Field(default_factory=list, description="passed to vLLM verbatim")
+
+    @field_validator("extra_vllm_args", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+
+class GpuSharingSettings(BaseModel):
+    """Several GPUs in one pod, or several engines on one GPU (docs/deployment.md, "Several GPUs
+    per host" and "Filling one GPU").
+
+    engines: N vLLM processes, engine i on port vllm_port+i and GPUs i*TP..(i+1)*TP-1
+    (CUDA_VISIBLE_DEVICES), each supervised and restarted on its own; the shim sends every call to
+    the healthy engine with the fewest outstanding tokens and moves a failed call to another.
+    data-parallel: one vLLM with --data-parallel-size N (vLLM balances inside; one URL, one health,
+    one restart for all). Several engines on one GPU: small requests are bound by vLLM's one
+    engine-core process (one CPU core busy while the GPU idles), so more engine cores on the same
+    GPU raise what one GPU serves.
+    """
+
     engines: int = Field(1, ge=1, description="engine replicas per pod, each tensor_parallel_size "
                          "GPUs (so GPUs = engines x tensor_parallel_size)")
-    # Several engines on one GPU: small requests are bound by vLLM's one engine-core process
-    # (one CPU core at 100% while the GPU idles), so more engine cores on the same GPU raise
-    # what one GPU serves (docs/deployment.md, "Filling one GPU").
     engines_per_gpu: int = Field(1, ge=1, description="engines sharing one GPU (tensor_parallel_size "
                                  "1 only); each gets gpu_memory_utilization / engines_per_gpu and a "
                                  "fixed KV cache (kv_cache_memory_bytes, auto: sized for the share)")
@@ -81,34 +121,37 @@ class Settings(BaseSettings):
         False, description="GPU: run the launcher's engines under an NVIDIA MPS control daemon that "
         "the launcher starts and stops (kernels of engines sharing a GPU then run concurrently); "
         "leave off where the node already provides MPS (device plugin sharing)")
-    async_scheduling: bool = Field(
-        True, description="GPU: vLLM --async-scheduling (the next step is scheduled while the GPU "
-        "runs this one); --no-async-scheduling passes vLLM's --no-async-scheduling")
     multi_gpu_mode: Literal["engines", "data-parallel"] = Field(
         "engines", description="engines: one vLLM per replica behind the shim (least outstanding "
         "tokens); data-parallel: one vLLM with --data-parallel-size engines")
-    vllm_shutdown_timeout: int = Field(30, description="vLLM --shutdown-timeout: drain seconds")
-    extra_vllm_args: StrList = Field(default_factory=list, description="passed to vLLM verbatim")
 
-    # --- start-up and deterministic scores (issue 12; launcher/vllm_args.py vllm_environment) ----
+
+class StartupSettings(BaseModel):
+    """Start-up time and deterministic scores (launcher/vllm_args.py `vllm_environment`;
+    docs/deployment.md, "Start-up and deterministic scores")."""
+
     cache_dir: str = Field(
         ".cache", description="persistent, writable: vLLM's model-info, torch.compile and Triton "
         "caches live in <cache_dir>/vllm (VLLM_CACHE_ROOT); '' = vLLM's own defaults")
     vllm_fork_engine: bool = Field(
-        True, description="GPU: fork vLLM's engine core instead of a fresh interpreter (-15 s a start)")
+        True, description="GPU: fork vLLM's engine core instead of a fresh interpreter (a faster start)")
     deterministic: bool = Field(
         True, description="bit-identical scores whatever the batch or load: VLLM_BATCH_INVARIANT=1 "
-        "on GPU (-7..-12% throughput on an H200) and P(yes) computed in the shim from vLLM's logit")
+        "on GPU (costs some throughput) and P(yes) computed in the shim from vLLM's logit")
 
-    # --- supervision ---------------------------------------------------------------------------
+
+class SupervisionSettings(BaseModel):
+    """How the launcher waits for and restarts vLLM (launcher/supervise.py)."""
+
     vllm_startup_timeout: float = Field(1800.0, description="seconds to wait for vLLM /health")
     vllm_max_restarts: int = Field(5, description="restarts within restart_window before giving up")
     vllm_restart_window: float = 600.0
     vllm_restart_backoff: float = Field(2.0, description="first backoff; doubles, capped at 30 s")
 
-    # --- the shim ------------------------------------------------------------------------------
-    host: str = "0.0.0.0"
-    port: int = 8000
+
+class RequestSettings(BaseModel):
+    """What one request may hold, how it is cut, and how the shim calls the engine for it."""
+
     default_instruction: str = DEFAULT_INSTRUCTION
     engine_api: Literal["tokens", "rerank"] = Field(
         "tokens", description="tokens: shim renders+tokenises, vLLM /classify; rerank: vLLM /rerank")
@@ -122,63 +165,72 @@ class Settings(BaseSettings):
     pairs_per_engine_call: int = Field(64, description="large requests go to vLLM in concurrent slices")
     upstream_timeout: float = Field(120.0, description="seconds for one call to vLLM")
 
-    # --- cross-request batching and priority dispatch (server/scoring/dispatch.py) -------------
+
+class DispatchSettings(BaseModel):
+    """Cross-request batching and priority dispatch (server/scoring/dispatch.py). The defaults are
+    measured: benchmarks/RESULTS.md, "Mixed traffic: bulk cut to the budget" and "Mixed traffic and
+    the rest, final defaults"."""
+
     batching: bool = Field(True, description="coalesce concurrent requests into shared /classify "
                            "calls and dispatch interactive work first (engine_api=tokens)")
     batch_max_tokens: int = Field(16384, description="prompt tokens per /classify call")
     batch_max_prompts: int = Field(512, description="prompts per /classify call")
     batch_fill_ms: float = Field(1.0, description="while calls are in flight, let a batch fill "
                                  "this long before sending it (an idle engine gets work at once)")
+    # One engine step by default: the bulk in flight then fills about one vLLM step, so a small
+    # request waits for about one step; larger budgets keep more bulk throughput and cost
+    # interactive latency.
     engine_token_budget: int = Field(
         0, description="while interactive work is around, bulk work is held in the shim once this "
         "many prompt tokens are in an engine (per engine; all shim workers together: each holds "
-        "its share); 0 = auto: one engine step, max_num_batched_tokens (32768 on GPU). H200, "
-        "mixed traffic, same run: 16k/24k/32k gave small p95 115/88/129 ms with long-document "
-        "throughput at 63/55/87% of alone (benchmarks/RESULTS.md session 5): 32k keeps bulk "
-        "throughput and still cuts small p95 from 301 ms")
+        "its share); 0 = auto: one engine step, max_num_batched_tokens (32768 on GPU)")
     bulk_budget_factor: int = Field(4, description="with no interactive work for "
-                                    "interactive_memory_s, bulk may use this many times the budget "
-                                    "(4 x 32k = the 131k bulk-only rag/long figures were measured at)")
+                                    "interactive_memory_s, bulk may use this many times the budget")
     interactive_memory_s: float = Field(2.0, description="how long one interactive request keeps "
                                         "the tight bulk budget in force")
     bulk_split_to_budget: bool = Field(
         True, description="while the tight budget is in force (interactive work seen), cut a bulk "
         "request to the room left in the worker's share of engine_token_budget, so the budget binds "
-        "for large requests too (H200, same run, 32k budget: mixed small p95 301 -> 129 ms, "
-        "benchmarks/RESULTS.md session 5); bulk alone goes in whole calls. Scores stay "
+        "for large requests too; bulk alone goes in whole calls. Scores stay "
         "bit-identical on GPUs (batch-invariant mode); the CPU build may differ by 1 ulp for a "
         "request cut across calls")
     engine_max_calls: int = Field(4, description="/classify calls in flight at once, per shim "
-                                  "worker and engine (H200: 4 beat 2 and 8 on small c=50, "
-                                  "benchmarks/RESULTS.md)")
+                                  "worker and engine")
     interactive_max_tokens: int = Field(
         4096, description="requests with at most this many prompt tokens are interactive "
         "(dispatched first); larger ones are bulk. A caller may also say X-Priority: bulk|interactive")
     bulk_max_wait_s: float = Field(1.0, description="bulk work waiting this long goes before "
                                    "interactive work (no class starves)")
 
-    # admission control: in-flight work, counted in (query, document) pairs and tokens, per
-    # engine: a pod with N engines admits N times as much (per_worker)
+
+class AdmissionSettings(BaseModel):
+    """Admission control and the autoscaling signal (server/ops/admission.py).
+
+    In-flight work is counted in (query, document) pairs and tokens, per engine: a pod with N
+    engines admits N times as much (`Settings.per_worker`).
+
+    reranker_engine_saturation = prompt tokens in flight to the engine / saturation_capacity_tokens;
+    1.0 is the in-flight work at which the engine reaches its full throughput, past it requests only
+    queue. The default is measured for Qwen3-Reranker-0.6B bf16 on one GPU (benchmarks/RESULTS.md,
+    "Targets"): about two of vLLM's 32k-token GPU batches. Re-measure for bigger models or other
+    GPUs (the in-flight tokens where pairs/s stops growing). Per engine (one GPU, or one
+    tensor-parallel group): a pod of N engines is full at N times this. Not per worker.
+    """
+
     max_inflight_pairs: int = 4096
     max_inflight_tokens: int = 0  # 0 = no token bound
     retry_after_seconds: int = 1
-
-    # --- saturation: the autoscaling signal (issue 13) -------------------------------------------
-    # reranker_engine_saturation = prompt tokens in flight to the engine / this capacity; 1.0 is
-    # the in-flight work at which the engine reaches its full throughput, past it requests only
-    # queue. 75,000 is measured (benchmarks/RESULTS.md, Qwen3-Reranker-0.6B bf16, one H200):
-    # rag (20 docs, ~9,400 prompt tokens a request) at concurrency 8, i.e. ~75k tokens in flight,
-    # already moves ~500k tokens/s at p50 147 ms; concurrency 32 (300k in flight) adds no
-    # throughput, only latency (p95 621 ms). The H100 shows the same knee (948 pairs/s at c=8,
-    # 929 at c=32). It is about two of vLLM's 32k-token GPU batches; re-measure for bigger models
-    # or other GPUs (the in-flight tokens where pairs/s stops growing). Per engine (one GPU, or
-    # one tensor-parallel group): a pod of N engines is full at N times this. Not per worker.
     saturation_capacity_tokens: int = Field(
         75_000, gt=0, description="in-flight prompt tokens that fill one engine (saturation 1.0)")
 
-    # --- rate limits (server/ops/ratelimit.py; docs/deployment.md "Rate limits") ----------------
-    # Off unless set: a typical caller is one backend service behind one IP (or a proxy), and a
-    # default per-IP limit throttles exactly that caller. Overload is handled by admission control.
+
+class RateLimitSettings(BaseModel):
+    """Per-client rate limits (server/ops/ratelimit.py; docs/deployment.md, "Rate limits").
+
+    Off unless set: a typical caller is one backend service behind one IP (or a proxy), and a
+    default per-IP limit throttles exactly that caller. Overload is handled by admission control.
+    """
+
     rate_limit: str = Field("", description='"N/second|minute|hour|day" per API key when auth is '
                             'on, else per client IP; empty = off')
     rate_limit_storage: str = Field(
@@ -188,53 +240,16 @@ class Settings(BaseSettings):
         0.2, gt=0, description="seconds per shared-store call; slower calls fail open")
     trusted_proxies: StrList = Field(default_factory=list, description="CIDRs allowed to set X-Forwarded-For")
 
-    # auth: off unless keys or a JWT key are configured
-    api_keys: StrList = Field(default_factory=list)
-    api_keys_file: Path | None = None
-    jwt_secret: str = Field("", description="HS256 shared secret")
-    jwt_public_key: str = Field("", description="RS256 public key (PEM text or file path)")
-    jwt_issuer: str = ""
-    jwt_audience: str = ""
-
-    # score cache (off by default)
-    score_cache: bool = False
-    score_cache_entries: int = 100_000
-    score_cache_ttl: float = 3600.0
-
-    # --- drain and keep-alive (lossless for pooled clients; server/ops/drain.py) ----------------
-    # SIGTERM: readiness fails at once; for drain_window s everything is served with
-    # `Connection: close` (pooled clients move off); then the listener closes, connections quiet
-    # for the whole window are closed, and in-flight requests get drain_timeout. 5 s: at least
-    # httpx's idle expiry (5 s), so a connection quiet that long is one its client has dropped.
-    drain_window: float = Field(5.0, ge=0, description="seconds of Connection: close serving after SIGTERM")
-    drain_delay: float | None = Field(None, ge=0, description="deprecated name of drain_window")
-    drain_timeout: float = Field(60.0, description="seconds in-flight requests may take to finish")
-    # The shim must outlive every client's idle expiry (httpx 5 s, nginx upstream 20 s here,
-    # ingress-nginx and AWS ALB 60 s, Go's http.DefaultTransport 90 s): 100 s. Behind a proxy with
-    # a longer one (Google Cloud LB: 600 s), raise it above that.
-    keep_alive_timeout: int = Field(100, ge=1, description="seconds an idle keep-alive connection is kept")
-
-    log_level: str = "INFO"
-    log_documents: bool = Field(False, description="log document and query text (off: privacy)")
-    workers: int = Field(0, description="shim worker processes; 0 = auto (one per 4 CPUs, 1..4)")
-
-    # --- playground (issue 14) -------------------------------------------------------------------
-    # A static page at / and /playground to try the reranker in a browser. The page itself is public;
-    # the scoring calls it makes carry the user's key and get the same auth as any client.
-    playground: bool = Field(True, description="serve the browser playground at / and /playground")
-
-    @field_validator("extra_vllm_args", "trusted_proxies", "api_keys", mode="before")
+    @field_validator("trusted_proxies", mode="before")
     @classmethod
-    def _lists(cls, value):
+    def _proxy_list(cls, value: Any) -> Any:
         return _split_list(value)
 
     @field_validator("rate_limit")
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         value = value.strip()
-        if value:  # imported only when configured: the launcher validates settings too
-            from server.ops.ratelimit import parse_limit
-
+        if value:
             parse_limit(value)  # raises ValueError with the accepted forms
         return value
 
@@ -243,16 +258,12 @@ class Settings(BaseSettings):
     def _rate_limit_storage(cls, value: str) -> str:
         value = value.strip() or "memory://"
         if value != "memory://":
-            from server.ops.ratelimit import storage_scheme
-
             storage_scheme(value)  # raises ValueError naming the supported schemes
         return value
 
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
         for cidr in value:
             try:
                 ipaddress.ip_network(cidr, strict=False)
@@ -260,14 +271,64 @@ class Settings(BaseSettings):
                 raise ValueError(f"not an IP network: {cidr!r} (write CIDRs such as 10.0.0.0/8)") from None
         return value
 
+
+class AuthSettings(BaseModel):
+    """Auth: off unless keys or a JWT key are configured (server/ops/auth.py)."""
+
+    api_keys: StrList = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    jwt_secret: str = Field("", description="HS256 shared secret")
+    jwt_public_key: str = Field("", description="RS256 public key (PEM text or file path)")
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        return _split_list(value)
+
+
+class CacheSettings(BaseModel):
+    """The score cache (off by default)."""
+
+    score_cache: bool = False
+    score_cache_entries: int = 100_000
+    score_cache_ttl: float = 3600.0
+
+
+class DrainSettings(BaseModel):
+    """Drain and keep-alive, lossless for pooled clients (server/ops/drain.py).
+
+    SIGTERM: readiness fails at once; for drain_window s everything is served with
+    `Connection: close` (pooled clients move off); then the listener closes, connections quiet for
+    the whole window are closed, and in-flight requests get drain_timeout. 5 s: at least httpx's
+    idle expiry (5 s), so a connection quiet that long is one its client has dropped.
+    The shim must outlive every client's idle expiry (httpx 5 s, nginx upstream 20 s here,
+    ingress-nginx and AWS ALB 60 s, Go's http.DefaultTransport 90 s): 100 s. Behind a proxy with a
+    longer one (Google Cloud LB: 600 s), raise it above that.
+    """
+
+    drain_window: float = Field(5.0, ge=0, description="seconds of Connection: close serving after SIGTERM")
+    drain_delay: float | None = Field(None, ge=0, description="deprecated name of drain_window")
+    drain_timeout: float = Field(60.0, description="seconds in-flight requests may take to finish")
+    keep_alive_timeout: int = Field(100, ge=1, description="seconds an idle keep-alive connection is kept")
+
     @model_validator(mode="after")
-    def _drain_delay_is_the_old_name_of_drain_window(self):
+    def _drain_delay_is_the_old_name_of_drain_window(self) -> DrainSettings:
         if self.drain_delay is not None and "drain_window" not in self.model_fields_set:
             self.drain_window = self.drain_delay
         return self
 
+
+# Pydantic lists inherited fields base-most first (the reverse of the bases' order), so the groups
+# are named here last-to-first: `--help` and the RERANKER_* dump then read in the order above.
+class Settings(DrainSettings, CacheSettings, AuthSettings, RateLimitSettings, AdmissionSettings,
+               DispatchSettings, RequestSettings, SupervisionSettings, StartupSettings,
+               GpuSharingSettings, EngineSettings, ModelSettings, ProcessSettings, BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", validate_default=True)
+
     @model_validator(mode="after")
-    def _engines_share_a_gpu_only_as_single_gpu_engines(self):
+    def _engines_share_a_gpu_only_as_single_gpu_engines(self) -> Settings:
         if self.engines_per_gpu > 1 and (self.tensor_parallel_size > 1
                                          or self.multi_gpu_mode != "engines"):
             raise ValueError("engines_per_gpu > 1 needs tensor_parallel_size 1 and multi_gpu_mode "
@@ -279,8 +340,6 @@ class Settings(BaseSettings):
     def shim_workers(self) -> int:
         if self.workers > 0:
             return self.workers
-        import os
-
         return max(1, min(4, (os.cpu_count() or 1) // 4))
 
     @property
@@ -331,7 +390,7 @@ class Settings(BaseSettings):
         if self.engine_token_budget > 0:
             return self.engine_token_budget
         # one engine step: the bulk in flight fills about one vLLM step, so a small request
-        # waits for about one step (the RESULTS.md session 5 sweep)
+        # waits for about one step (DispatchSettings)
         return self.max_num_batched_tokens or (32768 if Path("/dev/nvidiactl").exists() else 8192)
 
     def per_worker(self) -> Settings:
@@ -356,8 +415,6 @@ class Settings(BaseSettings):
 
     def to_env(self) -> dict[str, str]:
         """The settings as RERANKER_* variables, for a child process."""
-        import json
-
         env = {}
         for name, value in self.model_dump().items():
             if value is None:

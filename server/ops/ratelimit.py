@@ -25,20 +25,17 @@ import ipaddress
 import logging
 import math
 import time
-from urllib.parse import urlsplit, urlunsplit
 
-from limits import RateLimitItem, parse
+from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 from server.errors import ApiError, retry_after
+from server.limit_spec import SCHEMES, parse_limit, redact, storage_scheme
 
 log = logging.getLogger("server")
 
-# scheme -> whether it is a shared store. Only what the installed clients can serve (redis-py).
-SCHEMES = {"memory": False, "redis": True, "rediss": True, "redis+unix": True,
-           "redis+sentinel": True, "redis+cluster": True}
 KEY_PREFIX = "reranker"
 _WARN_EVERY_S = 60.0
 # After a store failure, requests skip the store for this long: a blackholed Redis would
@@ -46,46 +43,11 @@ _WARN_EVERY_S = 60.0
 _STORE_RETRY_S = 2.0
 
 
-def parse_limit(spec: str) -> RateLimitItem:
-    """One `limits` item from "N/period" or "N per period"; ValueError says what is accepted."""
-    hint = 'write one limit as "N/second", "N/minute", "N/hour" or "N/day" (e.g. 600/minute), or "" for off'
-    if any(sep in spec for sep in ";,|"):
-        raise ValueError(f"one rate limit only, got {spec!r}: {hint}")
-    try:
-        item = parse(spec)
-    except ValueError:
-        raise ValueError(f"not a rate limit: {spec!r}: {hint}") from None
-    if item.amount < 1:
-        raise ValueError(f"rate limit {spec!r} admits nothing: {hint}")
-    return item
-
-
 def worker_share(item: RateLimitItem, workers: int) -> RateLimitItem:
     """ceil(amount / workers) per the same period: the share of one process of in-process counters."""
     if workers <= 1:
         return item
     return type(item)(math.ceil(item.amount / workers), item.multiples, item.namespace)
-
-
-def storage_scheme(uri: str) -> str:
-    scheme = uri.split("://", 1)[0].lower().removeprefix("async+") if "://" in uri else ""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unsupported rate-limit storage {redact(uri)!r}: use memory:// or "
-                         "redis://host:6379/0 (also rediss://, redis+unix://, redis+sentinel://, "
-                         "redis+cluster://)")
-    return scheme
-
-
-def redact(uri: str) -> str:
-    """The URI without its password, for logs."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparseable>"
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _make_store(uri: str, timeout: float):
