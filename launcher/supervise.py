@@ -35,8 +35,9 @@ import httpx
 import psutil
 
 from launcher import gpu as gpu_facts
+from launcher.gpu import gpu_visible
 from launcher.timeline import Timeline, tee
-from launcher.vllm_args import check_cache_dir, gpu_visible, vllm_environment
+from launcher.vllm_args import check_cache_dir, vllm_environment
 from server.ops.supervision import GiveUp, RestartBudget, forward, on_stop_signals
 
 log = logging.getLogger("launcher")

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from launcher import gpu as gpu_facts
-from launcher.gpu import gpus_needed, visible_gpus
+from launcher.checkpoint import QWEN3_ARCHITECTURES, ConfigError, model_config, read_architectures
+from launcher.gpu import gpu_visible, gpus_needed, visible_gpus
 from server.settings import DEMO_MODEL_DIR
 
 TEMPLATE = Path(__file__).parent / "templates" / "qwen3_reranker.jinja"
@@ -29,17 +30,6 @@ QWEN3_OVERRIDES = {
 }
 
 
-QWEN3_ARCHITECTURES = {"Qwen3ForCausalLM", "Qwen3ForSequenceClassification"}
-
-
-def read_architectures(model: str) -> list[str]:
-    """Architectures from the checkpoint's config.json (local dir or Hub); a missing path, an
-    unreachable hub or a checkpoint that is not a Qwen3 reranker raises preflight.ConfigError
-    with one line that says what to do."""
-    from launcher.preflight import check_qwen3_reranker, model_config
-
-    return check_qwen3_reranker(model, model_config(model))
-
 
 def needs_qwen3_overrides(settings, architectures: list[str] | None = None) -> bool:
     """Original checkpoints declare Qwen3ForCausalLM and need the overrides; converted seq-cls
@@ -49,10 +39,6 @@ def needs_qwen3_overrides(settings, architectures: list[str] | None = None) -> b
     if architectures is None:
         architectures = read_architectures(settings.model_path)
     return "Qwen3ForCausalLM" in architectures
-
-
-def gpu_visible() -> bool:
-    return gpu_facts.gpu_visible()
 
 
 def engine_commands(settings, architectures: list[str] | None = None, gpu: bool | None = None,
@@ -66,7 +52,7 @@ def engine_commands(settings, architectures: list[str] | None = None, gpu: bool 
     they are N processes, each given its own share of the CPUs for its OpenMP threads
     (cpu_binds). `data-parallel` (or one engine): one vLLM seeing every GPU. Engines sharing a
     GPU get a fixed KV cache each: kv_cache_memory_bytes, else `kv_cache_bytes`, else sized from
-    the GPU and the checkpoint (shared_kv_cache_bytes; raises preflight.ConfigError)."""
+    the GPU and the checkpoint (shared_kv_cache_bytes; raises ConfigError)."""
     gpu = gpu_visible() if gpu is None else gpu
     ports = settings.vllm_ports
     if len(ports) == 1:
@@ -96,8 +82,6 @@ def engine_commands(settings, architectures: list[str] | None = None, gpu: bool 
 
 def shared_kv_cache_bytes(settings, total_bytes: int | None = None, config: dict | None = None) -> int:
     """The KV cache of each engine when engines_per_gpu engines share one GPU (launcher/gpu.py)."""
-    from launcher.preflight import ConfigError, model_config
-
     if config is None:
         config = model_config(settings.model_path)
     total = total_bytes if total_bytes is not None else gpu_facts.total_memory_bytes()
