@@ -10,7 +10,7 @@ Three phases against the same service, each with fresh queries (no prefix-cache 
   3. `reranker batch --concurrency 32` over REQUESTS rag-shaped plain lines, while the same
      `small` stream runs beside it: the job's pairs/s (its own summary: from its first request to
      its last answer) as a share of phase 1, and the small requests' p99 under it.
-The target (issue 24): the batch at >= 90 % of phase 1 while the small stream keeps its p99.
+The target: the batch at >= 90 % of phase 1 while the small stream keeps its p99.
 `--smoke`: a CPU-sized run (loadgen's smoke workloads, 40 lines).
 """
 

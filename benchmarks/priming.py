@@ -1,4 +1,4 @@
-"""Prefix-first priming (issue 11): would scoring a request's first pair before the rest save work?
+"""Prefix-first priming: would scoring a request's first pair before the rest save work?
 
     python -m benchmarks.priming --shim http://127.0.0.1:8000 --vllm http://127.0.0.1:8001 \
         --model NAME [--requests 6] [--docs 20] [--doc-words 300] [--out FILE]

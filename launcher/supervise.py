@@ -9,7 +9,7 @@ Shutdown (SIGTERM/SIGINT): the shim drains first (readiness 503, the drain windo
 `Connection: close`, in-flight requests finish; server/ops/drain.py), and only then is vLLM
 stopped, with its own --shutdown-timeout, so nothing accepted is lost.
 
-Several engines (`engines` > 1 in multi_gpu_mode `engines`, issue 16): one vLLM per engine, each
+Several engines (`engines` > 1 in multi_gpu_mode `engines`): one vLLM per engine, each
 on its own port (vllm_port + i) and GPUs (CUDA_VISIBLE_DEVICES; launcher/vllm_args.py
 engine_commands), each watched and restarted on its own by the same policy with a restart budget
 of its own, while the shim sends its traffic to the others. The main loop never blocks on one

@@ -70,7 +70,7 @@ class Timeline:
     def __init__(self, t0: float, since: str = "launch", engine: str | None = None) -> None:
         self.t0 = t0
         self.since = since  # "launch" (the launcher's own start) or "restart" (this vLLM's spawn)
-        # several engines (issue 16): their lines carry the engine's index
+        # several engines: their lines carry the engine's index
         self._labels = {"engine": engine} if engine is not None else {}
         self.phases: dict[str, float] = {}
         self.facts: dict[str, dict] = {}

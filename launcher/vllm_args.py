@@ -13,8 +13,8 @@ from launcher.gpu import gpu_visible, gpus_needed, visible_gpus
 from server.settings import DEMO_MODEL_DIR
 
 TEMPLATE = Path(__file__).parent / "templates" / "qwen3_reranker.jinja"
-# Tokens per engine step on GPUs: rag throughput +19-22% and p95 189 -> 153 ms over vLLM's
-# 8192 on an H200 (benchmarks/RESULTS.md). A reranker only prefills, so bigger steps pay.
+# Tokens per engine step on GPUs: a reranker only prefills, so bigger steps than vLLM's 8192 pay
+# (higher throughput and lower tail latency on rag: benchmarks/RESULTS.md, "Engine levers").
 GPU_BATCHED_TOKENS = 32768
 CPU_KVCACHE_GIB = "2"  # ~18k tokens of Qwen3-Reranker-0.6B KV cache
 # vLLM's idle keep-alive (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, read by vLLM 0.26 and 0.32 alike): well
@@ -130,7 +130,7 @@ def vllm_environment(base: dict[str, str], gpu: bool | None = None,
     Caches: one persistent, writable directory, `<cache_dir>/vllm` = VLLM_CACHE_ROOT, holds
     vLLM's model-info cache (modelinfos/), torch.compile and CUDA-graph artefacts, Triton
     kernels (TRITON_CACHE_DIR) and inductor's (TORCHINDUCTOR_CACHE_DIR), so a restart reuses all
-    of them: compile 15 s -> 2.5 s on an H200 (docs/gpu.md).
+    of them instead of compiling again (docs/gpu.md has the start-up times).
 
     On the CPU build, vLLM otherwise sizes its KV cache as a share (0.92) of all memory and
     refuses to start when other processes hold some of it; a fixed space starts anywhere. It also
@@ -141,10 +141,11 @@ def vllm_environment(base: dict[str, str], gpu: bool | None = None,
 
     GPU only (the CPU build forces spawn itself and lacks the kernels):
     - fork the engine core from the already-imported API server instead of spawning a fresh
-      interpreter that imports vLLM again (`vllm_fork_engine`; 86.5 -> 71.9 s on an H200,
-      operations.md section 1). vLLM still switches to spawn where fork is unsafe (CUDA already
-      initialised, Ray actor, WSL: utils/system_utils.py _maybe_force_spawn); the launcher does
-      not ask for fork where that is known from the argv (--numa-bind, a Ray executor).
+      interpreter that imports vLLM again (`vllm_fork_engine`: a faster start, measured in
+      benchmarks/RESULTS.md, "Start-up and deterministic scores"). vLLM still switches to spawn
+      where fork is unsafe (CUDA already initialised, Ray actor, WSL: utils/system_utils.py
+      _maybe_force_spawn); the launcher does not ask for fork where that is known from the argv
+      (--numa-bind, a Ray executor).
     - persist the KV-cache memory profile under VLLM_CACHE_ROOT (VLLM_ENABLE_STARTUP_PLAN,
       vLLM >= 0.26): a restart on the same GPU and config skips memory profiling; vLLM re-profiles
       when the fingerprint or the free memory does not match (v1/worker/startup_plan.py).
@@ -154,7 +155,7 @@ def vllm_environment(base: dict[str, str], gpu: bool | None = None,
     env = dict(base)
     # vLLM's uvicorn closes idle connections after 5 s by default; the shim's pool forgets them
     # after KEEPALIVE_EXPIRY_S (3 s). A server must outlive its client's idle expiry by a wide
-    # margin, or a request goes out on a connection vLLM is closing (facts.md: 1 in 3,000-6,000).
+    # margin, or now and then a request goes out on a connection vLLM is closing.
     env.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", str(VLLM_KEEP_ALIVE_S))
     gpu = gpu_visible() if gpu is None else gpu
     if tensor_parallel_size is None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials
@@ -23,10 +24,11 @@ from server.ops.ratelimit import RateLimiter
 from server.responses import FastJSONResponse
 from server.scoring.core import Scorer, canary_passes
 from server.scoring.engine import EngineClient
-from server.scoring.engines import EngineSet
+from server.scoring.engines import Engine, EngineSet
 from server.scoring.prompt import PromptEncoder
 from server.scoring.tokenizer import load_tokenizer
 from server.settings import Settings
+from server.state import AppState, Started, app_state, install_state, request_state
 
 DESCRIPTION = """Qwen3-Reranker behind every rerank dialect: legacy `/v1/rank`, Cohere `/v1/rerank` and
 `/v2/rerank` (Jina-compatible on `/v1/rerank`), TEI and seed-style `/rerank`, and vLLM's own API
@@ -40,7 +42,7 @@ _CANARY_WARN_EVERY_S = 60.0
 async def guard(request: Request,
                 credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> None:
     """Auth then rate limit: the one dependency every scoring route carries."""
-    state = request.app.state
+    state = request_state(request)
     identity = state.auth.identify(credentials)
     await state.ratelimiter.check(request, identity)
 
@@ -48,13 +50,13 @@ async def guard(request: Request,
 async def rate_guard(request: Request) -> None:
     """The guard when auth is off: rate limit only. No bearer dependency, so the OpenAPI
     document does not claim a security scheme the server does not check."""
-    await request.app.state.ratelimiter.check(request, None)
+    await request_state(request).ratelimiter.check(request, None)
 
 
 async def watch_engine_once(app: FastAPI) -> None:
     """Refresh every engine's health; each time an engine (re)appears, prove it scores for real
     (its own canary, on it alone). The pod may take traffic while one engine has."""
-    state = app.state
+    state = app_state(app)
     engines = state.engine
     if engines.single:
         await _watch(state, engines.members[0])
@@ -63,7 +65,7 @@ async def watch_engine_once(app: FastAPI) -> None:
     state.engine_verified = engines.verified
 
 
-async def _watch(state, engine) -> None:
+async def _watch(state: AppState, engine: Engine) -> None:
     up = await engine.client.check_health()
     if not up:
         engine.verified = False
@@ -80,7 +82,7 @@ async def _watch(state, engine) -> None:
                                         f"{scores[0]!r} and {scores[1]!r}; not taking traffic")
 
 
-def _warn_canary(state, engine, message: str, **kwargs) -> None:
+def _warn_canary(state: AppState, engine: Engine, message: str, **kwargs: Any) -> None:
     """The watcher retries every second: say why once a minute, not every tick."""
     now = time.monotonic()
     if now - engine.warned_at >= _CANARY_WARN_EVERY_S:
@@ -94,7 +96,7 @@ async def watch_engine(app: FastAPI, interval: float = 1.0) -> None:
     while True:
         await asyncio.sleep(interval)
         await watch_engine_once(app)
-        health.publish_state(app.state)
+        health.publish_state(app_state(app))
 
 
 def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI:
@@ -117,38 +119,34 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
         capacity = settings.saturation_capacity_tokens * len(engine.members) * settings.engine_weight
         admission = Admission(settings.max_inflight_pairs, settings.max_inflight_tokens,
                               settings.retry_after_seconds, metrics, capacity_tokens=capacity)
-        app.state.engine = engine
-        app.state.admission = admission
-        app.state.scorer = Scorer(settings, encoder, engine, admission, metrics)
-        await app.state.ratelimiter.start()
+        state.started = Started(engine, admission, Scorer(settings, encoder, engine, admission, metrics))
+        await state.ratelimiter.start()
         refresh_openapi(app)  # now with the tokenizer's bounds (token ids)
         await watch_engine_once(app)
-        health.publish_state(app.state)
+        health.publish_state(app_state(app))
         watcher = asyncio.create_task(watch_engine(app))
         try:
             yield
         finally:
             watcher.cancel()
-            await app.state.scorer.aclose()
+            await state.scorer.aclose()
             await engine.aclose()
 
     app = FastAPI(title="Qwen3 Reranker", description=DESCRIPTION, version="0.1.0",
                   lifespan=lifespan, default_response_class=FastJSONResponse)
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.draining = False
-    app.state.engine_verified = False
-    app.state.auth = Authenticator(settings)
-    app.state.ratelimiter = RateLimiter(settings, metrics, auth_enabled=app.state.auth.enabled)
+    auth = Authenticator(settings)
+    state = install_state(app, AppState(
+        settings=settings, metrics=metrics, auth=auth,
+        ratelimiter=RateLimiter(settings, metrics, auth_enabled=auth.enabled),
+        dialect_of={path: d for d in DIALECTS for path in d.paths}))
     install_error_handlers(app)
     app.include_router(health.router)
     if settings.playground:  # the page is public; the scoring calls it makes are guarded below
         app.include_router(playground.router)
     # With neither auth nor rate limits configured, the guard would only cost time per request.
-    limiter = app.state.ratelimiter
-    auth_on, limit = app.state.auth.enabled, limiter.spec if limiter.enabled else None
+    limiter = state.ratelimiter
+    auth_on, limit = auth.enabled, limiter.spec if limiter.enabled else None
     dependencies = [Depends(guard)] if auth_on else [Depends(rate_guard)] if limit else []
-    app.state.dialect_of = {path: d for d in DIALECTS for path in d.paths}
     answers = scoring_answers(settings, auth_on, limit)
     for dialect in DIALECTS:
         for route in dialect.router.routes:  # one at a time: each documents its own errors
@@ -157,6 +155,6 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
             app.include_router(one, dependencies=dependencies,
                                responses=error_responses(dialect, route.path, answers))
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       dialect_of=app.state.dialect_of)
+                       dialect_of=state.dialect_of)
     install_openapi(app, settings)
     return app

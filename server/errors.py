@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.responses import FastJSONResponse
 from server.scoring import errors as domain
+from server.state import request_state
 
 
 class ApiError(Exception):
@@ -90,7 +91,7 @@ def error_response(request: Request | None, status: int, detail: str, type_: str
     if request is not None:
         # A route that speaks several dialects (/rerank: TEI or vLLM) names the one the body
         # speaks in scope["dialect"]; otherwise the route's owner shapes the error.
-        dialect = request.scope.get("dialect") or request.app.state.dialect_of.get(request.scope.get("path"))
+        dialect = request.scope.get("dialect") or request_state(request).dialect_of.get(request.scope.get("path"))
         if dialect is not None:
             shape = dialect.error
     status, body = shape(status, detail, type_, request_id)

@@ -35,6 +35,7 @@ from pydantic.json_schema import models_json_schema
 
 from server.errors import ErrorBody, domain_statuses
 from server.scoring import errors as domain
+from server.state import app_state
 
 # Key of a request field's JSON schema that names the deployment values its bounds come from:
 # {"maxItems": "max_documents"}; filled in here, when the document is built (see
@@ -216,7 +217,7 @@ def install_openapi(app: FastAPI, settings) -> None:
     """Replace app.openapi with the finished document, generated now (a document that cannot be
     generated fails start-up, not the first visit to /docs). `refresh_openapi(app)` builds it
     again once start-up has loaded the tokenizer (its largest token id bounds token-id inputs)."""
-    dialects = app.state.dialect_of
+    dialects = app_state(app).dialect_of
     scored = {path for path, d in dialects.items() if SCORED in route_kinds(d, path)}
 
     def openapi() -> dict:
@@ -242,9 +243,9 @@ def deployment_values(app: FastAPI | None, settings) -> dict[str, Any]:
     values: dict[str, Any] = {name: getattr(settings, name)
                               for name in ("max_documents", "max_model_len")}
     values["served_models"] = [settings.model_name, ""]  # vLLM takes "" for its one model
-    scorer = getattr(app.state, "scorer", None) if app is not None else None
-    if scorer is not None:  # vLLM refuses ids from the vocabulary's size on ("out of vocabulary")
-        values["max_token_id"] = scorer.encoder.tokenizer.get_vocab_size(with_added_tokens=True) - 1
+    started = app_state(app).started if app is not None else None
+    if started is not None:  # vLLM refuses ids from the vocabulary's size on ("out of vocabulary")
+        values["max_token_id"] = started.scorer.encoder.tokenizer.get_vocab_size(with_added_tokens=True) - 1
     return values
 
 

@@ -35,6 +35,7 @@ from server.dialects.vllm.protocol import VLLM_ONLY_FIELDS, VllmRerankRequest
 from server.openapi import documented_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
+from server.state import request_state
 
 router = APIRouter(tags=["cohere / jina"])
 
@@ -115,7 +116,7 @@ async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
     tokens = result.prompt_tokens
     return {
         "id": request.scope.get("request_id", ""),
-        "model": request.app.state.settings.model_name,
+        "model": request_state(request).settings.model_name,
         "results": results,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         "meta": {"api_version": {"version": version},

@@ -17,6 +17,7 @@ from server.errors import NON_BLANK, ErrorBody, default_error_body
 from server.openapi import setting_bounds
 from server.scoring.core import ScoreRequest, ScoreResult
 from server.scoring.errors import Cancelled, InvalidInput
+from server.state import request_state
 
 Document = str | dict[str, Any]
 ErrorShape = Callable[[int, str, str, str], tuple[int, dict]]
@@ -126,7 +127,7 @@ def priority_header(request: Request) -> str | None:
 
 async def score(request: Request, req: ScoreRequest) -> ScoreResult:
     """Run the core; a client that disconnects cancels its work (and vLLM's, via the socket)."""
-    scorer = request.app.state.scorer
+    scorer = request_state(request).scorer
     header = priority_header(request)
     if req.priority is None:
         req.priority = header
@@ -134,7 +135,7 @@ async def score(request: Request, req: ScoreRequest) -> ScoreResult:
         result = await scorer.score(req)
     else:
         result = await _cancel_on_disconnect(request, scorer.score(req))
-    request.app.state.metrics.tokens.inc(result.prompt_tokens)
+    request_state(request).metrics.tokens.inc(result.prompt_tokens)
     return result
 
 
@@ -148,7 +149,7 @@ async def score_all(request: Request, reqs: list[ScoreRequest], concurrency: int
     for req in reqs:
         if req.priority is None:
             req.priority = header
-    scorer = request.app.state.scorer
+    scorer = request_state(request).scorer
     gate = asyncio.Semaphore(concurrency)
 
     async def one(req: ScoreRequest) -> ScoreResult:
@@ -167,7 +168,7 @@ async def score_all(request: Request, reqs: list[ScoreRequest], concurrency: int
         for call in calls:
             call.cancel()
         raise
-    request.app.state.metrics.tokens.inc(sum(r.prompt_tokens for r in results))
+    request_state(request).metrics.tokens.inc(sum(r.prompt_tokens for r in results))
     return results
 
 

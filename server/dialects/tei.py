@@ -32,6 +32,7 @@ from server.errors import ErrorBody, default_error_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 from server.scoring.errors import InvalidInput
+from server.state import request_state
 
 router = APIRouter(tags=["tei / seed"])
 
@@ -167,7 +168,7 @@ async def _seed(body: SeedRequest, request: Request) -> dict:
         "results": _mark_truncated(
             rerank_results(result, documents, body.top_n, body.return_documents), result),
         "usage": usage(result.prompt_tokens),
-        "model": request.app.state.settings.model_name,
+        "model": request_state(request).settings.model_name,
         "id": response_id(request, body),
     }
 

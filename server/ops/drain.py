@@ -8,7 +8,7 @@ SIGTERM lost a few requests each time (tests/integration/test_drain.py). Load ba
 help: kube-proxy and most proxies steer only new connections, pooled clients keep using old ones.
 
 So, on SIGTERM (`DrainingServer.handle_exit`):
-1. readiness fails at once (`app.state.draining`), so load balancers stop sending new connections;
+1. readiness fails at once (`AppState.draining`), so load balancers stop sending new connections;
 2. for `drain_window` seconds nothing is closed and everything is served, but every response
    carries `Connection: close` (uvicorn, with httptools or h11, then closes the connection right
    after that response). A client that reads such an answer will not reuse the connection, so
@@ -40,6 +40,7 @@ import time
 import uvicorn
 
 from server.ops.listener import queued_connections, refuse_new_connections
+from server.state import app_state
 
 log = logging.getLogger("server")
 # After the window, a connection is closed once it carried nothing for drain_window + this.
@@ -49,7 +50,7 @@ _POLL_S = 0.05
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn.Server with the drain above. `app` is the FastAPI app (its state.draining drives
+    """uvicorn.Server with the drain above. `app` is the FastAPI app (its AppState.draining drives
     readiness); `config.app` is wrapped so responses carry Connection: close while draining."""
 
     def __init__(self, config: uvicorn.Config, app, drain_window: float) -> None:
@@ -68,7 +69,7 @@ class DrainingServer(uvicorn.Server):
             self.force_exit = True
             return super().handle_exit(sig, frame)
         self.draining = True
-        self.fastapi_app.state.draining = True
+        app_state(self.fastapi_app).draining = True
         log.info("drain started", extra={"signal": int(sig), "window_s": self.drain_window})
         asyncio.get_event_loop().call_later(self.drain_window, self._end_window)
 

@@ -5,7 +5,7 @@
 /ready   readiness: vLLM up with the model loaded, scoring for real (a canary pair must not score
          the same), and not draining; turns 503 first on SIGTERM
 
-With several engines (issue 16) the pod is ready while at least one engine is up and passed its
+With several engines the pod is ready while at least one engine is up and passed its
 canary: the others' traffic moves to it (server/scoring/engines.py), so taking the whole pod out
 of the Service for one engine's restart would only turn lost capacity into lost availability.
 The answers then list each engine (`engines`), and /metrics has reranker_engine_instance_up and
@@ -14,7 +14,7 @@ _verified per engine; capacity lost shows as saturation, which the autoscaler ac
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.errors import ErrorBody
 from server.openapi import HEADERS
 from server.responses import FastJSONResponse
+from server.state import AppState, request_state
 
 router = APIRouter(tags=["operations"])
 
@@ -31,7 +32,7 @@ router = APIRouter(tags=["operations"])
 ENGINE_METRICS_TYPE = "text/plain; version=0.0.4"
 
 
-# --- documented bodies (the routes build plain dicts; tests validate them against these) -------
+# --- the bodies: the routes answer these models, and the OpenAPI document describes them ----
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,19 +79,24 @@ def _text(media_type: str, description: str) -> dict:
 _RETRY = {"Retry-After": {**HEADERS["Retry-After"], "required": True}}
 
 
-def _state(request: Request) -> dict:
-    app = request.app.state
-    state = {"model": app.settings.model_name, "engine": "up" if app.engine.healthy else "down",
-             "draining": app.draining}
-    if not app.engine.single:
-        state["engines"] = [e.state() for e in app.engine.members]
-    return state
+def _service_state(request: Request) -> ServiceState:
+    state = request_state(request)
+    engines = state.engine
+    return ServiceState(
+        model=state.settings.model_name, engine="up" if engines.healthy else "down",
+        draining=state.draining,
+        engines=None if engines.single else [EngineState(**e.state()) for e in engines.members])
+
+
+def _body(model: BaseModel) -> dict[str, Any]:
+    """The answer as sent: `engines` only with several engines."""
+    return model.model_dump(exclude_none=True)
 
 
 @router.get("/livez", summary="Liveness: the shim process answers",
             responses={200: {"model": Alive}})
-async def livez():
-    return {"status": "alive"}
+async def livez() -> dict[str, Any]:
+    return _body(Alive(status="alive"))
 
 
 @router.get("/health", summary="200 when the service can score, 503 otherwise",
@@ -100,52 +106,52 @@ async def livez():
 @router.get("/healthz", include_in_schema=False)
 @router.get("/ping", include_in_schema=False)   # SageMaker's probe (vLLM answers it too)
 @router.post("/ping", include_in_schema=False)
-async def health(request: Request):
-    state = _state(request)
-    ok = state["engine"] == "up"
-    return FastJSONResponse({"status": "ok" if ok else "unavailable", **state},
-                          status_code=200 if ok else 503,
-                          headers=None if ok else {"Retry-After": "1"})
+async def health(request: Request) -> FastJSONResponse:
+    state = _service_state(request)
+    ok = state.engine == "up"
+    answer = Health(status="ok" if ok else "unavailable", **state.model_dump())
+    return FastJSONResponse(_body(answer), status_code=200 if ok else 503,
+                            headers=None if ok else {"Retry-After": "1"})
 
 
 @router.get("/ready", summary="Readiness: engine loaded and not draining",
             responses={200: {"model": Ready, "description": "ready for traffic"},
                        503: {"model": NotReady, "description": "not ready: `reason` says why"}})
-async def ready(request: Request):
-    state = _state(request)
-    if state["draining"]:
+async def ready(request: Request) -> FastJSONResponse:
+    state = _service_state(request)
+    if state.draining:
         reason = "draining"
-    elif state["engine"] != "up":
+    elif state.engine != "up":
         reason = "engine not ready"
-    elif not request.app.state.engine_verified:
+    elif not request_state(request).engine_verified:
         reason = ("engine canary not passed: two unrelated documents must score differently "
                   "(checked once a second; the log says what the engine answered)")
     else:
-        return {"status": "ready", **state}
-    return FastJSONResponse({"status": "not_ready", "reason": reason, **state}, status_code=503)
+        return FastJSONResponse(_body(Ready(status="ready", **state.model_dump())))
+    answer = NotReady(status="not_ready", reason=reason, **state.model_dump())
+    return FastJSONResponse(_body(answer), status_code=503)
 
 
-def publish_state(state) -> None:
+def publish_state(state: AppState) -> None:
     """Engine, canary and drain state into the gauges, and the saturation integral up to now.
     Every worker's engine watcher calls this once a second (so with several workers no worker's
     multiprocess file holds a stale value), and /metrics calls it before rendering."""
     metrics = state.metrics
-    engines = getattr(state, "engine", None)
+    engines = state.started.engine if state.started is not None else None
     metrics.engine_up.set(1 if engines is not None and engines.healthy else 0)
     metrics.engine_verified.set(1 if state.engine_verified else 0)
     for engine in engines.members if engines is not None else ():
         metrics.engine_instance_up.labels(engine.name).set(1 if engine.up else 0)
         metrics.engine_instance_verified.labels(engine.name).set(1 if engine.verified else 0)
     metrics.draining.set(1 if state.draining else 0)
-    admission = getattr(state, "admission", None)
-    if admission is not None:
-        admission.flush()
+    if state.started is not None:
+        state.started.admission.flush()
 
 
 @router.get("/metrics", summary="Prometheus metrics of the shim", response_class=Response,
             responses=_text(CONTENT_TYPE_LATEST, "Prometheus text exposition"))
-async def metrics(request: Request):
-    state = request.app.state
+async def metrics(request: Request) -> Response:
+    state = request_state(request)
     publish_state(state)
     body, content_type = state.metrics.render()
     return Response(body, media_type=content_type)
@@ -156,7 +162,7 @@ async def metrics(request: Request):
             responses={**_text(ENGINE_METRICS_TYPE, "vLLM's Prometheus text exposition"),
                        503: {"model": ErrorBody, "description": "the engine is unreachable",
                              "headers": _RETRY}})
-async def engine_metrics(request: Request):
-    text = await request.app.state.engine.metrics_text()
+async def engine_metrics(request: Request) -> Response:
+    text = await request_state(request).engine.metrics_text()
     return Response(text, media_type=ENGINE_METRICS_TYPE)
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.responses import FastJSONResponse
+from server.state import request_state
 
 _HERE = Path(__file__).resolve().parent
 # The page holds an API key in memory: allow scripts, styles and calls from this origin only, so
@@ -64,7 +65,7 @@ async def style() -> Response:
 @router.get("/playground/config")
 async def config(request: Request) -> FastJSONResponse:
     """What the page shows and needs; no secrets (only whether auth is on)."""
-    state = request.app.state
+    state = request_state(request)
     settings = state.settings
     return FastJSONResponse({
         "model": settings.model_name,

@@ -82,8 +82,8 @@ def _check_unicode(text: str, where: str) -> None:
 
 def canary_passes(scores: list[float]) -> bool:
     """A loaded engine that returns one constant (a known vLLM failure: 0.5 for everything, seen
-    with vLLM 0.26's online FP8 on this model, benchmarks/RESULTS.md "Session 2: FP8 and score
-    stability") or lost its template still passes /health: two unrelated documents must score
+    with vLLM 0.26's online FP8 on this model: benchmarks/RESULTS.md, the FP8 and score-stability
+    section) or lost its template still passes /health: two unrelated documents must score
     differently. (Non-finite scores never get here: the engine client refuses them.)"""
     a, b = scores
     return abs(a - b) > 1e-6

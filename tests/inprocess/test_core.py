@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from server.scoring import errors as domain
+from server.state import app_state
 from tests.conftest import MAX_MODEL_LEN
 from tests.inprocess.conftest import FakeEngine, running
 
@@ -22,7 +23,7 @@ async def test_a_long_document_is_cut_so_the_whole_template_fits(anyio_backend):
         r = await client.post("/v1/rerank", json={"query": Q, "documents": ["word " * 6000]})
         assert r.status_code == 200
         (prompt,) = [p for call in fake.calls for p in call]
-        enc = app.state.scorer.encoder
+        enc = app_state(app).scorer.encoder
         assert len(prompt) <= MAX_MODEL_LEN
         assert prompt[: len(enc.template_head)] == enc.template_head
         assert prompt[-len(enc.template_tail):] == enc.template_tail  # the end is never cut

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from server.state import app_state
 from tests.inprocess.conftest import POISON, FakeEngine, running
 
 pytestmark = pytest.mark.anyio
@@ -56,7 +57,7 @@ async def test_interactive_work_goes_before_queued_bulk_work(anyio_backend):
         await asyncio.sleep(0.02)
         small = asyncio.create_task(client.post("/v1/rank", json=SMALL))
         await asyncio.sleep(0.02)
-        depth = app.state.metrics.queue_depth
+        depth = app_state(app).metrics.queue_depth
         assert depth.labels("bulk")._value.get() > 0 and depth.labels("interactive")._value.get() == 3
         fake.gate.set()
         await asyncio.gather(first, bulk, small)
@@ -93,7 +94,7 @@ async def test_a_request_cancelled_while_queued_frees_its_place(anyio_backend):
     fake = FakeEngine()
     async with running(fake, engine_max_calls=1) as (app, client, fake):
         fake.gate = asyncio.Event()
-        scorer = app.state.scorer
+        scorer = app_state(app).scorer
         holder = asyncio.create_task(client.post("/v1/rank", json=SMALL))
         while not fake.calls:
             await asyncio.sleep(0.001)
@@ -107,13 +108,13 @@ async def test_a_request_cancelled_while_queued_frees_its_place(anyio_backend):
         assert (await holder).status_code == 200
         await asyncio.sleep(0.05)
         assert [len(c) for c in fake.calls] == [3]  # its prompts never reached the engine
-        assert app.state.metrics.queue_depth.labels("bulk")._value.get() == 0
+        assert app_state(app).metrics.queue_depth.labels("bulk")._value.get() == 0
 
 
 async def test_one_refused_request_does_not_fail_the_others_in_its_batch(anyio_backend):
     fake = FakeEngine(delay=0.01)
     async with running(fake, engine_max_calls=1) as (app, client, fake):
-        fake.poison_ids = app.state.scorer.encoder.encode_plain([" " + POISON])[0].ids[1:]
+        fake.poison_ids = app_state(app).scorer.encoder.encode_plain([" " + POISON])[0].ids[1:]
         bodies = [SMALL] * 6 + [{"query": Q, "docs": [POISON]}] + [SMALL] * 6
         results = await asyncio.gather(*(client.post("/v1/rank", json=b) for b in bodies))
         assert [r.status_code for r in results] == [200] * 6 + [400] + [200] * 6
@@ -125,7 +126,7 @@ async def test_priority_header_marks_work_and_bad_values_are_refused(anyio_backe
     async with running(fake, engine_max_calls=1) as (app, client, fake):
         r = await client.post("/v1/rank", json=SMALL, headers={"X-Priority": "bulk"})
         assert r.status_code == 200
-        wait = app.state.metrics.queue_wait
+        wait = app_state(app).metrics.queue_wait
         assert wait.labels("bulk")._sum.get() >= 0 and _count(wait, "bulk") == 1
         r = await client.post("/v1/rank", json=SMALL, headers={"X-Priority": "urgent"})
         assert r.status_code == 422 and "priority" in r.json()["detail"]
@@ -162,12 +163,12 @@ async def test_bulk_budget_is_tight_only_while_interactive_work_is_around(anyio_
     async with running(fake, engine_token_budget=1000, bulk_budget_factor=8,
                        interactive_max_tokens=500, batch_max_tokens=1200,
                        interactive_memory_s=30) as (app, client, fake):
-        dispatcher = app.state.scorer.dispatcher
+        dispatcher = app_state(app).scorer.dispatcher
         dispatcher.last_interactive = float("-inf")  # forget the start-up canary
         fake.gate = asyncio.Event()
         bulk = [asyncio.create_task(client.post("/v1/rank", json=big(3, 80), headers=BULK))
                 for _ in range(4)]
-        await until(lambda: app.state.scorer.admission.pairs == 12)  # all four admitted
+        await until(lambda: app_state(app).scorer.admission.pairs == 12)  # all four admitted
         await asyncio.sleep(0.05)
         wide = dispatcher.outstanding
         assert wide > 1000  # no interactive work: bulk fills the engine past the tight budget
@@ -179,19 +180,19 @@ async def test_bulk_budget_is_tight_only_while_interactive_work_is_around(anyio_
         await asyncio.sleep(0.05)
         bulk = [asyncio.create_task(client.post("/v1/rank", json=big(3, 80), headers=BULK))
                 for _ in range(4)]
-        await until(lambda: app.state.scorer.admission.pairs == 15)
+        await until(lambda: app_state(app).scorer.admission.pairs == 15)
         await asyncio.sleep(0.05)
         small_tokens = sum(len(p) for p in fake.calls[n0])  # the small request's call
         # interactive work seen: bulk in the engine stays within the tight budget, the rest waits
         assert 0 < dispatcher.outstanding - small_tokens <= 1000 < wide
-        assert app.state.metrics.queue_depth.labels("bulk")._value.get() > 0
+        assert app_state(app).metrics.queue_depth.labels("bulk")._value.get() > 0
         fake.gate.set()
         await asyncio.gather(small, *bulk)
 
 
 async def test_vllm_priority_maps_onto_the_dispatch_classes(anyio_backend):
     async with running(FakeEngine()) as (app, client, fake):
-        wait = app.state.metrics.queue_wait
+        wait = app_state(app).metrics.queue_wait
         for priority, klass in ((5, "bulk"), (-1, "interactive")):
             before = _count(wait, klass)
             r = await client.post("/score", json={"text_1": Q, "text_2": ["Paris.", "Lyon."],
@@ -207,7 +208,7 @@ async def test_one_large_bulk_request_stays_within_the_tight_budget(anyio_backen
     async with running(FakeEngine(), engine_token_budget=400, bulk_budget_factor=8,
                        interactive_max_tokens=300, batch_max_tokens=4000,
                        interactive_memory_s=30) as (app, client, fake):
-        dispatcher = app.state.scorer.dispatcher
+        dispatcher = app_state(app).scorer.dispatcher
         dispatcher.last_interactive = float("-inf")
         alone = await client.post("/v1/rank", json=big(8, 80), headers=BULK)
         assert len(fake.calls) == 1, "bulk alone goes whole: one call"
@@ -254,7 +255,7 @@ async def test_without_the_cut_one_large_bulk_request_fills_the_engine(anyio_bac
     # What bulk_split_to_budget=false gives (and what main did before it): the whole item goes
     # out at once, past the budget, whenever the engine has no bulk in flight.
     async with bulk_held_after_small(bulk_split_to_budget=False) as (app, client, fake, task):
-        assert app.state.scorer.dispatcher.outstanding > 400
+        assert app_state(app).scorer.dispatcher.outstanding > 400
         fake.gate.set()
         assert (await task).status_code == 200
 
@@ -268,8 +269,8 @@ async def test_a_cut_request_cancelled_after_its_first_part_sends_no_more(anyio_
         fake.gate.set()
         await asyncio.sleep(0.1)
         assert [len(c) for c in fake.calls] == [first]  # the rest was dropped, never sent
-        assert app.state.scorer.admission.pairs == 0
-        assert app.state.metrics.queue_depth.labels("bulk")._value.get() == 0
+        assert app_state(app).scorer.admission.pairs == 0
+        assert app_state(app).metrics.queue_depth.labels("bulk")._value.get() == 0
         # and the dispatcher still serves: the next request is answered
         assert (await client.post("/v1/rank", json=SMALL)).status_code == 200
 
@@ -280,4 +281,4 @@ async def test_an_engine_error_in_one_part_of_a_cut_request_fails_it_cleanly(any
         fake.gate.set()
         r = await asyncio.wait_for(task, 10)
         assert r.status_code == 503 and "detail" in r.json() and r.headers.get("retry-after")
-        assert app.state.metrics.queue_depth.labels("bulk")._value.get() == 0
+        assert app_state(app).metrics.queue_depth.labels("bulk")._value.get() == 0

@@ -12,6 +12,7 @@ import pytest
 from server.app import watch_engine_once
 from server.ops.metrics import Metrics
 from server.scoring.engines import EngineSet
+from server.state import app_state
 from tests.inprocess.conftest import FakeEngine, running
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +38,7 @@ async def until(check, timeout: float = 5.0) -> None:
 
 
 def sample(app, name: str, engine: str) -> float:
-    return app.state.metrics.registry.get_sample_value(name, {"engine": engine})
+    return app_state(app).metrics.registry.get_sample_value(name, {"engine": engine})
 
 
 async def test_concurrent_requests_spread_over_both_engines_and_keep_their_scores(anyio_backend):
@@ -180,12 +181,12 @@ async def test_the_bulk_token_budget_is_per_engine(anyio_backend):
         a.gate, b.gate = asyncio.Event(), asyncio.Event()
         bulk = [asyncio.create_task(client.post("/v1/rank", json=big(3, 80), headers=BULK))
                 for _ in range(8)]
-        await until(lambda: app.state.scorer.admission.pairs == 24)
+        await until(lambda: app_state(app).scorer.admission.pairs == 24)
         await asyncio.sleep(0.05)
-        held = [e.outstanding for e in app.state.engine.members]
+        held = [e.outstanding for e in app_state(app).engine.members]
         assert all(0 < t <= 1000 for t in held), held  # each engine within its own budget
         assert sum(held) > 1000, held                   # together more than one engine's
-        assert app.state.metrics.queue_depth.labels("bulk")._value.get() > 0  # the rest waits
+        assert app_state(app).metrics.queue_depth.labels("bulk")._value.get() > 0  # the rest waits
         a.gate.set()
         b.gate.set()
         assert all(r.status_code == 200 for r in await asyncio.gather(*bulk))

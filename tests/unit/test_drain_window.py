@@ -12,6 +12,7 @@ import signal
 import socket
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import uvicorn
@@ -31,13 +32,11 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-class _State:
-    draining = False
-
-
 class _App:
+    """Only what the drain reads: the app state's draining flag (server/state.py)."""
+
     def __init__(self) -> None:
-        self.state = _State()
+        self.state = SimpleNamespace(reranker=SimpleNamespace(draining=False))
 
 
 class Client:
@@ -99,7 +98,7 @@ def test_pooled_connections_are_moved_off_during_the_window_never_closed_under_a
     loop_box[0].call_soon_threadsafe(server.handle_exit, signal.SIGTERM, None)
     term = time.monotonic()
     time.sleep(0.05)
-    assert fastapi_app.state.draining  # readiness fails at once
+    assert fastapi_app.state.reranker.draining  # readiness fails at once
 
     # in flight at SIGTERM: answered, and told to close
     assert closes(slow.response()) and slow.closed_by_server(wait=2)

@@ -23,6 +23,7 @@ from server.dialects.vllm.protocol import (
 )
 from server.scoring.core import ScoreRequest, ScoreResult
 from server.scoring.errors import InvalidInput
+from server.state import request_state
 
 
 def as_list(value: ScoreInput | list[ScoreInput]) -> list[ScoreInput]:
@@ -110,14 +111,14 @@ async def rerank_answer(request: Request, body: VllmRerankRequest) -> dict[str, 
     /invocations)."""
     documents = as_list(body.documents)
     result = await score(request, score_request(body, body.query, texts_of(documents, "documents")))
-    return {"id": response_id(request, body), "model": request.app.state.settings.model_name,
+    return {"id": response_id(request, body), "model": request_state(request).settings.model_name,
             "usage": usage(result.prompt_tokens),
             "results": rerank_results(result, documents, body.top_n, body.return_documents)}
 
 
 async def score_answer(request: Request, body: VllmScoreRequest) -> dict[str, Any]:
     """vLLM's /score answer (on /score, /v1/score and /invocations)."""
-    limit = request.app.state.settings.max_documents
+    limit = request_state(request).settings.max_documents
     _check_other_sides(body, limit)
     left, right = (as_list(side) for side in body.pair())
     # vLLM's pairing rules and messages, in its order (_validate_score_input_lens)
@@ -144,7 +145,7 @@ async def score_answer(request: Request, body: VllmScoreRequest) -> dict[str, An
             scores[i] = s
     tokens = sum(r.prompt_tokens for r in results)
     return {"id": response_id(request, body), "object": "list", "created": int(time.time()),
-            "model": request.app.state.settings.model_name,
+            "model": request_state(request).settings.model_name,
             "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
             "usage": {**usage(tokens), "completion_tokens": 0, "prompt_tokens_details": None,
                       "completion_tokens_details": None}}

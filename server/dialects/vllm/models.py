@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from server.dialects.vllm.errors import relayed_answer
 from server.dialects.vllm.protocol import ModelList, VersionResponse
 from server.responses import FastJSONResponse
+from server.state import request_state
 
 router = APIRouter(tags=["vllm"])
 
@@ -18,14 +19,14 @@ router = APIRouter(tags=["vllm"])
 @router.get("/version", summary="The vLLM version serving the model",
             responses={200: {"model": VersionResponse}})
 async def version(request: Request):
-    status, payload = await request.app.state.scorer.relay.version()
+    status, payload = await request_state(request).scorer.relay.version()
     return relayed_answer(request, status, payload)
 
 
 @router.get("/v1/models", summary="The served model, as vLLM lists it (with max_model_len)",
             responses={200: {"model": ModelList}})
 async def models(request: Request):
-    settings = request.app.state.settings
+    settings = request_state(request).settings
     now = int(time.time())
     permission = {"id": f"modelperm-{secrets.token_hex(8)}", "object": "model_permission",
                   "created": now, "allow_create_engine": False, "allow_sampling": True,

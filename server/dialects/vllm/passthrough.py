@@ -19,6 +19,7 @@ from server.dialects.vllm.protocol import (
     relayed_body,
 )
 from server.openapi import documented_body
+from server.state import request_state
 
 router = APIRouter(tags=["vllm"])
 
@@ -43,7 +44,7 @@ def prompt_count(body: Any) -> tuple[int, int]:
 async def pass_through(request: Request, path: str, prompts: int = 1, tokens: int = 0) -> Response:
     """The body as it came, to the same route of vLLM; its answer as it is, with our `detail`
     added to its errors."""
-    relay = request.app.state.scorer.relay
+    relay = request_state(request).scorer.relay
     status, payload = await relay.post(path, await request.body(), prompts, tokens)
     return relayed_answer(request, status, payload)
 

@@ -20,6 +20,7 @@ from server.dialects.vllm.protocol import (
 from server.openapi import documented_body
 from server.responses import FastJSONResponse
 from server.scoring.errors import InvalidInput
+from server.state import request_state
 
 router = APIRouter(tags=["vllm"])
 
@@ -37,7 +38,7 @@ async def tokenize(request: Request, body: Any = Body(None)):
         validated(TokenizeChatRequest, body)
         return await pass_through(request, "/tokenize", prompts=1)
     req: TokenizeRequest = validated(TokenizeRequest, body)
-    tokenizer = request.app.state.scorer.encoder.tokenizer
+    tokenizer = request_state(request).scorer.encoder.tokenizer
 
     def run():
         ids = tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens).ids
@@ -45,14 +46,14 @@ async def tokenize(request: Request, body: Any = Body(None)):
         return ids, strs
 
     ids, strs = await asyncio.to_thread(run) if len(req.prompt) > _INLINE_TOKENIZE_CHARS else run()
-    return FastJSONResponse({"count": len(ids), "max_model_len": request.app.state.settings.max_model_len,
+    return FastJSONResponse({"count": len(ids), "max_model_len": request_state(request).settings.max_model_len,
                              "tokens": ids, "token_strs": strs})
 
 
 @router.post("/detokenize", summary="vLLM /detokenize with the served tokenizer",
              responses={200: {"model": DetokenizeResponse}})
 async def detokenize(body: DetokenizeRequest, request: Request):
-    tokenizer = request.app.state.scorer.encoder.tokenizer
+    tokenizer = request_state(request).scorer.encoder.tokenizer
     # Ids outside the vocabulary are skipped, as vLLM's tokenizer skips them; ids past 32 bits
     # do not fit the tokenizer's type: a 400, as on vLLM.
     try:
