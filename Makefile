@@ -4,7 +4,7 @@ MODEL ?=
 PORT ?= 8000
 ARGS ?=
 
-.PHONY: serve test setup
+.PHONY: serve test check setup
 setup:
 	./scripts/setup.sh
 
@@ -14,7 +14,15 @@ serve: setup
 test:
 	SETUP_TEST_TOOLS=1 ./scripts/setup.sh
 	.venv/bin/ruff check .
+	.venv/bin/python -m mypy
 	# the fast in-process layer first (no vLLM): a broken core fails in a minute, not after the suite
 	timeout -k 60 600 .venv/bin/python -m pytest -q -x tests/inprocess
 	# a safety net: a hung run fails in 50 minutes instead of eating CI's 90
 	timeout -k 60 3000 .venv/bin/python -m pytest -q -rs --ignore=tests/inprocess $(ARGS)
+
+# The quick loop while coding (about a minute once .venv exists): lint, types, and the tests that
+# need neither vLLM nor the system packages the full suite installs (nginx, redis, chromium, helm).
+check: setup
+	.venv/bin/ruff check .
+	.venv/bin/python -m mypy
+	timeout -k 60 600 .venv/bin/python -m pytest -q -x -p no:cacheprovider tests/unit tests/inprocess
