@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         if settings.mode != "shim" and not settings.model:
             log.info("no --model given: using the offline demo model", extra={"path": DEMO_MODEL_DIR})
             # its tokenizer's BPE ranks are cached in cache_dir too (launcher/demo_model.py)
-            build_demo_model("tiny", DEMO_MODEL_DIR, cache_dir=Path(settings.cache_dir or ".cache"))
+            build_demo_model("tiny", Path(DEMO_MODEL_DIR), cache_dir=Path(settings.cache_dir or ".cache"))
         architectures = preflight.check_model(settings)
         commands = engine_commands(settings, architectures) if settings.mode != "shim" else []
     except preflight.ConfigError as exc:

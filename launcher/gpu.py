@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def gpu_visible() -> bool:
     return Path("/dev/nvidiactl").exists()
 
 
-def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
+def visible_gpus(env: Mapping[str, str] | None = None) -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries: that variable's list when
     set, else one index per /dev/nvidiaN device node (what a container was given)."""
     env = os.environ if env is None else env

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from launcher import gpu as gpu_facts
@@ -66,8 +67,8 @@ def engine_commands(settings, architectures: list[str] | None = None, gpu: bool 
         if gpu and settings.kv_cache_memory_bytes is None:
             update["kv_cache_memory_bytes"] = kv_cache_bytes or shared_kv_cache_bytes(settings)
         settings = settings.model_copy(update=update)
-    env = os.environ if env is None else env
-    binds = [] if gpu or "VLLM_CPU_OMP_THREADS_BIND" in env else cpu_binds(len(ports), tp)
+    environ: Mapping[str, str] = os.environ if env is None else env
+    binds = [] if gpu or "VLLM_CPU_OMP_THREADS_BIND" in environ else cpu_binds(len(ports), tp)
     out = []
     for i, port in enumerate(ports):
         cmd = build_vllm_command(settings.model_copy(update={"vllm_port": port}), architectures, gpu=gpu)
@@ -121,9 +122,9 @@ def cpu_binds(engines: int, tp: int = 1, cpus: list[int] | None = None) -> list[
     return ["|".join(slices[i * tp:(i + 1) * tp]) for i in range(engines)]
 
 
-def vllm_environment(base: dict[str, str], gpu: bool | None = None,
+def vllm_environment(base: Mapping[str, str], gpu: bool | None = None,
                      tensor_parallel_size: int | None = None, settings=None,
-                     argv: list[str] = ()) -> dict[str, str]:
+                     argv: Sequence[str] = ()) -> dict[str, str]:
     """vLLM's environment: `base` plus what the settings imply. A variable already in `base`
     always wins (an operator who sets one means it).
 

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials
 
 from server import playground
@@ -87,8 +88,8 @@ def _warn_canary(state: AppState, engine: Engine, message: str, **kwargs: Any) -
     now = time.monotonic()
     if now - engine.warned_at >= _CANARY_WARN_EVERY_S:
         engine.warned_at = now
-        extra = {} if state.engine.single else {"extra": {"engine": engine.name}}
-        logging.getLogger("server").warning(message, **kwargs, **extra)
+        extra = None if state.engine.single else {"engine": engine.name}
+        logging.getLogger("server").warning(message, extra=extra, **kwargs)
 
 
 async def watch_engine(app: FastAPI, interval: float = 1.0) -> None:
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        assert settings is not None  # (narrowed above; a closure does not see that)
         encoder = PromptEncoder(load_tokenizer(settings.tokenizer or settings.model_path))
         made = make_engines(settings)
         engine = EngineSet(list(made) if isinstance(made, (list, tuple)) else [made], metrics,
@@ -150,6 +152,7 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
     answers = scoring_answers(settings, auth_on, limit)
     for dialect in DIALECTS:
         for route in dialect.router.routes:  # one at a time: each documents its own errors
+            assert isinstance(route, APIRoute)
             one = APIRouter()
             one.routes.append(route)
             app.include_router(one, dependencies=dependencies,

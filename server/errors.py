@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -64,7 +65,7 @@ def http_error(exc: Exception) -> ApiError:
         if cls in _DOMAIN_STATUS:
             status, type_ = _DOMAIN_STATUS[cls]
             headers = retry_after(exc.retry_after) if hasattr(exc, "retry_after") else {}
-            return ApiError(status, exc.detail, type_, headers)
+            return ApiError(status, getattr(exc, "detail", str(exc)), type_, headers)
     raise TypeError(f"not a mapped error: {exc!r}")
 
 
@@ -87,11 +88,11 @@ def default_error_body(status: int, detail: str, type_: str, request_id: str) ->
 def error_response(request: Request | None, status: int, detail: str, type_: str,
                    headers: dict[str, str] | None = None) -> FastJSONResponse:
     request_id = request.scope.get("request_id", "") if request is not None else ""
-    shape = default_error_body
+    shape: Callable[[int, str, str, str], tuple[int, dict]] = default_error_body
     if request is not None:
         # A route that speaks several dialects (/rerank: TEI or vLLM) names the one the body
         # speaks in scope["dialect"]; otherwise the route's owner shapes the error.
-        dialect = request.scope.get("dialect") or request_state(request).dialect_of.get(request.scope.get("path"))
+        dialect = request.scope.get("dialect") or request_state(request).dialect_of.get(request.scope["path"])
         if dialect is not None:
             shape = dialect.error
     status, body = shape(status, detail, type_, request_id)
@@ -103,7 +104,7 @@ def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, "request body is not valid JSON"
     parts = []
-    for where, e in _one_per_field(errors)[:5]:
+    for where, e in _one_per_field(list(errors))[:5]:
         parts.append(_readable(where, e))
     return 422, "; ".join(parts)
 

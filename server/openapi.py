@@ -184,7 +184,7 @@ def route_kinds(dialect, path: str) -> frozenset[str]:
     return dialect.answers.get(path, SCORING_ROUTE)
 
 
-def error_responses(dialect, path: str, answers: list[Answer]) -> dict[int, dict[str, Any]]:
+def error_responses(dialect, path: str, answers: list[Answer]) -> dict[int | str, dict[str, Any]]:
     """The `responses` entries of one route: one per status that the error shapes of the route
     (its owner's, and those of `shared_with` for bodies in another dialect) return."""
     kinds = route_kinds(dialect, path)
@@ -198,7 +198,7 @@ def error_responses(dialect, path: str, answers: list[Answer]) -> dict[int, dict
             grouped.setdefault(status, []).append((answer, shape))
     out = {}
     for status, group in sorted(grouped.items()):
-        lines = {}
+        lines: dict[Any, list[str]] = {}
         for answer, shape in group:  # one line per answer, naming the body dialects it is for
             lines.setdefault(answer, []).append(shape.name)
         shared = bool(dialect.shared_with)
@@ -229,7 +229,7 @@ def install_openapi(app: FastAPI, settings) -> None:
                                         scored)
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to replace the document
     openapi()
 
 
@@ -285,7 +285,7 @@ def _document_bodies(document: dict, schemas: dict) -> None:
                 # another model of the same name would be a clash
                 if set(schemas.setdefault(name, schema).get("properties", {})) != set(schema.get("properties", {})):
                     raise ValueError(f"two different schemas named {name} in the OpenAPI document")
-            refs = [{"$ref": f"#/components/schemas/{name}"} if extra is None
+            refs: list[dict[str, Any]] = [{"$ref": f"#/components/schemas/{name}"} if extra is None
                     else {"allOf": [{"$ref": f"#/components/schemas/{name}"}], **extra}
                     for name, extra in alternatives]
             schema = refs[0] if len(refs) == 1 else {"anyOf": refs}

@@ -109,7 +109,7 @@ async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
     result = await score(request, req)
     results = []
     for i in ranking(result, body.top_n):
-        item = {"index": i, "relevance_score": result.scores[i]}
+        item: dict[str, Any] = {"index": i, "relevance_score": result.scores[i]}
         if body.return_documents:
             item["document"] = echo(body.documents[i])
         results.append(item)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, Field, Strict, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -90,7 +91,7 @@ class Dialect:
 
     @property
     def paths(self) -> list[str]:
-        return sorted({route.path for route in self.router.routes})
+        return sorted({route.path for route in self.router.routes if isinstance(route, APIRoute)})
 
 
 def errors_as(dialect: Dialect, speaks: Callable[[Any], bool]):

@@ -145,7 +145,7 @@ async def _tei(body: TeiRequest, request: Request) -> list[dict]:
         raise InvalidInput(f"texts[{first}] is longer than the model accepts and truncate is false")
     out = []
     for i in ranking(result, None):
-        item = {"index": i, "score": result.scores[i]}
+        item: dict[str, Any] = {"index": i, "score": result.scores[i]}
         if body.return_text:
             item["text"] = body.texts[i]
         out.append(item)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
+from typing import Any
 
 import jwt
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -46,7 +47,7 @@ class Authenticator:
         return any([hmac.compare_digest(token, key) for key in self.keys])
 
     def _verify_jwt(self, token: str) -> str:
-        options = {"require": ["exp"] + (["iss"] if self.issuer else []) + (["aud"] if self.audience else [])}
+        options: Any = {"require": ["exp"] + (["iss"] if self.issuer else []) + (["aud"] if self.audience else [])}
         last_error = "invalid token"
         for algorithm, key in self.jwt_keys:
             try:

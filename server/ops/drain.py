@@ -88,7 +88,8 @@ class DrainingServer(uvicorn.Server):
         deadline = None if budget is None else time.monotonic() + budget
         await self._close_quiet_connections(deadline)
         if deadline is not None:
-            self.config.timeout_graceful_shutdown = max(0.0, deadline - time.monotonic())
+            # uvicorn declares it int and uses it as a timeout: the fraction of a second counts
+            self.config.timeout_graceful_shutdown = max(0.0, deadline - time.monotonic())  # type: ignore[assignment]
         await super().shutdown(sockets)
 
     async def _empty_accept_queues(self) -> None:

@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import math
 import time
+from typing import Any
 
 from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage
@@ -55,7 +56,7 @@ def _make_store(uri: str, timeout: float):
     if scheme == "memory":
         return MemoryStorage()
     # Socket timeouts bound every Redis call inside redis-py; the guard adds an outer bound.
-    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if scheme == "redis+sentinel":
         options["sentinel_kwargs"] = dict(options)
     return storage_from_string("async+" + uri.removeprefix("async+"), implementation="redispy",
@@ -112,6 +113,7 @@ class RateLimiter:
                      f"({_text(self.local_item)} each); every replica counts separately")
         else:
             where = "in-process counters; every replica counts separately"
+        assert self.item is not None
         return f"rate limiting {_text(self.item)} {key}, {where}"
 
     async def start(self) -> None:
@@ -148,6 +150,7 @@ class RateLimiter:
         if time.monotonic() < self._store_retry_at:
             return None
         try:
+            assert self.store is not None and self.item is not None
             allowed = await asyncio.wait_for(self.store.hit(self.item, key), 2 * self.timeout)
         # Fail open on anything the store raises (connection refused, timeouts, protocol or
         # auth errors): a request must never fail because the limiter's store did.

@@ -44,6 +44,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from server.scoring.engines import Engine, EngineSet
 from server.scoring.errors import EngineRejected
@@ -112,7 +113,9 @@ class Dispatcher:
         return [score for part in parts for score in part]
 
     def _split(self, prompts: list[list[int]], cap: int) -> list[list[list[int]]]:
-        parts, current, tokens = [], [], 0
+        parts: list[Any] = []
+        current: list[Any] = []
+        tokens = 0
         for p in prompts:
             if current and (tokens + len(p) > cap or len(current) >= self.max_prompts):
                 parts.append(current)
@@ -195,7 +198,8 @@ class Dispatcher:
                 and time.monotonic() - self.last_interactive < self.interactive_memory_s)
 
     def _take(self, klass: str, engine: Engine) -> list[_Item]:
-        queue, batch, tokens, prompts = self.queues[klass], [], 0, 0
+        queue, tokens, prompts = self.queues[klass], 0, 0
+        batch: list[Any] = []
         budget = self._bulk_budget() * engine.weight
         may_cut = self._may_cut(klass)
         while queue:

@@ -137,7 +137,9 @@ class EngineSet:
         this call) or on the least-loaded one; on EngineUnavailable once more on another engine,
         unless `pinned` (a canary proves one engine). Always releases what it used."""
         if engine is None:
-            engine = self.choose()
+            chosen = self.choose()
+            assert chosen is not None  # without room or exclude, choose() always names one
+            engine = chosen
             engine.acquire(tokens)
         try:
             try:

@@ -120,7 +120,9 @@ async def score_answer(request: Request, body: VllmScoreRequest) -> dict[str, An
     """vLLM's /score answer (on /score, /v1/score and /invocations)."""
     limit = request_state(request).settings.max_documents
     _check_other_sides(body, limit)
-    left, right = (as_list(side) for side in body.pair())
+    pair = body.pair()
+    assert pair is not None  # _check_other_sides refused a body without both sides
+    left, right = (as_list(side) for side in pair)
     # vLLM's pairing rules and messages, in its order (_validate_score_input_lens)
     if len(left) > 1 and len(left) != len(right):
         raise InvalidInput("Input lengths must be either 1:1, 1:N or N:N")
