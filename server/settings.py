@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     cache_dir: str = Field(
         ".cache", description="persistent, writable: vLLM's model-info, torch.compile and Triton "
         "caches live in <cache_dir>/vllm (VLLM_CACHE_ROOT); '' = vLLM's own defaults")
+    cache_seed: str = Field(
+        "", description="a read-only cache made at image build (python -m launcher.prewarm): files "
+        "cache_dir lacks are copied from it at start, so a fresh volume skips vLLM's model-info "
+        "inspection; '' = none")
     vllm_fork_engine: bool = Field(
         True, description="GPU: fork vLLM's engine core instead of a fresh interpreter (-15 s a start)")
     deterministic: bool = Field(
