@@ -5,6 +5,7 @@ shape) + one entry below. The app, the middleware (metrics, access log), the err
 contract tests and the load generator all read this tuple.
 """
 
-from server.dialects import cohere, legacy_rank, tei, vllm_api
+from server.dialects import cohere, hf, legacy_rank, mixedbread, nim, pinecone, tei, vllm_api, weaviate
 
-DIALECTS = (legacy_rank.DIALECT, cohere.DIALECT, tei.DIALECT, vllm_api.DIALECT)
+DIALECTS = (legacy_rank.DIALECT, cohere.DIALECT, tei.DIALECT, vllm_api.DIALECT, nim.DIALECT, hf.DIALECT,
+            weaviate.DIALECT, mixedbread.DIALECT, pinecone.DIALECT)

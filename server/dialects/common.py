@@ -202,3 +202,17 @@ def echo(doc: Document) -> dict[str, Any]:
 def search_units(documents: int) -> int:
     """Cohere bills one search unit per query with up to 100 documents."""
     return max(1, math.ceil(documents / 100))
+
+
+# --- an error shape several clients parse: the common body plus `error` as a plain string -------
+# (Elasticsearch's hugging_face service and Weaviate's reranker-transformers module read `error`;
+# a body whose `error` is an object, like vLLM's, fails their JSON decoding)
+def error_with_string(status: int, detail: str, type_: str, request_id: str) -> tuple[int, dict]:
+    status, body = default_error_body(status, detail, type_, request_id)
+    return status, {**body, "error": detail}
+
+
+class StringErrorBody(ErrorBody):
+    """The common error body plus `error`, the same sentence as a plain string."""
+
+    error: str = Field(description="= detail (clients that read `error` as a string)")
