@@ -7,13 +7,18 @@ then `POST {url}/rerank` with `{"query", "documents", "property": ""}` in slices
 with no Content-Type header and no Authorization header (ranker.go), and reads
 `{"scores": [{"document", "score"}]}`, or on an error status a string `error`. Its body would be
 the seed shape on `/rerank` (same keys), which answers something else, hence the own base path.
-A body without Content-Type is read as JSON (FastAPI does so for a missing header).
+The body is read as JSON whatever the Content-Type (FastAPI would take a body without one as
+bytes and refuse it).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.dialects.common import (
     Dialect,
@@ -23,7 +28,7 @@ from server.dialects.common import (
     error_with_string,
     score,
 )
-from server.openapi import ENGINE
+from server.openapi import ENGINE, documented_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 from server.scoring.errors import EngineTimeout, EngineUnavailable, NoRoom, ScoringError
@@ -72,9 +77,26 @@ class Meta(BaseModel):
     model: dict[str, str | int] = Field(description="the served model's name and max_model_len")
 
 
+async def _body(request: Request) -> WeaviateRerankRequest:
+    """The body as JSON with or without a Content-Type, failing as FastAPI's own parsing does
+    (400 for JSON that does not parse, 422 for a schema violation)."""
+    try:
+        data: Any = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",),
+                                       "msg": "JSON decode error", "input": {}}]) from None
+    try:
+        return WeaviateRerankRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
 @router.post(RERANK, responses={200: {"model": WeaviateRerankResponse}},
-             summary="Weaviate reranker-transformers: one score per document, in order")
-async def rerank(body: WeaviateRerankRequest, request: Request):
+             openapi_extra=documented_body(WeaviateRerankRequest),
+             summary="Weaviate reranker-transformers: one score per document, in order (the body "
+                     "is JSON with or without a Content-Type header)")
+async def rerank(request: Request):
+    body = await _body(request)
     result = await score(request, ScoreRequest(body.query, body.documents, body.instruction))
     return FastJSONResponse({"query": body.query, "scores": [
         {"document": d, "score": s} for d, s in zip(body.documents, result.scores)]})
