@@ -11,6 +11,7 @@ import math
 
 import httpx
 import pytest
+import requests
 
 pytestmark = pytest.mark.engine
 
@@ -187,10 +188,11 @@ def test_ragflow_openai_api_compatible_rerank(service, cohere_order):
 def test_open_webui_external_reranker(service, cohere_order):
     """open-webui backend/open_webui/retrieval/models/external.py: POST to the configured URL
     (http://host:8000/v1/rerank) with `{model, query, documents, top_n}` and `Authorization:
-    Bearer <key>`, which may be an empty key; reads results[].index/relevance_score."""
+    Bearer <key>`, which may be an empty key (sent here with `requests`, as Open WebUI does: httpx
+    refuses a header value that ends in a space); reads results[].index/relevance_score."""
     for auth in ("Bearer any-key", "Bearer "):
         body = {"model": "qwen3-reranker", "query": QUERY, "documents": DOCS, "top_n": len(DOCS)}
-        r = post_raw(service, "/v1/rerank", body, {"Content-Type": "application/json", "Authorization": auth})
+        r = requests.post(service.url + "/v1/rerank", json=body, headers={"Authorization": auth}, timeout=120)
         assert r.status_code == 200, r.text
         check([(x["index"], x["relevance_score"]) for x in r.json()["results"]], cohere_order)
 
