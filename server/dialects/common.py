@@ -47,6 +47,17 @@ def json_integer(minimum: int, maximum: int | None = None) -> Any:
     return Annotated[int, Field(ge=minimum, le=maximum), Strict(False), BeforeValidator(_json_number)]
 
 
+def _bool_from_string(value: Any) -> Any:
+    return value == "true" if value in ("true", "false") else value
+
+
+# A boolean some clients send as a string (RAGFlow's Xinference provider: "return_documents":
+# "true"): true/false, or exactly "true"/"false"; anything else is refused as for a boolean.
+LooseBool = Annotated[bool, BeforeValidator(_bool_from_string), WithJsonSchema({
+    "anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["true", "false"]}],
+    "description": "a boolean, or the string \"true\" or \"false\" (some clients send those)"})]
+
+
 def documents_field(description: str) -> Any:
     """The documents list of a request: at least one; at most the `max_documents` setting. That
     bound is per deployment, so the model carries only the setting's name and the OpenAPI

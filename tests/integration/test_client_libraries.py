@@ -1,5 +1,6 @@
 """Real client libraries from PyPI, pointed at the service by their own base-URL settings as
-docs/integrations.md says: Haystack's NvidiaRanker (nvidia-haystack), the `rerankers` API
+docs/integrations.md says: Haystack's NvidiaRanker (nvidia-haystack), CohereRanker
+(cohere-haystack) and HuggingFaceTEIRanker (huggingface-api-haystack), the `rerankers` API
 providers (Voyage, Mixedbread, Pinecone, Cohere, Jina, TEI), the `voyageai`, `mixedbread` and
 `pinecone` SDKs. Every check: one score per document, valid indices, the same ordering (and
 scores) as /v1/rerank for the same pairs. Real vLLM (CPU build)."""
@@ -38,18 +39,41 @@ def check(pairs: list[tuple[int, float]], truth, n: int = len(DOCS), logits: boo
 
 # --- Haystack ------------------------------------------------------------------------------------
 def test_haystack_nvidia_ranker(service, truth):
-    from haystack import Document
     from haystack.utils import Secret
     from haystack_integrations.components.rankers.nvidia import NvidiaRanker
 
     # a self-hosted NIM's base URL ends in /v1; the ranker posts to {api_url}/ranking
     ranker = NvidiaRanker(api_url=service.url + "/v1", api_key=Secret.from_token("any-key"),
                           top_k=len(DOCS), truncate="END")
-    docs = [Document(content=d, meta={"i": i}) for i, d in enumerate(DOCS)]
+    docs = _haystack_documents()
     ranked = ranker.run(query=QUERY, documents=docs)["documents"]
     check([(d.meta["i"], d.score) for d in ranked], truth, logits=True)
     assert [d.content for d in ranker.run(query=QUERY, documents=docs, top_k=2)["documents"]] == \
         [DOCS[i] for i in truth[0][:2]]
+
+
+def _haystack_documents():
+    from haystack import Document
+
+    return [Document(content=d, meta={"i": i}) for i, d in enumerate(DOCS)]
+
+
+def test_haystack_cohere_ranker(service, truth):
+    from haystack.utils import Secret
+    from haystack_integrations.components.rankers.cohere import CohereRanker
+
+    ranker = CohereRanker(api_base_url=service.url, api_key=Secret.from_token("any-key"), top_k=len(DOCS))
+    ranked = ranker.run(query=QUERY, documents=_haystack_documents())["documents"]
+    check([(d.meta["i"], d.score) for d in ranked], truth)
+
+
+def test_haystack_huggingface_tei_ranker(service, truth):
+    from haystack.utils import Secret
+    from haystack_integrations.components.rankers.huggingface_api import HuggingFaceTEIRanker
+
+    ranker = HuggingFaceTEIRanker(url=service.url, token=Secret.from_token("any-key"), top_k=len(DOCS))
+    ranked = ranker.run(query=QUERY, documents=_haystack_documents())["documents"]
+    check([(d.meta["i"], d.score) for d in ranked], truth)
 
 
 # --- rerankers (AnswerDotAI) ---------------------------------------------------------------------
