@@ -185,6 +185,33 @@ def test_ragflow_openai_api_compatible_rerank(service, cohere_order):
     check([(x["index"], x["relevance_score"]) for x in r.json()["results"]], cohere_order)
 
 
+def test_ragflow_xinference_rerank_string_booleans(service, cohere_order):
+    """infiniflow/ragflow rag/llm/rerank_model.py (XInferenceRerank): POST {base_url}/v1/rerank
+    with `{model, query, return_documents: "true", return_len: "true", documents}` (string
+    booleans); reads results[].relevance_score and the token counts."""
+    body = {"model": "qwen3-reranker", "query": QUERY, "return_documents": "true", "return_len": "true",
+            "documents": DOCS}
+    r = post_raw(service, "/v1/rerank", body, {"Content-Type": "application/json", "accept": "application/json"})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    check([(x["index"], x["relevance_score"]) for x in results], cohere_order)
+    assert all(x["document"] == {"text": DOCS[x["index"]]} for x in results)  # "true" meant true
+    assert r.json()["meta"]["tokens"]["input_tokens"] > 0
+    no_docs = service.post("/v1/rerank", {**body, "return_documents": "false"}).json()["results"]
+    assert all("document" not in x for x in no_docs)
+    assert service.post("/v1/rerank", {**body, "return_documents": "yes"}).status_code == 422
+
+
+def test_sglang_instruct_field_is_the_instruction(service, reference):
+    """SGLang's /v1/rerank (python/sglang/srt/entrypoints/openai/protocol.py V1RerankReqInput)
+    and DashScope spell the instruction `instruct`; it is scored as the instruction."""
+    ins = "Given a trivia question, retrieve the answer"
+    body = {"query": QUERY, "documents": [DOCS[1]], "instruct": ins}
+    got = service.post("/v1/rerank", body).json()["results"][0]["relevance_score"]
+    assert got == pytest.approx(reference.score(QUERY, DOCS[1], ins), abs=1e-3)
+    assert got != pytest.approx(reference.score(QUERY, DOCS[1]), abs=1e-6)
+
+
 def test_open_webui_external_reranker(service, cohere_order):
     """open-webui backend/open_webui/retrieval/models/external.py: POST to the configured URL
     (http://host:8000/v1/rerank) with `{model, query, documents, top_n}` and `Authorization:
