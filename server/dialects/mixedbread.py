@@ -11,9 +11,9 @@ JSON query that finds nothing), else on its `text`, else on its whole JSON text.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -79,7 +79,8 @@ def _text_of(doc: str | dict[str, Any], rank_fields: list[str] | None) -> str:
         return document_texts([doc], fields)[0]
     if isinstance(doc.get("text"), str):
         return doc["text"]
-    return orjson.dumps(doc).decode()
+    # the standard encoder: orjson refuses integers beyond 64 bits, which JSON allows
+    return json.dumps(doc, ensure_ascii=False)
 
 
 @router.post("/v1/reranking", responses={200: {"model": MixedbreadRerankResponse}},
