@@ -1,6 +1,7 @@
 """Real client libraries from PyPI, pointed at the service by their own base-URL settings as
 docs/integrations.md says: Haystack's NvidiaRanker (nvidia-haystack), CohereRanker
-(cohere-haystack) and HuggingFaceTEIRanker (huggingface-api-haystack), the `rerankers` API
+(cohere-haystack) and HuggingFaceTEIRanker (huggingface-api-haystack), LangChain's
+NVIDIARerank (langchain-nvidia-ai-endpoints), the `rerankers` API
 providers (Voyage, Mixedbread, Pinecone, Cohere, Jina, TEI), the `voyageai`, `mixedbread` and
 `pinecone` SDKs. Every check: one score per document, valid indices, the same ordering (and
 scores) as /v1/rerank for the same pairs. Real vLLM (CPU build)."""
@@ -74,6 +75,22 @@ def test_haystack_huggingface_tei_ranker(service, truth):
     ranker = HuggingFaceTEIRanker(url=service.url, token=Secret.from_token("any-key"), top_k=len(DOCS))
     ranked = ranker.run(query=QUERY, documents=_haystack_documents())["documents"]
     check([(d.meta["i"], d.score) for d in ranked], truth)
+
+
+# --- LangChain ----------------------------------------------------------------------------------
+def test_langchain_nvidia_rerank(service, truth):
+    import warnings
+
+    from langchain_core.documents import Document
+    from langchain_nvidia_ai_endpoints import NVIDIARerank
+
+    with warnings.catch_warnings():  # it warns that a self-hosted model is not in its hosted table
+        warnings.simplefilter("ignore")
+        ranker = NVIDIARerank(base_url=service.url + "/v1", api_key="any-key", top_n=len(DOCS),
+                              truncate="END")
+    docs = [Document(page_content=d, metadata={"i": i}) for i, d in enumerate(DOCS)]
+    ranked = ranker.compress_documents(documents=docs, query=QUERY)
+    check([(d.metadata["i"], d.metadata["relevance_score"]) for d in ranked], truth, logits=True)
 
 
 # --- rerankers (AnswerDotAI) ---------------------------------------------------------------------
