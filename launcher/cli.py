@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             # its tokenizer's BPE ranks are cached in cache_dir too (launcher/demo_model.py)
             build_demo_model("tiny", DEMO_MODEL_DIR, cache_dir=Path(settings.cache_dir or ".cache"))
         architectures = preflight.check_model(settings)
+        commands = engine_commands(settings, architectures) if settings.mode != "shim" else []
     except preflight.ConfigError as exc:
         # One line on stderr, what happened and what to do; exit 2 = fix the configuration.
         print(f"reranker: error: {exc}", file=sys.stderr)
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.mode == "shim":
         os.environ.update(settings.to_env())
         os.execv(sys.executable, [sys.executable, "-m", "server"])
-    supervisor = Supervisor(settings, engine_commands(settings, architectures),
-                            with_shim=settings.mode == "all")
+    supervisor = Supervisor(settings, commands, with_shim=settings.mode == "all")
     sys.exit(supervisor.run())
 
 

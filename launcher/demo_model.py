@@ -2,9 +2,10 @@
 
 The tokenizer is rebuilt from the BPE ranks that the `dashscope` package ships
 (`dashscope/resources/qwen.tiktoken`), so token ids match Qwen3's exactly (yes=9693, no=2152).
-Two shapes:
+Shapes:
   tiny  - 2 layers, hidden 128, head_dim 64: runs the whole stack on 2 CPU cores in tests/demo.
-  0.6b  - the exact Qwen3-Reranker-0.6B shape: costs what the real model costs (benchmarks).
+  0.6b, 4b, 8b - the exact Qwen3-Reranker-0.6B / -4B / -8B shapes (8B: untied LM head): cost what
+          the real models cost (benchmarks); 4b and 8b are initialised on a GPU when there is one.
 
 Random weights are scaled so that scores spread over (0, 1) and depend on the text: with a
 default init every document would score ~0.5 and a parity test would prove nothing.
@@ -48,6 +49,11 @@ SHAPES = {
                  num_attention_heads=2, num_key_value_heads=1, head_dim=64),
     "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                  num_attention_heads=16, num_key_value_heads=8, head_dim=128),
+    "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+               num_attention_heads=32, num_key_value_heads=8, head_dim=128),
+    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+               num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+               tie_word_embeddings=False),
 }
 
 
@@ -119,14 +125,17 @@ def write_model(out: Path, shape: str, seed: int, tok) -> None:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    dims = SHAPES[shape]
+    dims = {"tie_word_embeddings": True, **SHAPES[shape]}
     config = Qwen3Config(
         vocab_size=VOCAB_SIZE, max_position_embeddings=40960, rope_theta=1000000.0,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=FIRST_SPECIAL_ID,
+        rms_norm_eps=1e-6, bos_token_id=FIRST_SPECIAL_ID,
         eos_token_id=FIRST_SPECIAL_ID + 2, architectures=["Qwen3ForCausalLM"], **dims,
     )
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config).eval()
+    # the 4B/8B shapes take minutes to initialise on a CPU; on a GPU seconds (same recipe)
+    device = "cuda" if shape in ("4b", "8b") and torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = Qwen3ForCausalLM(config).eval()
     _spread_scores(model, dims["num_hidden_layers"])
     _calibrate(model, tok)
     dtype = torch.float32 if shape == "tiny" else torch.bfloat16
@@ -148,9 +157,9 @@ def _spread_scores(model, layers: int) -> None:
             layer.self_attn.o_proj.weight.mul_(8.0 / layers ** 0.5)
             layer.mlp.down_proj.weight.mul_(8.0 / layers ** 0.5)
             layer.self_attn.v_proj.weight.mul_(4.0)
-        emb = model.model.embed_tokens.weight
-        for token_id in (9693, 2152):  # yes, no (tied with the LM head)
-            emb[token_id].mul_(12.0)
+        head = model.get_output_embeddings().weight  # the embeddings when tied (0.6B, 4B)
+        for token_id in (9693, 2152):  # yes, no
+            head[token_id].mul_(12.0)
 
 
 CALIBRATION_PAIRS = [
@@ -176,10 +185,10 @@ def _calibrate(model, tok, target_std: float = 2.0) -> None:
     with torch.no_grad():
         for q, d in CALIBRATION_PAIRS:
             ids = tok.encode(render(q, d, DEFAULT_INSTRUCTION)).ids
-            out = model.model(torch.tensor([ids]))
+            out = model.model(torch.tensor([ids], device=model.device))
             states.append(out.last_hidden_state[0, -1].float())
         h = torch.stack(states)
-        emb = model.model.embed_tokens.weight
+        emb = model.get_output_embeddings().weight
         diff = (emb[9693] - emb[2152]).float()
         margins = h @ diff
         scale = target_std / margins.std().clamp_min(1e-6)

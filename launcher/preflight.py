@@ -151,7 +151,7 @@ def check_ports(settings) -> None:
 def check_gpus(settings, gpu: bool | None = None, env: dict | None = None) -> None:
     """Enough GPUs for engines x tensor_parallel_size, before N engines start loading and one of
     them fails minutes later (on a CPU the engines are only processes: nothing to check)."""
-    from launcher.vllm_args import gpu_visible, gpus_needed, visible_gpus
+    from launcher.gpu import gpu_visible, gpus_needed, visible_gpus
 
     if settings.mode not in ("all", "vllm") or not (gpu_visible() if gpu is None else gpu):
         return

@@ -34,8 +34,9 @@ from pathlib import Path
 import httpx
 import psutil
 
+from launcher import gpu as gpu_facts
 from launcher.timeline import Timeline, tee
-from launcher.vllm_args import check_cache_dir, vllm_environment
+from launcher.vllm_args import check_cache_dir, gpu_visible, vllm_environment
 from server.ops.supervision import GiveUp, RestartBudget, forward, on_stop_signals
 
 log = logging.getLogger("launcher")
@@ -154,15 +155,15 @@ class Supervisor:
     def run(self) -> int:
         on_stop_signals(self._on_signal)
         try:
-            hold = self._cold_compile_cache() or self._shared_gpus()
+            self._start_mps()
+            hold = self._cold_compile_cache()
             for engine in self.engines:
                 if hold and engine.index > 0:
                     engine.state = "held"  # until engine 0 has filled the compile cache
                 else:
                     engine.spawn(first=True)
             if hold:
-                log.info("engines sharing a GPU start one after another" if self._shared_gpus()
-                         else "compile cache empty: the other engines start once engine 0 is up",
+                log.info("compile cache empty: the other engines start once engine 0 is up",
                          extra={"engines": len(self.engines)})
             # The shim starts alongside, not after: while the model loads it already answers
             # liveness, and 503 + Retry-After instead of connection refused, and it is ready
@@ -215,15 +216,25 @@ class Supervisor:
         elif engine.state == "held" and self._may_start(engine):
             engine.spawn(first=True)
 
-    def _shared_gpus(self) -> bool:
-        return len(self.engines) > 1 and self.settings.engines_per_gpu > 1
-
     def _may_start(self, engine: Engine) -> bool:
-        """A held engine starts once engine 0 is up (its compile cache is filled); engines
-        sharing a GPU once every engine before it is up: vLLM sizes its KV cache from the
-        GPU memory it sees free while it profiles, which another engine loading would skew."""
-        before = self.engines[:engine.index] if self._shared_gpus() else self.engines[:1]
-        return all(e.state in ("running", "backoff") for e in before)
+        """A held engine starts once engine 0 is up (its compile cache is filled). Engines
+        sharing a GPU need no order: each has a fixed KV cache (launcher/gpu.py), so none sizes
+        itself from memory another is still taking."""
+        return self.engines[0].state in ("running", "backoff")
+
+    # --- MPS ---------------------------------------------------------------------------------
+    def _mps_wanted(self) -> bool:
+        return self.settings.cuda_mps and gpu_visible()
+
+    def _start_mps(self) -> None:
+        """The engines' MPS control daemon (cuda_mps), started before any engine: a CUDA
+        process joins MPS only if the daemon runs when it creates its context."""
+        if not self._mps_wanted():
+            return
+        problem = gpu_facts.start_mps(gpu_facts.mps_env(self.settings.cache_dir))
+        if problem:
+            raise GiveUp(f"cuda_mps: {problem}")
+        log.info("MPS control daemon started", extra=gpu_facts.mps_env(self.settings.cache_dir))
 
     def _cold_compile_cache(self) -> bool:
         """Several engines and nothing compiled yet: N processes compiling the same graph into
@@ -319,6 +330,8 @@ class Supervisor:
         for engine in self.engines:  # vLLM's last words, written before the launcher exits
             for thread in engine.tees:
                 thread.join(timeout=2.0)
+        if self._mps_wanted():  # after every engine: stopping it under a client kills the client
+            gpu_facts.stop_mps(gpu_facts.mps_env(self.settings.cache_dir))
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:

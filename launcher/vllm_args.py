@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from launcher import gpu as gpu_facts
+from launcher.gpu import gpus_needed, visible_gpus
 from server.settings import DEMO_MODEL_DIR
 
 TEMPLATE = Path(__file__).parent / "templates" / "qwen3_reranker.jinja"
@@ -50,33 +52,21 @@ def needs_qwen3_overrides(settings, architectures: list[str] | None = None) -> b
 
 
 def gpu_visible() -> bool:
-    return Path("/dev/nvidiactl").exists()
-
-
-def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries: that variable's list when
-    set, else one index per /dev/nvidiaN device node (what a container was given)."""
-    env = os.environ if env is None else env
-    listed = env.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [d.strip() for d in listed.split(",") if d.strip()]
-    nodes = [p for p in Path("/dev").glob("nvidia[0-9]*") if p.name[len("nvidia"):].isdigit()]
-    return [str(i) for i in range(len(nodes))]
-
-
-def gpus_needed(settings) -> int:
-    return -(-settings.engines // settings.engines_per_gpu) * settings.tensor_parallel_size
+    return gpu_facts.gpu_visible()
 
 
 def engine_commands(settings, architectures: list[str] | None = None, gpu: bool | None = None,
-                    env: dict[str, str] | None = None) -> list[tuple[list[str], dict[str, str]]]:
+                    env: dict[str, str] | None = None, kv_cache_bytes: int | None = None,
+                    ) -> list[tuple[list[str], dict[str, str]]]:
     """What the launcher starts: (vLLM argv, environment overrides) per vLLM process.
 
     multi_gpu_mode `engines` with engines > 1: one vLLM per engine on vllm_port + i; on GPUs
     engine i sees only its own, CUDA_VISIBLE_DEVICES = GPUs i*TP .. (i+1)*TP-1 of the visible
     ones (each process then numbers them from 0, as vLLM expects of a single engine); on a CPU
     they are N processes, each given its own share of the CPUs for its OpenMP threads
-    (cpu_binds). `data-parallel` (or one engine): one vLLM seeing every GPU."""
+    (cpu_binds). `data-parallel` (or one engine): one vLLM seeing every GPU. Engines sharing a
+    GPU get a fixed KV cache each: kv_cache_memory_bytes, else `kv_cache_bytes`, else sized from
+    the GPU and the checkpoint (shared_kv_cache_bytes; raises preflight.ConfigError)."""
     gpu = gpu_visible() if gpu is None else gpu
     ports = settings.vllm_ports
     if len(ports) == 1:
@@ -85,9 +75,11 @@ def engine_commands(settings, architectures: list[str] | None = None, gpu: bool 
     devices = visible_gpus(env) if gpu else []
     if gpu and len(devices) < gpus_needed(settings):  # not countable here: CUDA numbers them from 0
         devices = [str(i) for i in range(gpus_needed(settings))]  # (preflight refuses too few GPUs)
-    if per_gpu > 1:  # engines sharing a GPU share its memory
-        settings = settings.model_copy(update={
-            "gpu_memory_utilization": round((settings.gpu_memory_utilization or 0.9) / per_gpu, 4)})
+    if per_gpu > 1:  # engines sharing a GPU share its memory, each with a fixed KV cache
+        update = {"gpu_memory_utilization": round((settings.gpu_memory_utilization or 0.9) / per_gpu, 4)}
+        if gpu and settings.kv_cache_memory_bytes is None:
+            update["kv_cache_memory_bytes"] = kv_cache_bytes or shared_kv_cache_bytes(settings)
+        settings = settings.model_copy(update=update)
     env = os.environ if env is None else env
     binds = [] if gpu or "VLLM_CPU_OMP_THREADS_BIND" in env else cpu_binds(len(ports), tp)
     out = []
@@ -100,6 +92,34 @@ def engine_commands(settings, architectures: list[str] | None = None, gpu: bool 
             extra = {"VLLM_CPU_OMP_THREADS_BIND": binds[i]} if binds else {}
         out.append((cmd, extra))
     return out
+
+
+def shared_kv_cache_bytes(settings, total_bytes: int | None = None, config: dict | None = None) -> int:
+    """The KV cache of each engine when engines_per_gpu engines share one GPU (launcher/gpu.py)."""
+    from launcher.preflight import ConfigError, model_config
+
+    if config is None:
+        config = model_config(settings.model_path)
+    total = total_bytes if total_bytes is not None else gpu_facts.total_memory_bytes()
+    if total is None:
+        raise ConfigError("engines_per_gpu > 1: the GPU's memory cannot be read (no NVML, no "
+                          "nvidia-smi); set --kv-cache-memory-bytes for each engine")
+    dtype = effective_dtype(settings)
+    dtype_bytes = gpu_facts.DTYPE_BYTES.get(dtype if dtype != "auto" else str(config.get("torch_dtype")), 2)
+    try:
+        return gpu_facts.shared_engine_kv_bytes(
+            gpu_facts.ModelShape.from_config(config), total_bytes=total,
+            utilization=settings.gpu_memory_utilization or 0.9, engines=settings.engines_per_gpu,
+            step_tokens=settings.max_num_batched_tokens or GPU_BATCHED_TOKENS,
+            max_model_len=settings.max_model_len, dtype_bytes=dtype_bytes)
+    except gpu_facts.SharedGpuTooSmall as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def async_scheduling(settings, gpu: bool) -> bool | None:
+    """vLLM's --async-scheduling, on GPUs (docs/deployment.md "Filling one GPU"); None (vLLM's own
+    choice) on the CPU build, whose engine has no GPU to keep busy."""
+    return settings.async_scheduling if gpu else None
 
 
 def cpu_binds(engines: int, tp: int = 1, cpus: list[int] | None = None) -> list[str]:
@@ -175,6 +195,9 @@ def vllm_environment(base: dict[str, str], gpu: bool | None = None,
         env.setdefault("VLLM_ENABLE_STARTUP_PLAN", "1")
         if settings.deterministic:
             env.setdefault("VLLM_BATCH_INVARIANT", "1")
+        if settings.cuda_mps:  # the launcher's own MPS daemon (launcher/gpu.py)
+            for key, value in gpu_facts.mps_env(settings.cache_dir).items():
+                env.setdefault(key, value)
     # vLLM's output now reaches a pipe (launcher/timeline.py): unbuffered, so every line is
     # seen when it is written, and coloured as before when a person watches a terminal
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -272,6 +295,7 @@ def build_vllm_command(settings, architectures: list[str] | None = None,
         "--gpu-memory-utilization": s.gpu_memory_utilization,
         "--max-num-seqs": s.max_num_seqs,
         "--max-num-batched-tokens": s.max_num_batched_tokens or (GPU_BATCHED_TOKENS if gpu else None),
+        "--kv-cache-memory-bytes": s.kv_cache_memory_bytes,
     }
     for flag, value in optional.items():
         if value is not None:
@@ -279,4 +303,7 @@ def build_vllm_command(settings, architectures: list[str] | None = None,
     cmd.append("--enable-prefix-caching" if s.enable_prefix_caching else "--no-enable-prefix-caching")
     if s.enforce_eager:
         cmd.append("--enforce-eager")
+    scheduling = async_scheduling(s, gpu)
+    if scheduling is not None:
+        cmd.append("--async-scheduling" if scheduling else "--no-async-scheduling")
     return cmd + list(s.extra_vllm_args)

@@ -68,13 +68,22 @@ class Settings(BaseSettings):
     # health, one restart for all). Which is faster is for benchmarks/gpu (phase multigpu).
     engines: int = Field(1, ge=1, description="engine replicas per pod, each tensor_parallel_size "
                          "GPUs (so GPUs = engines x tensor_parallel_size)")
-    # Two engines on one GPU: at c=50 small requests are bound by vLLM's one engine-core
-    # process (100% of a core on an H200 while the GPU idles, benchmarks/RESULTS.md session 4),
-    # so a second engine core on the same GPU is the next lever. Not measured validly yet
-    # (session 5 ran it while the second engine was still starting; RESULTS.md).
+    # Several engines on one GPU: small requests are bound by vLLM's one engine-core process
+    # (one CPU core at 100% while the GPU idles), so more engine cores on the same GPU raise
+    # what one GPU serves (docs/deployment.md, "Filling one GPU").
     engines_per_gpu: int = Field(1, ge=1, description="engines sharing one GPU (tensor_parallel_size "
-                                 "1 only); each gets gpu_memory_utilization / engines_per_gpu and "
-                                 "they start one after another (vLLM profiles free GPU memory)")
+                                 "1 only); each gets gpu_memory_utilization / engines_per_gpu and a "
+                                 "fixed KV cache (kv_cache_memory_bytes, auto: sized for the share)")
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1, description="vLLM --kv-cache-memory-bytes: a fixed KV cache, no memory profiling "
+        "(auto when engines share a GPU: a few engine steps of tokens, within the engine's share)")
+    cuda_mps: bool = Field(
+        False, description="GPU: run the launcher's engines under an NVIDIA MPS control daemon that "
+        "the launcher starts and stops (kernels of engines sharing a GPU then run concurrently); "
+        "leave off where the node already provides MPS (device plugin sharing)")
+    async_scheduling: bool = Field(
+        True, description="GPU: vLLM --async-scheduling (the next step is scheduled while the GPU "
+        "runs this one); --no-async-scheduling passes vLLM's --no-async-scheduling")
     multi_gpu_mode: Literal["engines", "data-parallel"] = Field(
         "engines", description="engines: one vLLM per replica behind the shim (least outstanding "
         "tokens); data-parallel: one vLLM with --data-parallel-size engines")

@@ -38,6 +38,7 @@ $BENCH_WORK/launcher.json, so the next phase (the next device call) can reuse it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -108,8 +109,14 @@ def gpu_name() -> str:
 COMMON: dict = {}
 
 
+_STEP_LINES: list[dict] | None = None  # lines of the load step running now (measured())
+
+
 def emit(line: dict) -> None:
     line = {**line, **COMMON}
+    if _STEP_LINES is not None:  # written when the step ends, with its utilisation
+        _STEP_LINES.append(line)
+        return
     text = json.dumps(line, ensure_ascii=False)
     print(text, flush=True)
     with open(RESULTS, "a") as fh:
@@ -117,6 +124,30 @@ def emit(line: dict) -> None:
     if os.environ.get("OUT"):  # the device call's $OUT: what a call cut off by its limit still returns
         with open(Path(os.environ["OUT"]) / "results-live.jsonl", "a") as fh:
             fh.write(text + "\n")
+
+
+@contextlib.contextmanager
+def measured():
+    """A load step: every line it emits carries GPU busy %, power and per-process CPU % over the
+    step (benchmarks/gpu/utilisation.py), so no throughput figure stands without them."""
+    global _STEP_LINES
+    if _STEP_LINES is not None:  # already inside a step
+        yield
+        return
+    from benchmarks.gpu.utilisation import Utilisation
+
+    _STEP_LINES = []
+    roots = [os.getpid()]
+    if STATE.exists():  # a launcher started by an earlier call is no child of this process
+        roots.append(json.loads(STATE.read_text())["pid"])
+    try:
+        with Utilisation(roots) as util:
+            yield
+    finally:
+        lines, _STEP_LINES = _STEP_LINES, None
+        extra = util.fields()
+        for line in lines:
+            emit({**line, **extra})
 
 
 def log(msg: str) -> None:
@@ -352,18 +383,19 @@ def loadgen(clock: Clock, config: str, workloads: str, *, shim: str | list[str] 
     if requests:
         cmd += ["--requests", str(requests)]
     log(f"{config}: {workloads} c={concurrency or 'default'} on {targets}")
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                              timeout=max(30, clock.left() - 5))
-    except subprocess.TimeoutExpired:
-        emit({"kind": "skipped", "config": config, "workload": workloads, "reason": "timed out"})
-        return
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            emit({**json.loads(line), "config": config})
-    if proc.returncode not in (0, 1):
-        emit({"kind": "error", "config": config, "workload": workloads,
-              "stderr": proc.stderr[-2000:]})
+    with measured():
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                  timeout=max(30, clock.left() - 5))
+        except subprocess.TimeoutExpired:
+            emit({"kind": "skipped", "config": config, "workload": workloads, "reason": "timed out"})
+            return
+        for line in proc.stdout.splitlines():
+            if line.startswith("{"):
+                emit({**json.loads(line), "config": config})
+        if proc.returncode not in (0, 1):
+            emit({"kind": "error", "config": config, "workload": workloads,
+                  "stderr": proc.stderr[-2000:]})
 
 
 def shim_overhead(clock: Clock, est_s: float = 90) -> None:
@@ -454,29 +486,35 @@ HEY_N = int(os.environ.get("BENCH_HEY_N", 5000))  # dry runs on a CPU: fewer
 
 def hey(config: str, target: str, url: str, body: dict, n: int = HEY_N, c: int = 50) -> None:
     """The seed document's own load test: `hey -n 5000 -c 50 -m POST` with a fixed body."""
-    import re
-
     body_file = WORK / f"hey-{target}.json"
     body_file.write_text(json.dumps(body, ensure_ascii=False))
     cmd = [HEY, "-n", str(n), "-c", str(c), "-m", "POST", "-T", "application/json",
            "-D", str(body_file), url]
     log(f"{config}: hey -n {n} -c {c} {url}")
-    try:
-        text = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        emit({"kind": "error", "config": config, "target": target, "error": f"hey: {exc}"})
-        return
+    with measured():
+        try:
+            text = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            emit({"kind": "error", "config": config, "target": target, "error": f"hey: {exc}"})
+            return
+        emit({"kind": "hey", "config": config, "target": target, "workload": "seed", "concurrency": c,
+              "requests": n, **hey_figures(text, n, c)})
+
+
+def hey_figures(text: str, n: int, c: int) -> dict:
+    """Throughput, latency percentiles and errors from hey's text report."""
+    import re
+
     def grab(pattern: str) -> float | None:
         m = re.search(pattern, text)
         return float(m.group(1)) if m else None
     codes = dict(re.findall(r"\[(\d+)\]\s+(\d+) responses", text))
-    emit({"kind": "hey", "config": config, "target": target, "workload": "seed", "concurrency": c,
-          "requests": n, "req_s": grab(r"Requests/sec:\s+([\d.]+)"),
-          "p50_ms": _ms(grab(r"50%+ in ([\d.]+) secs")), "p95_ms": _ms(grab(r"95%+ in ([\d.]+) secs")),
-          "p99_ms": _ms(grab(r"99%+ in ([\d.]+) secs")),
-          "status_codes": {k: int(v) for k, v in codes.items()},
-          # hey sends n rounded down to a multiple of c
-          "errors": (n // c) * c - int(codes.get("200", 0))})
+    return {"req_s": grab(r"Requests/sec:\s+([\d.]+)"),
+            "p50_ms": _ms(grab(r"50%+ in ([\d.]+) secs")), "p95_ms": _ms(grab(r"95%+ in ([\d.]+) secs")),
+            "p99_ms": _ms(grab(r"99%+ in ([\d.]+) secs")),
+            "status_codes": {k: int(v) for k, v in codes.items()},
+            # hey sends n rounded down to a multiple of c
+            "errors": (n // c) * c - int(codes.get("200", 0))}
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -1007,7 +1045,7 @@ def multigpu_summary() -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phase", choices=["baseline", "levers", "custom", "fp8", "batching", "front",
-                                     "mix", "startup", "determinism", "multigpu", "stop"])
+                                     "mix", "startup", "determinism", "multigpu", "fill", "stop"])
     p.add_argument("--variants", default="engine_max_calls=2,engine_max_calls=4,workers=8,workers=2",
                    help="`front`: shim settings tried one at a time, in front of the same engine "
                    "(a=1+b=2: several in one shim)")
@@ -1029,6 +1067,12 @@ def main(argv=None) -> int:
     p.add_argument("--fresh", action="store_true", help="multigpu: measure steps done earlier again")
     p.add_argument("--configs", default=",".join(STARTUP_CONFIGS),
                    help=f"startup: which of {','.join(STARTUP_CONFIGS)}")
+    p.add_argument("--fill-configs", default="n1,n2,n4,n4+mps",
+                   help="fill: engine configurations, n<K>[+mps][+sync][+eager] (benchmarks/gpu/fill.py)")
+    p.add_argument("--fill-steps", default="seed,small,rag", help="fill: steps per configuration")
+    p.add_argument("--fill-raw", default="n1", help="fill: configurations also measured on raw vLLM")
+    p.add_argument("--fill-profile-starts", action="store_true",
+                   help="fill: py-spy dumps of vLLM once a second while each configuration starts")
     args = p.parse_args(argv)
     clock = Clock(args.budget)
     global CLOCK
@@ -1060,6 +1104,12 @@ def main(argv=None) -> int:
         elif args.phase == "multigpu":
             phase_multigpu(clock, [int(n) for n in args.ns.split(",") if n],
                            [m for m in args.modes.split(",") if m], args.fresh)
+        elif args.phase == "fill":
+            from benchmarks.gpu.fill import phase_fill
+
+            phase_fill(clock, [c for c in args.fill_configs.split(",") if c],
+                       [s for s in args.fill_steps.split(",") if s], args.fill_raw.split(","),
+                       args.fill_profile_starts)
         elif args.phase == "custom":
             phase_custom(clock, args.config, shlex.split(args.flags), args.workloads, args.targets,
                          args.concurrency)

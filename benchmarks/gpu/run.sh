@@ -44,7 +44,7 @@ if [ ! -f /tmp/site/.bench-wheels-done ] && ls .whl/*.whl >/dev/null 2>&1; then
     --target /tmp/site .whl/*.whl 2>&1 | grep -vi warning
   touch /tmp/site/.bench-wheels-done
 fi
-export PYTHONPATH=/tmp/site:$PWD
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 # the Qwen BPE ranks for the demo-model builder (the device cannot download them)
 if [ -f .cache/qwen.tiktoken ]; then export RERANKER_CACHE_DIR=$PWD/.cache

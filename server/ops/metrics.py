@@ -114,20 +114,30 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-class _GpuMemory:
-    """gpu_memory_used_bytes{gpu} from NVML, refreshed at scrape time."""
+class _GpuStats:
+    """Per GPU, from NVML at scrape time: memory in use, how busy it is (the share of the last
+    sample period in which a kernel ran: an idle GPU beside a saturated engine core shows here)
+    and power draw."""
 
     def __init__(self, pynvml, registry) -> None:
         self.nvml = pynvml
-        self.gauge = Gauge("gpu_memory_used_bytes", "GPU memory in use (NVML)", ["gpu"],
-                           registry=registry, multiprocess_mode="livemax")
+        self.memory = Gauge("gpu_memory_used_bytes", "GPU memory in use (NVML)", ["gpu"],
+                            registry=registry, multiprocess_mode="livemax")
+        self.busy = Gauge("gpu_utilization_ratio", "Share of time a kernel was running on the GPU "
+                          "over NVML's last sample period (0-1)", ["gpu"], registry=registry,
+                          multiprocess_mode="livemax")
+        self.power = Gauge("gpu_power_watts", "GPU power draw (NVML)", ["gpu"], registry=registry,
+                           multiprocess_mode="livemax")
 
     def refresh(self) -> None:
         try:
             for i in range(self.nvml.nvmlDeviceGetCount()):
                 handle = self.nvml.nvmlDeviceGetHandleByIndex(i)
-                self.gauge.labels(gpu=str(i)).set(self.nvml.nvmlDeviceGetMemoryInfo(handle).used)
-        except Exception:  # a driver hiccup must not break /metrics
+                gpu = str(i)
+                self.memory.labels(gpu=gpu).set(self.nvml.nvmlDeviceGetMemoryInfo(handle).used)
+                self.busy.labels(gpu=gpu).set(self.nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100)
+                self.power.labels(gpu=gpu).set(self.nvml.nvmlDeviceGetPowerUsage(handle) / 1000)
+        except Exception:  # a driver hiccup (or a reading this GPU lacks) must not break /metrics
             pass
 
 
@@ -140,4 +150,4 @@ def _gpu_memory_gauge(registry):
             return None
     except Exception:  # no NVML library or no GPU visible: the metric is simply absent
         return None
-    return _GpuMemory(pynvml, registry)
+    return _GpuStats(pynvml, registry)

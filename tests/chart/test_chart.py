@@ -613,7 +613,7 @@ def test_engines_per_gpu_runs_that_many_engines_on_each_gpu(helm, monkeypatch):
     assert env["RERANKER_ENGINES"]["value"] == "4" and env["RERANKER_ENGINES_PER_GPU"]["value"] == "2"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     s = _launcher_settings(container, monkeypatch)
-    commands = engine_commands(s, ["Qwen3ForCausalLM"], gpu=True, env={})
+    commands = engine_commands(s, ["Qwen3ForCausalLM"], gpu=True, env={}, kv_cache_bytes=1 << 30)
     assert [e["CUDA_VISIBLE_DEVICES"] for _, e in commands] == ["0", "0", "1", "1"]
     assert "RERANKER_ENGINES_PER_GPU" not in env_map(workload(render())[2])  # default: one per GPU
 
@@ -1265,3 +1265,22 @@ def test_dispatch_values_are_checked_by_the_schema(helm):
     assert "engineMaxCalls" in render_fails("--set", "server.dispatch.engineMaxCalls=0")
     assert "engineTokenBudget" in render_fails("--set", "server.dispatch.engineTokenBudget=-1")
     assert "tokenBudget" in render_fails("--set", "server.dispatch.tokenBudget=1")  # unknown key
+
+
+def test_gpu_sharing_keys_reach_the_launcher(helm, monkeypatch):
+    """gpu.mps, vllm.asyncScheduling and vllm.kvCacheMemoryBytes become the launcher's settings
+    and, through them, vLLM's flags and environment."""
+    from launcher.vllm_args import engine_commands, vllm_environment
+
+    _, _, container = workload(render("--set", "gpu.count=1", "--set", "gpu.enginesPerGpu=2",
+                                      "--set", "gpu.mps=true", "--set", "vllm.asyncScheduling=false",
+                                      "--set", "vllm.kvCacheMemoryBytes=8589934592"))
+    s = _launcher_settings(container, monkeypatch)
+    assert s.cuda_mps and not s.async_scheduling and s.kv_cache_memory_bytes == 8 << 30
+    commands = engine_commands(s, ["Qwen3ForCausalLM"], gpu=True, env={})
+    for cmd, _ in commands:
+        assert cmd[cmd.index("--kv-cache-memory-bytes") + 1] == str(8 << 30)
+        assert "--no-async-scheduling" in cmd
+    assert "CUDA_MPS_PIPE_DIRECTORY" in vllm_environment({}, gpu=True, settings=s)
+    plain = _launcher_settings(workload(render())[2], monkeypatch)
+    assert not plain.cuda_mps and plain.async_scheduling and plain.kv_cache_memory_bytes is None

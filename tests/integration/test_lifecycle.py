@@ -1,5 +1,6 @@
 """Engine death and graceful drain, on a launcher of its own (these tests end their service)."""
 
+import json
 import signal
 import time
 
@@ -16,12 +17,24 @@ BODY = {"query": "capital of France", "docs": [f"Paris fact number {i}." for i i
 
 
 @pytest.fixture(scope="module")
-def own():
-    svc = start_launcher("lifecycle", "--drain-timeout", "30",
+def own(tmp_path_factory):
+    # a cache directory of its own, empty: the first start is a cold one, the restart after a
+    # kill a warm one (test_a_restart_skips_the_cold_phase_and_both_timelines_are_printed)
+    cache = tmp_path_factory.mktemp("lifecycle-cache")
+    svc = start_launcher("lifecycle", "--drain-timeout", "30", "--cache-dir", str(cache),
                          "--vllm-restart-backoff", "1", "--vllm-shutdown-timeout", "10",
                          wait_ready=False)  # the first test watches it load
     yield svc
     svc.stop(signal.SIGKILL)
+
+
+def timelines(svc) -> list[dict]:
+    """The launcher's `startup timeline` lines: the first start, then each restart."""
+    out = []
+    for line in svc.log().splitlines():
+        if line.startswith("{") and '"startup timeline"' in line:
+            out.append(json.loads(line))
+    return out
 
 
 def vllm_process(svc) -> psutil.Process:
@@ -66,6 +79,19 @@ def test_killed_engine_gives_503_at_once_then_recovers_without_a_human(own):
     wait_until_ready(own, budget=600)
     assert httpx.post(own.url + "/v1/rank", json=BODY, timeout=60).status_code == 200
     assert "restarting vLLM" in own.log()
+
+
+def test_a_restart_skips_the_cold_phase_and_both_timelines_are_printed(own):
+    """The restart above found the caches the first start wrote: vLLM's model-info inspection (a
+    subprocess that imports vLLM again when its cache misses) is gone from it. Both timelines
+    are printed phase by phase. The totals are printed, not compared: on a shared 2-core host the
+    import and engine-core phases swing by tens of seconds with other load."""
+    assert eventually(lambda: len(timelines(own)) >= 2, timeout=30)
+    cold, warm = timelines(own)[:2]
+    print(f"cold start {cold['seconds']:.1f} s: {cold['durations']}")
+    print(f"restart    {warm['seconds']:.1f} s: {warm['durations']}")
+    assert cold["durations"]["model_info"] > 3.0, cold  # the inspection ran: a cold start
+    assert warm["durations"].get("model_info", 0) < 1.0, warm  # answered from the cache
 
 
 def test_sigterm_under_pooled_load_loses_no_accepted_request(own):

@@ -76,6 +76,28 @@ def test_pooled_clients_work_reaches_both_engines(pair):
     assert tokens.get("0", 0) > 0 and tokens.get("1", 0) > 0, tokens
 
 
+def test_both_engines_give_identical_scores_for_the_same_prompts(pair):
+    """Whichever engine a call lands on, a pair gets the same score: the same official prompts
+    (token ids, as the shim sends them) posted to each engine's /classify, bit for bit."""
+    from tokenizers import Tokenizer
+
+    from server.scoring.prompt import render
+    from server.settings import DEFAULT_INSTRUCTION
+    from tests.conftest import MODEL_DIR, MODEL_NAME
+
+    tok = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
+    docs = [*BODY["docs"][:4], "The Eiffel Tower is in Paris.", "如何申请差旅报销", "x " * 300]
+    prompts = [tok.encode(render(BODY["query"], d, DEFAULT_INSTRUCTION), add_special_tokens=False).ids
+               for d in docs]
+    scores = []
+    for url in pair.vllm_urls:
+        body = {"model": MODEL_NAME, "input": prompts, "use_activation": False}
+        data = httpx.post(url + "/classify", json=body, timeout=60).json()["data"]
+        scores.append([d["probs"][0] for d in sorted(data, key=lambda d: d["index"])])
+    assert len(set(map(tuple, scores))) == 1, scores
+    assert len(set(scores[0])) > 1  # the documents really differ in score
+
+
 def test_sigkill_of_one_engine_loses_no_request_and_the_engine_comes_back(pair):
     assert all(e["up"] and e["verified"] for e in engines(pair).values())
     failovers_before = _failovers(pair)

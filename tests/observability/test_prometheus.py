@@ -51,6 +51,7 @@ ADAPTER_RULES = ROOT / "charts" / "reranker" / "prometheus-adapter-rules.yaml"
 # Dashboard series that cannot have data here, each with the reason; their expressions must still parse.
 NO_DATA_HERE = {
     "gpu_memory_used_bytes": "NVML: no GPU on the CI host",
+    "gpu_utilization_ratio": "NVML: no GPU on the CI host",
     "kube_pod_container_status_restarts_total": "kube-state-metrics: no Kubernetes here",
 }
 

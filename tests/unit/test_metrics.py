@@ -16,16 +16,25 @@ def test_gpu_memory_metric_from_nvml_fake_because_ci_has_no_gpu(monkeypatch):
         nvmlDeviceGetCount=lambda: 2,
         nvmlDeviceGetHandleByIndex=lambda i: i,
         nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=(h + 1) * 1_000_000),
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=15 + 60 * h, memory=3),
+        nvmlDeviceGetPowerUsage=lambda h: 180_000 + h * 500_000,  # milliwatts
     )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     text = Metrics().render()[0].decode()
     assert 'gpu_memory_used_bytes{gpu="0"} 1e+06' in text
     assert 'gpu_memory_used_bytes{gpu="1"} 2e+06' in text
+    assert 'gpu_utilization_ratio{gpu="0"} 0.15' in text
+    assert 'gpu_utilization_ratio{gpu="1"} 0.75' in text
+    assert 'gpu_power_watts{gpu="1"} 680.0' in text
 
 
 def test_no_gpu_metric_without_nvml(monkeypatch):
+    """On a CPU host the GPU gauges are absent (not zero, not an error): /metrics still renders."""
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails, as on a CPU-only host
-    assert "gpu_memory_used_bytes" not in Metrics().render()[0].decode()
+    text = Metrics().render()[0].decode()
+    assert "reranker_" in text
+    for name in ("gpu_memory_used_bytes", "gpu_utilization_ratio", "gpu_power_watts"):
+        assert name not in text
 
 
 def test_saturation_gauge_and_its_integral_follow_in_flight_tokens():

@@ -1,0 +1,200 @@
+"""Filling one GPU: how much of it each engine configuration uses, and what that serves.
+
+    python3 -m benchmarks.gpu.orchestrate fill --configs n1,n2,n4,n4+mps --raw n1 \\
+        --steps seed,small,rag
+
+A configuration is `n<K>` (K engines sharing the one GPU, `--engines K --engines-per-gpu K`) plus
+any of `+mps` (the launcher's MPS daemon, `--cuda-mps`), `+sync` (`--no-async-scheduling`) and
+`+eager` (`--enforce-eager`); `best` is the one that served most small requests so far, and
+`CONFIG@a/b` runs steps a and b for it instead of `--steps`. Each is started (all K engines
+verified), then every step runs through the shim, and for the configurations in `--raw` also
+against raw vLLM (engine 0's `/rerank`), each line with GPU busy %, power and per-process CPU %
+(benchmarks/gpu/utilisation.py):
+
+  seed    hey -n 5000 -c 50, the seed document's fixed body (shim /v1/rank, vLLM /rerank)
+  small   3 short documents, a new query each time, c=50 (3,000 requests)
+  rag     20 x ~390-token documents, c=32 (400 requests)
+  long    10 x ~3,600-token documents, c=8
+  mixed   small c=10 while long runs at c=8, then long alone
+  det     the same 64 pairs alone, in one batch and under load (bit-identical in deterministic mode)
+  profile py-spy dump of every engine core, three times during a small c=50 load (logs/pyspy-*.txt)
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+
+from benchmarks.gpu import orchestrate as o
+
+STEPS = ("seed", "small", "rag", "long", "mixed", "det", "profile")
+
+
+def config_flags(config: str) -> tuple[int, list[str]]:
+    """`n4+mps+sync` -> (4, launcher flags)."""
+    head, *mods = config.split("+")
+    if not head.startswith("n") or not head[1:].isdigit():
+        raise ValueError(f"configuration {config!r}: write n<engines>[+mps][+sync][+eager]")
+    n = int(head[1:])
+    flags = ["--engines", str(n), "--engines-per-gpu", str(n)] if n > 1 else []
+    known = {"mps": "--cuda-mps", "sync": "--no-async-scheduling", "eager": "--enforce-eager"}
+    for mod in mods:
+        if mod not in known:
+            raise ValueError(f"configuration {config!r}: unknown {mod!r} (mps, sync, eager)")
+        flags.append(known[mod])
+    return n, flags
+
+
+class StartupSampler(threading.Thread):
+    """py-spy dumps of vLLM's API server and engine cores once a second while the launcher
+    starts (logs/startup-pyspy-<config>.txt): where a start's seconds go, phase by phase."""
+
+    def __init__(self, config: str) -> None:
+        super().__init__(daemon=True)
+        self.path = o.LOGS / f"startup-pyspy-{config}.txt"
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        import json
+
+        from benchmarks.gpu.utilisation import _family, _role
+
+        spy = shutil.which("py-spy")
+        t0 = time.monotonic()
+        with open(self.path, "w") as out:
+            while spy and not self.done.wait(1.0):
+                if not o.STATE.exists():
+                    continue
+                for proc in _family([json.loads(o.STATE.read_text())["pid"]]):
+                    try:
+                        role = _role(proc, " ".join(proc.cmdline()), proc.name())
+                    except Exception:
+                        continue
+                    if role in ("api_server", "engine_core"):
+                        dump = subprocess.run([spy, "dump", "--pid", str(proc.pid), "--nonblocking"],
+                                              capture_output=True, text=True, timeout=20)
+                        out.write(f"=== t={time.monotonic() - t0:.1f}s {role} {proc.pid}\n{dump.stdout}\n")
+                        out.flush()
+
+
+def start(clock: o.Clock, config: str, profile_start: bool = False) -> int | None:
+    n, flags = config_flags(config)
+    o.stop_launcher()
+    sampler = StartupSampler(config) if profile_start else None
+    if sampler:
+        sampler.start()
+    try:
+        ready = o.start_launcher(config, flags, budget=min(420, clock.left() - 30))
+        ready["all_engines_s"] = round(ready["seconds_to_ready"] + o.wait_all_engines(n, 150), 1)
+        o.emit({**ready, "engines_per_gpu": n})
+        return n
+    except RuntimeError as exc:
+        o.emit({"kind": "error", "step": "fill start", "config": config, "error": str(exc)[-3000:]})
+        o.stop_launcher()
+        return None
+    finally:
+        if sampler:
+            sampler.done.set()
+
+
+def step(clock: o.Clock, config: str, name: str, target: str) -> None:
+    url = o.SHIM if target == "shim" else o.VLLM
+    if name == "seed":
+        path = "/v1/rank" if target == "shim" else "/rerank"
+        body = o.SEED_BODY if target == "shim" else {"model": o.NAME, "query": o.SEED_BODY["query"],
+                                                     "documents": o.SEED_BODY["docs"]}
+        o.hey(config, target, url + path, body, c=50)
+    elif name == "small":
+        o.loadgen(clock, config, "small", targets=target, concurrency="50", requests=3000, est_s=30,
+                  extra=["--procs", "4"])
+    elif name == "rag":
+        o.loadgen(clock, config, "rag", targets=target, concurrency="32", requests=400, est_s=40,
+                  extra=["--procs", "2"])
+    elif name == "long":
+        o.loadgen(clock, config, "long", targets=target, concurrency="8", requests=100, est_s=40)
+    elif name == "mixed":
+        o.loadgen(clock, config, "mixed", targets=target, est_s=50)
+    elif name == "det" and target == "shim":
+        o.det_probe(clock, config, est_s=20)
+    elif name == "profile" and target == "shim":
+        profile(clock, config)
+
+
+def profile(clock: o.Clock, config: str) -> None:
+    """Where each engine core spends its time under small requests: py-spy dumps (py-spy record
+    hung on the GPU machine; a dump is one stack sample per thread)."""
+    spy = shutil.which("py-spy")
+    if not spy or clock.left() < 30:
+        o.emit({"kind": "skipped", "step": "profile", "config": config,
+                "reason": "py-spy not installed" if not spy else "budget"})
+        return
+    import json
+    import os
+
+    from benchmarks.gpu.utilisation import engine_cores
+
+    roots = [os.getpid()] + ([json.loads(o.STATE.read_text())["pid"]] if o.STATE.exists() else [])
+    cores = engine_cores(roots)
+    load = threading.Thread(target=o.loadgen, args=(clock, f"{config} (profiled)", "small"),
+                            kwargs={"targets": "shim", "concurrency": "50", "requests": 3000,
+                                    "est_s": 30, "extra": ["--procs", "4"]})
+    load.start()
+    time.sleep(3)
+    for i in range(3):
+        for pid in cores:
+            out = subprocess.run([spy, "dump", "--pid", str(pid), "--nonblocking"], capture_output=True,
+                                 text=True, timeout=30)
+            (o.LOGS / f"pyspy-{config}-{pid}-{i}.txt").write_text(out.stdout + out.stderr)
+        time.sleep(1.0)
+    load.join()
+    o.emit({"kind": "profile", "config": config, "engine_cores": cores, "dumps": 3,
+            "files": f"logs/pyspy-{config}-*.txt"})
+
+
+def best_config() -> str | None:
+    """The configuration measured on this machine with the most small c=50 requests/s through
+    the shim (what `best` stands for, so a later call can go on with the winner unattended)."""
+    import json
+
+    if not o.RESULTS.exists():
+        return None
+    best: tuple[float, str] | None = None
+    for line in o.RESULTS.read_text().splitlines():
+        rec = json.loads(line)
+        if (rec.get("phase") == "fill" and rec.get("kind") == "result" and rec.get("target") == "shim"
+                and rec.get("workload") == "small" and not rec.get("errors")
+                and "(" not in rec.get("config", "(")):
+            if best is None or rec["req_s"] > best[0]:
+                best = (rec["req_s"], rec["config"])
+    return best[1] if best else None
+
+
+def phase_fill(clock: o.Clock, configs: list[str], steps: list[str], raw: list[str],
+               profile_starts: bool = False) -> None:
+    for name in steps:
+        if name not in STEPS:
+            raise ValueError(f"unknown step {name!r}; choose from {', '.join(STEPS)}")
+    for entry in configs:
+        # `config@a/b` runs steps a and b for that configuration instead of the common ones;
+        # `best` is resolved when reached, from everything measured so far (this call included)
+        config, _, own_steps = entry.partition("@")
+        with_raw = config in raw
+        if config == "best":
+            config = best_config()
+            o.emit({"kind": "fill_best", "best": config})
+            if config is None:
+                continue
+        if clock.left() < 120:
+            o.emit({"kind": "skipped", "step": "fill", "config": config, "reason": "device-call budget"})
+            continue
+        running = o.launcher_running()
+        if not (running and running["flags"] == config_flags(config)[1]):
+            if start(clock, config, profile_starts) is None:
+                continue
+        for name in own_steps.split("/") if own_steps else steps:
+            if with_raw and name in ("seed", "small", "rag", "long", "mixed"):
+                step(clock, config, name, "vllm")
+            step(clock, config, name, "shim")
+    o.stop_launcher()
