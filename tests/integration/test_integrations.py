@@ -249,3 +249,16 @@ def test_pinecone_truncate_none_refuses_and_object_documents_come_back_whole(ser
     assert r.json()["usage"] == {"rerank_units": 1}
     long_doc = {**body, "documents": [{"text": "word " * 5000}], "parameters": {"truncate": "NONE"}}
     assert service.post("/pinecone/rerank", long_doc).status_code == 422
+
+
+# --- Voyage's own fields on /v1/rerank ------------------------------------------------------------
+def test_voyage_truncation_false_refuses_and_top_k_cuts(service, cohere_order):
+    body = {"query": QUERY, "documents": DOCS, "model": "rerank-2", "top_k": 2, "return_documents": True}
+    r = service.post("/v1/rerank", body)
+    assert r.status_code == 200 and r.json()["object"] == "list", r.text
+    assert [x["index"] for x in r.json()["data"]] == cohere_order[0][:2]
+    assert all(x["document"] == DOCS[x["index"]] for x in r.json()["data"])
+    long_doc = {**body, "documents": [DOCS[0], "word " * 5000], "truncation": False}
+    refused = service.post("/v1/rerank", long_doc)
+    assert refused.status_code == 422 and "documents[1]" in refused.json()["detail"]
+    assert service.post("/v1/rerank", {**long_doc, "truncation": True}).status_code == 200
