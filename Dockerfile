@@ -28,9 +28,10 @@ RUN useradd --uid 10001 --gid 0 --home-dir /var/lib/reranker --no-create-home --
 COPY pyproject.toml README.md /tmp/reranker-src/
 COPY server /tmp/reranker-src/server
 COPY launcher /tmp/reranker-src/launcher
+COPY offline /tmp/reranker-src/offline
 RUN python3 -m pip list --format=freeze > /tmp/image-constraints.txt \
     && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -c /tmp/image-constraints.txt /tmp/reranker-src \
-    && python3 -c "import launcher.cli, server.app" \
+    && python3 -c "import launcher.cli, server.app, offline.cli" \
     && rm -rf /tmp/reranker-src /tmp/image-constraints.txt
 
 # Bytecode for every installed package, written now as root: vLLM's image installs with uv, which

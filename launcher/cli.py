@@ -3,6 +3,7 @@
 Flags are the fields of server.settings.Settings in kebab case (`--max-model-len 4096`), each
 also an environment variable (RERANKER_MAX_MODEL_LEN). Anything after `--` goes to vLLM as is.
 Modes: all (vLLM + shim, supervised), vllm (engine only), shim (API only, --vllm-url).
+`reranker batch ...` and `reranker eval ...` are the offline jobs (offline/cli.py).
 With no --model, an offline demo model (real Qwen3 tokenizer, random weights) is built and used.
 """
 
@@ -42,7 +43,13 @@ def parse(argv: list[str]) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["batch"], ["eval"]):  # the offline jobs (offline/cli.py) share the command
+        from offline.cli import main as offline_main
+
+        offline_main(argv)
+        return
+    settings = parse(argv)
     setup_logging(settings.log_level)
     try:
         preflight.check_ports(settings)  # first: it is instant

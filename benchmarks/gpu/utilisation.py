@@ -69,7 +69,7 @@ def _cpu_times(roots: list[int]) -> dict[int, tuple[str, float]]:
             role = _role(proc, " ".join(proc.cmdline()), proc.name())
             if role:
                 t = proc.cpu_times()
-                out[proc.info["pid"]] = (role, t.user + t.system)
+                out[proc.pid] = (role, t.user + t.system)
         except psutil.Error:
             continue
     return out
@@ -92,6 +92,7 @@ class Utilisation:
         """`roots`: the processes whose trees are measured (default: this one)."""
         self.roots = roots or [os.getpid()]
         self.samples: list[tuple[float, float]] = []  # (busy %, watts), all GPUs averaged
+        self.thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     def _sample(self, nvml, handles) -> None:

@@ -5,7 +5,7 @@ and one union response envelope that every client family parses: Cohere SDKs rea
 and `meta`, Jina clients (LangChain, LlamaIndex, Haystack) read `results`, `model`, `usage`.
 `document` is left out, never null, when documents are not requested (LiteLLM rejects null).
 A body carrying a field only vLLM's rerank has (`use_activation`, `truncate_prompt_tokens`,
-`request_id`, ...: vllm_api.VLLM_ONLY_FIELDS) is a vLLM client's: it gets vLLM's answer (documents
+`request_id`, ...: `VLLM_ONLY_FIELDS`) is a vLLM client's: it gets vLLM's answer (documents
 echoed unless return_documents is false) with Cohere's `meta`, and vLLM's errors. A body carrying a
 field only Voyage has (`top_k`, `truncation`: voyage.VOYAGE_ONLY_FIELDS) gets Voyage's answer.
 Lenient where real clients are loose: `return_documents` may be the string "true"/"false"
@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from server.dialects import vllm_api, voyage
+from server.dialects import vllm, voyage
 from server.dialects.common import (
     Dialect,
     Document,
@@ -29,11 +29,14 @@ from server.dialects.common import (
     document_texts,
     documents_field,
     echo,
+    errors_as,
     json_integer,
     ranking,
     score,
     search_units,
 )
+from server.dialects.vllm.mapping import as_list, rerank_answer
+from server.dialects.vllm.protocol import VLLM_ONLY_FIELDS, VllmRerankRequest
 from server.openapi import documented_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
@@ -129,26 +132,26 @@ async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
 
 
 def _speaks(body: Any) -> str:
-    if isinstance(body, dict) and not vllm_api.VLLM_ONLY_FIELDS.isdisjoint(body):
+    if isinstance(body, dict) and not VLLM_ONLY_FIELDS.isdisjoint(body):
         return "vllm"
     return "voyage" if voyage.speaks_voyage(body) else "cohere"
 
 
 RerankBody = Annotated[
-    Annotated[RerankRequest, Tag("cohere")] | Annotated[vllm_api.VllmRerankRequest, Tag("vllm")]
+    Annotated[RerankRequest, Tag("cohere")] | Annotated[VllmRerankRequest, Tag("vllm")]
     | Annotated[voyage.VoyageRerankRequest, Tag("voyage")],
     Discriminator(_speaks),
 ]
 
 
 # errors answer in the dialect the body speaks
-_errors_as_spoken = vllm_api.errors_for_bodies(lambda body: _speaks(body) == "vllm")
+_errors_as_spoken = errors_as(vllm.DIALECT, lambda body: _speaks(body) == "vllm")
 # the body as documented: a vLLM body is one with a vLLM-only field (see _speaks)
-_VLLM_FIELD = {"anyOf": [{"required": [name]} for name in sorted(vllm_api.VLLM_ONLY_FIELDS)]}
+_VLLM_FIELD = {"anyOf": [{"required": [name]} for name in sorted(VLLM_ONLY_FIELDS)]}
 # a Voyage body: one with a Voyage-only field and no vLLM-only one
 _VOYAGE_FIELD = {"anyOf": [{"required": [name]} for name in sorted(voyage.VOYAGE_ONLY_FIELDS)]}
 _BODY = documented_body((RerankRequest, {"not": {"anyOf": [_VLLM_FIELD, _VOYAGE_FIELD]}}),
-                        (vllm_api.VllmRerankRequest, _VLLM_FIELD),
+                        (VllmRerankRequest, _VLLM_FIELD),
                         (voyage.VoyageRerankRequest, {**_VOYAGE_FIELD, "not": _VLLM_FIELD}))
 RerankAnswer = RerankResponse | voyage.VoyageRerankResponse
 
@@ -158,9 +161,9 @@ async def _answer(body, request: Request, version: str) -> dict:
         return await _rerank(body, request, version)
     if isinstance(body, voyage.VoyageRerankRequest):
         return await voyage.answer(request, body)
-    answer = await vllm_api.rerank_answer(request, body)
+    answer = await rerank_answer(request, body)
     tokens = answer["usage"]["prompt_tokens"]
-    documents = len(vllm_api.as_list(body.documents))
+    documents = len(as_list(body.documents))
     answer["meta"] = {"api_version": {"version": version},
                       "billed_units": {"search_units": search_units(documents)},
                       "tokens": {"input_tokens": tokens, "output_tokens": 0}}
@@ -181,5 +184,5 @@ async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()], _=Dep
 
 DIALECT = Dialect("cohere", router,
                   responses={"/v1/rerank": RerankAnswer, "/v2/rerank": RerankAnswer},
-                  shared_with=(vllm_api.DIALECT,),
+                  shared_with=(vllm.DIALECT,),
                   bench={"shim": ("/v1/rerank", "documents")})

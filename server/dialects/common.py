@@ -90,7 +90,7 @@ class Dialect:
     # error bodies against it
     error_model: type[BaseModel] = ErrorBody
     # dialects whose bodies this dialect's routes also take, answering their errors in that
-    # dialect's shape (vLLM bodies on /rerank and /v1/rerank: vllm_api.errors_for_bodies)
+    # dialect's shape (vLLM bodies on /rerank and /v1/rerank: errors_as)
     shared_with: tuple[Dialect, ...] = ()
     # path -> what the route can answer besides its 200 (server/openapi.py: JSON_BODY, SCORED,
     # ENGINE, RELAYED); a path not listed is a scoring route (a JSON body, scored by the core)
@@ -101,6 +101,21 @@ class Dialect:
     @property
     def paths(self) -> list[str]:
         return sorted({route.path for route in self.router.routes})
+
+
+def errors_as(dialect: Dialect, speaks: Callable[[Any], bool]):
+    """A route dependency for a route that takes another dialect's bodies too (`shared_with`):
+    a body for which `speaks(body)` is true gets `dialect`'s error shape. It runs before FastAPI
+    reports a schema error, on the body FastAPI already parsed (Starlette caches it); a body
+    that is not JSON keeps the route's own shape."""
+    async def dependency(request: Request) -> None:
+        try:
+            body = await request.json()
+        except ValueError:
+            return
+        if speaks(body):
+            request.scope["dialect"] = dialect
+    return dependency
 
 
 # Below this many documents a request is over in milliseconds: watching for a disconnect would
@@ -151,11 +166,18 @@ async def score_all(request: Request, reqs: list[ScoreRequest], concurrency: int
         async with gate:
             return await scorer.score(req)
 
-    work = asyncio.gather(*(one(r) for r in reqs))
-    if sum(len(r.documents) for r in reqs) < _WATCH_FROM_DOCS:
-        results = await work
-    else:
-        results = await _cancel_on_disconnect(request, work)
+    # One failed call fails the request: the others are cancelled, not left to run for nothing.
+    calls = [asyncio.ensure_future(one(r)) for r in reqs]
+    work = asyncio.gather(*calls)
+    try:
+        if sum(len(r.documents) for r in reqs) < _WATCH_FROM_DOCS:
+            results = await work
+        else:
+            results = await _cancel_on_disconnect(request, work)
+    except BaseException:
+        for call in calls:
+            call.cancel()
+        raise
     request.app.state.metrics.tokens.inc(sum(r.prompt_tokens for r in results))
     return results
 

@@ -4,7 +4,7 @@ A body with `texts` is TEI (the rule llama.cpp uses): the answer is TEI's bare a
 `[{index, score, text?}]`, errors TEI's. Any other body is the seed shape (`query`, `documents`,
 `instruction`), which is also vLLM's rerank body (`/rerank` is vLLM's route): every vLLM field is
 honoured, and the answer is the seed fields plus vLLM's whole answer (`id`, `model`, `usage`,
-`results[{index, document, relevance_score}]`), errors vLLM's (server/dialects/vllm_api.py).
+`results[{index, document, relevance_score}]`), errors vLLM's (server/dialects/vllm/).
 A seed `results` item also carries `truncated: true` when its document was cut to fit the model
 (the key is absent otherwise).
 """
@@ -16,9 +16,18 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from server.dialects import vllm_api
+from server.dialects import vllm
 from server.dialects.cohere import RerankResult, Usage
-from server.dialects.common import Dialect, Query, documents_field, json_integer, ranking, score
+from server.dialects.common import Dialect, Query, documents_field, errors_as, json_integer, ranking, score
+from server.dialects.vllm.mapping import (
+    as_list,
+    rerank_results,
+    response_id,
+    score_request,
+    texts_of,
+    usage,
+)
+from server.dialects.vllm.protocol import VllmRerankRequest
 from server.errors import ErrorBody, default_error_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
@@ -43,7 +52,7 @@ class TeiRequest(BaseModel):
     instruction: str | None = None
 
 
-class SeedRequest(vllm_api.VllmRerankRequest):
+class SeedRequest(VllmRerankRequest):
     """The seed body, a superset of vLLM's RerankRequest: vLLM's fields (use_activation,
     truncate_prompt_tokens, max_tokens_per_query, request_id, ...) mean what they mean on vLLM."""
 
@@ -113,7 +122,7 @@ class SeedResponse(BaseModel):
 RerankAnswer = list[TeiRank] | SeedResponse
 
 # errors answer in the dialect the body speaks
-_errors_as_spoken = vllm_api.errors_for_bodies(lambda body: _dialect(body) == "seed")
+_errors_as_spoken = errors_as(vllm.DIALECT, lambda body: _dialect(body) == "seed")
 
 
 @router.post("/rerank", summary="TEI (body has `texts`), or seed-style / vLLM rerank",
@@ -143,10 +152,10 @@ async def _tei(body: TeiRequest, request: Request) -> list[dict]:
 
 
 async def _seed(body: SeedRequest, request: Request) -> dict:
-    documents = vllm_api.as_list(body.documents)
-    texts = vllm_api.texts_of(documents, "documents")
-    req = await vllm_api.core_request(request, body, body.query, texts, raw=body.raw_scores,
-                                      max_chunks_per_doc=body.max_chunks_per_doc)
+    documents = as_list(body.documents)
+    texts = texts_of(documents, "documents")
+    req = score_request(body, body.query, texts, raw=body.raw_scores,
+                        max_chunks_per_doc=body.max_chunks_per_doc)
     result = await score(request, req)
     order = ranking(result, body.top_n)
     return {
@@ -156,10 +165,10 @@ async def _seed(body: SeedRequest, request: Request) -> dict:
         "total_docs": len(texts),
         "processed_in_ms": round(result.elapsed_ms, 3),
         "results": _mark_truncated(
-            vllm_api.rerank_results(result, documents, body.top_n, body.return_documents), result),
-        "usage": vllm_api.usage(result.prompt_tokens),
+            rerank_results(result, documents, body.top_n, body.return_documents), result),
+        "usage": usage(result.prompt_tokens),
         "model": request.app.state.settings.model_name,
-        "id": vllm_api.response_id(request, body),
+        "id": response_id(request, body),
     }
 
 
@@ -186,4 +195,4 @@ class TeiErrorBody(ErrorBody):
 
 
 DIALECT = Dialect("tei", router, responses={"/rerank": RerankAnswer}, error=_error,
-                  error_model=TeiErrorBody, shared_with=(vllm_api.DIALECT,))
+                  error_model=TeiErrorBody, shared_with=(vllm.DIALECT,))

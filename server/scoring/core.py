@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cachetools import TTLCache
 
@@ -19,6 +19,7 @@ from server.scoring.dispatch import Dispatcher
 from server.scoring.engines import Engine, EngineSet
 from server.scoring.errors import InvalidInput, TooLarge
 from server.scoring.prompt import Piece, PromptEncoder
+from server.scoring.relay import Relay
 
 # A token of Qwen's BPE is rarely longer than this many characters; text beyond
 # budget * this can never be scored, so it is dropped before tokenising (a 5 MB document
@@ -42,6 +43,15 @@ class ScoreRequest:
     max_tokens_per_doc: int | None = None
     max_chunks_per_doc: int | None = None  # None: the server's chunking setting decides
     priority: str | None = None          # "interactive" | "bulk"; None: decided by size
+    # The query's first N tokens, the query tokenised on its own (vLLM's max_tokens_per_query);
+    # the server's max_query_tokens still applies. None: no cut of the client's.
+    max_tokens_per_query: int | None = None
+    # A cap on the whole prompt's tokens (vLLM's truncate_prompt_tokens). Only the document is
+    # cut to meet it: the template, instruction and query stay whole, because the score is read
+    # from the template's last tokens and is a judgement of the query. A cap below what they
+    # take leaves the document one token (the prompt then exceeds the cap): refusing instead
+    # would depend on a token count no request schema can state, and vLLM scores any cap >= 1.
+    truncate_prompt_tokens: int | None = None
 
 
 @dataclass
@@ -71,10 +81,10 @@ def _check_unicode(text: str, where: str) -> None:
 
 
 def canary_passes(scores: list[float]) -> bool:
-    """A loaded engine that returns one constant (vLLM #27857: 0.5 for everything; vLLM 0.26's
-    online FP8 on this model, benchmarks/RESULTS.md) or lost its template still passes /health:
-    two unrelated documents must score differently. (Non-finite scores never get here: the
-    engine client refuses them.)"""
+    """A loaded engine that returns one constant (a known vLLM failure: 0.5 for everything, seen
+    with vLLM 0.26's online FP8 on this model, benchmarks/RESULTS.md "Session 2: FP8 and score
+    stability") or lost its template still passes /health: two unrelated documents must score
+    differently. (Non-finite scores never get here: the engine client refuses them.)"""
     a, b = scores
     return abs(a - b) > 1e-6
 
@@ -86,6 +96,8 @@ class Scorer:
         self.engine = engine
         self.admission = admission
         self.metrics = metrics
+        # requests passed to vLLM as they came, under the same limits and admission as scoring
+        self.relay = Relay(settings, engine, admission, metrics)
         # Coalescing needs the token path (/classify takes prompts of different requests).
         self.dispatcher = (Dispatcher(engine, settings, metrics)
                            if settings.batching and settings.engine_api == "tokens" else None)
@@ -102,6 +114,7 @@ class Scorer:
         started = time.perf_counter()
         self._validate(req)
         instruction = req.instruction or self.settings.default_instruction
+        req = await self._apply_cuts(req, instruction)
         unique = list(dict.fromkeys(req.documents))
         keys = {d: self._cache_key(instruction, req, d) for d in unique}
         cached = self._cache_lookup(keys)
@@ -117,12 +130,12 @@ class Scorer:
 
     async def _compute(self, req: ScoreRequest, instruction: str, docs: list[str],
                        keys: dict[str, str], on: Engine | None = None) -> dict[str, tuple[float, int, bool]]:
-        query = await self._cut_query(req.query)
-        head = self.encoder.head(query, instruction)
+        """`req` as _apply_cuts leaves it: the query already cut."""
+        head = self.encoder.head(req.query, instruction)
         budget, chunks = self._budget(head, req)
         jobs = await self._jobs(docs, keys, budget, chunks)
         self._check_request_tokens(jobs)
-        return await self._run(jobs, head, query, instruction, req, on)
+        return await self._run(jobs, head, req.query, instruction, req, on)
 
     async def canary(self, on: Engine | None = None) -> list[float]:
         """Scores of two unrelated documents, through the normal path (template, tokenisation,
@@ -151,11 +164,35 @@ class Scorer:
             raise InvalidInput("max_tokens_per_doc must be >= 1")
         if req.max_chunks_per_doc is not None and req.max_chunks_per_doc < 1:
             raise InvalidInput("max_chunks_per_doc must be >= 1")
+        if req.max_tokens_per_query is not None and req.max_tokens_per_query < 1:
+            raise InvalidInput("max_tokens_per_query must be >= 1")
+        if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens < 1:
+            raise InvalidInput("truncate_prompt_tokens must be >= 1")
+        if req.truncate_prompt_tokens is not None and req.truncate_prompt_tokens > self.settings.max_model_len:
+            # vLLM's words for the same refusal
+            raise InvalidInput("truncate_prompt_tokens value is greater than max_model_len. "
+                               "Please request a smaller truncation size.")
         if req.priority not in (None, "interactive", "bulk"):
             raise InvalidInput(f"priority must be 'interactive' or 'bulk', not {req.priority!r}")
 
-    async def _cut_query(self, query: str) -> str:
+    async def _apply_cuts(self, req: ScoreRequest, instruction: str) -> ScoreRequest:
+        """The request with the query cut (the client's max_tokens_per_query, then the server's
+        max_query_tokens) and truncate_prompt_tokens turned into a cap on the document's tokens.
+        Done before the cache is consulted: the cut query and the cap are part of the key."""
         limit = self.settings.max_query_tokens
+        if req.max_tokens_per_query is not None:
+            limit = min(limit, req.max_tokens_per_query)
+        query = await self._cut_query(req.query, limit)
+        doc_cap = req.max_tokens_per_doc
+        if req.truncate_prompt_tokens is not None:
+            fixed = self.encoder.template_tokens + len(self.encoder.head(query, instruction))
+            room = max(1, req.truncate_prompt_tokens - fixed)
+            doc_cap = room if doc_cap is None else min(doc_cap, room)
+        return replace(req, query=query, max_tokens_per_doc=doc_cap, max_tokens_per_query=None,
+                       truncate_prompt_tokens=None)
+
+    async def _cut_query(self, query: str, limit: int) -> str:
+        """The query's first `limit` tokens (tokenised on its own)."""
         if len(query.encode("utf-8")) <= limit:  # a byte-level BPE token covers >= 1 byte
             return query
         text = query[: limit * _MAX_CHARS_PER_TOKEN]

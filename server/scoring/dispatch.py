@@ -1,9 +1,10 @@
 """Cross-request batching and token-budgeted priority dispatch in front of vLLM's /classify.
 
-Why this exists (benchmarks/RESULTS.md, ../shared/reference/operations.md sections 3-4):
-- Each client request used to be one HTTP call to vLLM. A call costs vLLM's API server and engine
-  core a fixed overhead, so small requests (3 documents) left the GPU mostly idle. `/classify`
-  takes many pre-tokenised prompts per call, so concurrent requests are coalesced here.
+Why this exists (docs/deployment.md, "Mixed traffic: interactive and bulk work"; measurements in
+benchmarks/RESULTS.md):
+- Every call to vLLM costs its API server and engine core a fixed overhead, so one call per small
+  request (3 documents) would leave the GPU mostly idle. `/classify` takes many pre-tokenised
+  prompts per call, so concurrent requests are coalesced here.
 - vLLM's scheduler runs RUNNING requests first and never preempts for token budget, so once bulk
   work fills the engine, a small request waits behind all of it, whatever its vLLM priority. Only
   the shim can keep bulk work out of the engine: outstanding engine tokens are kept under a budget
@@ -19,8 +20,9 @@ once, so a lone request never waits for the deadline.
 
 While that tight budget is in force, a bulk item larger than the room left in it is cut
 (`bulk_split_to_budget`, on by default): its leading prompts that fit go now, the rest stays at
-the head of the bulk queue. Without the cut, each shim worker always had one whole 16k-token item
-in the engine and the budget did not bind (H200, benchmarks/RESULTS.md session 5).
+the head of the bulk queue. Without the cut, each shim worker would always have one whole item
+(up to `batch_max_tokens`) in the engine, and the budget would not bind (benchmarks/RESULTS.md,
+"Mixed traffic: bulk cut to the budget").
 
 The bulk budget adapts: while interactive work has been seen in the last
 `interactive_memory_s`, bulk may hold only `engine_token_budget` tokens in the engine (small
@@ -28,9 +30,8 @@ requests then wait behind at most that much); with no interactive traffic, bulk 
 engine up to `bulk_budget_factor` times that, which a GPU needs to stay busy on bulk alone.
 Identical prompts in one call (concurrent identical requests: retries, popular queries, a load
 test's fixed body) are sent once: the engine's answer for a prompt does not depend on who asked.
-Measurements: benchmarks/RESULTS.md (issue 11).
 
-Several engines (issue 16): the budget and the call slots are per engine (a data-parallel vLLM
+Several engines: the budget and the call slots are per engine (a data-parallel vLLM
 counts as `engines` of them), and each call goes to the usable engine with room that has the
 fewest outstanding tokens (server/scoring/engines.py); a call that fails there because the
 engine went away is sent once to another one.
@@ -185,11 +186,11 @@ class Dispatcher:
 
     def _may_cut(self, klass: str) -> bool:
         """Bulk items are cut to the room left in the budget only while the tight budget is in
-        force (bulk_split_to_budget): queued items are up to batch_max_tokens (16k) and, sent
-        whole, each shim worker had a whole one in the engine whatever its share of the budget
-        (H200 session 4: the budget swept 8k-64k left small-request latency unchanged; session 5
-        with the cut: small p95 301 -> 129 ms at 32k). With bulk alone they go whole, so
-        bulk-only throughput and latency are those of uncut calls."""
+        force (bulk_split_to_budget): queued items are up to batch_max_tokens and, sent whole,
+        each shim worker would have a whole one in the engine whatever its share of the budget,
+        so the budget would not shorten a small request's wait (benchmarks/RESULTS.md, "Mixed
+        traffic: bulk cut to the budget"). With bulk alone they go whole, so bulk-only
+        throughput and latency are those of uncut calls."""
         return (klass == "bulk" and self.split_to_budget
                 and time.monotonic() - self.last_interactive < self.interactive_memory_s)
 

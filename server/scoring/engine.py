@@ -1,8 +1,8 @@
 """The one place that talks to vLLM: a pooled async HTTP client and its failure mapping.
 
-aiohttp, not httpx, on this hot path: profiled in front of an instant fake vLLM, httpx's
-connection pool (per-request scans of every pooled connection, socket readability checks) took
-60% of the shim's CPU; aiohttp's C parsers and pool cost a fraction (benchmarks/RESULTS.md).
+aiohttp, not httpx, on this hot path: httpx's connection pool scans every pooled connection and
+checks socket readability on each request, which dominates the shim's CPU in front of a fast
+engine; aiohttp's C parsers and pool do not (benchmarks/RESULTS.md, "Shim overhead").
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from server.scoring.errors import EngineBadAnswer, EngineRejected, EngineTimeout
 
 # vLLM's uvicorn closes idle keep-alive connections after VLLM_HTTP_TIMEOUT_KEEP_ALIVE (5 s by
 # default, 30 s as the launcher starts it); expiring ours first avoids the race where a request
-# goes out on a connection the server is closing (facts.md).
+# goes out on a connection the server is closing.
 KEEPALIVE_EXPIRY_S = 3.0
 # Failures after the connection was made but before any response: the request may have been
 # sent on a connection the server was closing. Scoring is idempotent, so one retry is safe.
@@ -33,7 +33,8 @@ class EngineClient:
         # Deterministic mode: ask vLLM for the logit and take P(yes) = sigmoid(logit) here, one
         # value at a time. vLLM applies it to the whole batch at once, and on CPU its vectorised
         # sigmoid rounds some elements differently from the scalar tail: the same pair scored
-        # 1 ulp (6e-8) apart alone and in a batch of 64 (benchmarks/RESULTS.md).
+        # 1 ulp apart alone and in a batch (docs/deployment.md, "Start-up and deterministic
+        # scores").
         self.sigmoid_in_shim = sigmoid_in_shim
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=2.0)
         self._session = aiohttp.ClientSession(

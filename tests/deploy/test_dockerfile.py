@@ -232,6 +232,7 @@ def test_copied_sources_build_an_installable_launcher(tmp_path):
     wheel = next(wheels.glob("*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "launcher/templates/qwen3_reranker.jinja" in names and "server/app.py" in names
+    assert "offline/batch.py" in names  # `reranker batch` / `reranker eval`
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
                     str(wheel)], check=True, capture_output=True, timeout=300)
@@ -239,6 +240,9 @@ def test_copied_sources_build_an_installable_launcher(tmp_path):
     run = subprocess.run([sys.executable, "-m", "launcher", "--help"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+    batch = subprocess.run([sys.executable, "-m", "launcher", "batch", "--help"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert batch.returncode == 0 and "custom_id" in batch.stdout, batch.stderr
     located = subprocess.run([sys.executable, "-c", "import launcher; print(launcher.__file__)"], cwd=tmp_path,
                              env=env, capture_output=True, text=True, timeout=60)
     assert located.stdout.startswith(str(site)), located.stdout  # not the repo checkout

@@ -16,10 +16,12 @@ import pytest
 from fastapi import FastAPI
 
 from server.app import create_app, watch_engine_once
-from server.dialects import DIALECTS, vllm_api
+from server.dialects import DIALECTS, vllm
 from server.openapi import ENGINE, JSON_BODY, RELAYED, SCORED, SETTING_BOUNDS, finish, route_kinds
 from server.scoring import errors as domain
-from tests.inprocess.conftest import FakeEngine, running, settings
+from server.settings import DEFAULT_INSTRUCTION
+from tests.conftest import MAX_MODEL_LEN
+from tests.inprocess.conftest import FakeEngine, _shared_encoder, running, settings
 from tests.integration import schemathesis_hooks
 
 pytestmark = pytest.mark.anyio
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.anyio
 PATHS = [(d, path) for d in DIALECTS for path in d.paths]
 KEY = "k-openapi"
 # request models whose bodies get vLLM's errors on a route another dialect owns (/rerank's seed
-# body, a vLLM body on /v1|v2/rerank): vllm_api.errors_for_bodies
+# body, a vLLM body on /v1|v2/rerank): common.errors_as
 VLLM_BODIES = {"SeedRequest", "VllmRerankRequest"}
 CHAT = {"messages": [{"role": "query", "content": "capital of France"},
                      {"role": "document", "content": "Paris is the capital of France."}]}
@@ -95,7 +97,7 @@ def cases(spec: dict) -> list[tuple]:
         for name in request_models(spec, path):
             examples = spec["components"]["schemas"][name].get("examples")
             if examples:
-                shape = vllm_api.DIALECT if dialect.shared_with and name in VLLM_BODIES else dialect
+                shape = vllm.DIALECT if dialect.shared_with and name in VLLM_BODIES else dialect
                 out.append((dialect, path, name, dict(examples[0]), shape))
     return out
 
@@ -336,7 +338,7 @@ async def test_an_object_query_is_refused_with_400_not_a_500(served):
         sent = {"query": {"text": "a"}, "documents": ["x"]}
         r = await client.post(path, json=sent)
         assert r.status_code == 400 and agree(spec, path, sent, r), (path, r.text)
-        assert_documented(spec, path, r, vllm_api.DIALECT)
+        assert_documented(spec, path, r, vllm.DIALECT)
 
 
 async def test_x_priority_is_refused_where_the_body_names_a_priority_too(served):
@@ -372,34 +374,51 @@ async def test_relayed_bodies_are_checked_as_documented_then_passed_as_they_came
             assert [json.loads(c) for _, _, c in fake.forwarded] == [sent], (path, fake.forwarded)
         else:
             assert r.status_code == 400 and not fake.forwarded, (path, r.text)
-            assert_documented(spec, path, r, vllm_api.DIALECT)
+            assert_documented(spec, path, r, vllm.DIALECT)
 
 
 async def test_the_schemathesis_hook_skips_exactly_what_the_server_refuses(served):
     """The hook (tests/integration/schemathesis_hooks.py) keeps positive cases that break a rule
     JSON Schema cannot state from being sent; it must name the same bodies the server refuses."""
     spec, client, _ = served
-    base = {"query": "What is the capital of France?", "documents": ["Paris."]}
-    encoder = schemathesis_hooks._encoder()
-    fixed = vllm_api.fixed_prompt_tokens(encoder, base["query"], "Given a web search query, "
-                                         "retrieve relevant passages that answer the query")
-    bodies = [{**base, "truncate_prompt_tokens": n} for n in (-1, 0, 1, fixed - 1, fixed, fixed + 1, 2048)]
-    bodies += [{**base, "truncate_prompt_tokens": fixed + 1, "max_tokens_per_query": 2},
-               {**base, "truncate_prompt_tokens": fixed + 1, "instruction": "a long instruction " * 4},
-               {**base, "truncate_prompt_tokens": fixed + 1, "chat_template_kwargs": {"instruction": "x"}}]
-    bodies += [{"queries": q, "documents": d} for q, d in
-               ((["a", "b"], ["x", "y", "z"]), (["a", "b"], ["x", "y"]), ("a", ["x", "y", "z"]),
-                (["a"], ["x", "y"]), (["a", "b"], "x"))]
+    bodies = [{"queries": q, "documents": d} for q, d in
+              ((["a", "b"], ["x", "y", "z"]), (["a", "b"], ["x", "y"]), ("a", ["x", "y", "z"]),
+               (["a"], ["x", "y"]), (["a", "b"], "x"))]
     bodies += [{"query": "q", "documents": [{"title": "t"}], "rank_fields": f} for f in (["title"], ["text"])]
     refused = 0
     for body in bodies:
-        path = "/v1/rerank" if "rank_fields" in body else "/score" if "queries" in body else "/rerank"
+        path = "/v1/rerank" if "rank_fields" in body else "/score"
         assert validator(spec, body_schema(spec, path)).is_valid(body), (path, body)  # schema-valid
         skipped = any(rule(body) for rule in schemathesis_hooks.RULES)
         r = await client.post(path, json=body)
         assert skipped == (r.status_code != 200), (body, skipped, r.text)
         refused += skipped
-    assert refused >= 6  # the rules did refuse something
+    assert refused == 3  # the rules did refuse something
+
+
+async def test_every_documented_truncate_prompt_tokens_is_answered(served):
+    """truncate_prompt_tokens: -1 or 1 to max_model_len, whatever the query (no rule the schema
+    cannot state). Only the document is cut; a cap below the template, instruction and query
+    leaves the document its first token. 0 is outside the schema and refused."""
+    spec, client, _ = served
+    query, document = "What is the capital of France?", "Paris is the capital and largest city of France."
+    encoder = _shared_encoder(None)
+    fixed = encoder.template_tokens + len(encoder.head(query, DEFAULT_INSTRUCTION))
+    whole = fixed + len(encoder.encode_plain([" " + document])[0])
+    for cap, tokens in ((-1, whole), (1, fixed + 1), (fixed, fixed + 1), (fixed + 1, fixed + 1),
+                        (fixed + 3, fixed + 3), (MAX_MODEL_LEN, whole)):
+        for path, body in (("/rerank", {"query": query, "documents": [document]}),
+                           ("/score", {"queries": query, "documents": [document]}),
+                           ("/v2/rerank", {"query": query, "documents": [document]})):
+            body = {**body, "truncate_prompt_tokens": cap}
+            assert validator(spec, body_schema(spec, path)).is_valid(body), (path, body)
+            r = await client.post(path, json=body)
+            assert r.status_code == 200 and agree(spec, path, body, r), (path, cap, r.text)
+            assert r.json()["usage"]["prompt_tokens"] == tokens, (path, cap, r.json()["usage"])
+    body = {"query": query, "documents": [document], "truncate_prompt_tokens": 0}
+    assert not validator(spec, body_schema(spec, "/rerank")).is_valid(body)
+    r = await client.post("/rerank", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "body.truncate_prompt_tokens", r.text
 
 
 # --- real error bodies validate against what the document says -----------------------------------
@@ -486,7 +505,7 @@ def error_cases(spec: dict) -> list[tuple]:
             kinds = {JSON_BODY} | ({RELAYED} if model in RELAYED_MODELS else
                                    set() if model in LOCAL_MODELS else {SCORED})
             assert kinds <= route_kinds(dialect, path), (path, model)
-            shape = vllm_api.DIALECT if dialect.shared_with and model in VLLM_BODIES else dialect
+            shape = vllm.DIALECT if dialect.shared_with and model in VLLM_BODIES else dialect
             out.append((dialect, "post", path, model, body, shape, kinds))
     return out
 
@@ -553,3 +572,25 @@ async def test_probe_bodies_and_metrics_content_types_are_as_documented(anyio_ba
 
 async def _unreachable() -> str:
     raise domain.EngineUnavailable("engine metrics unreachable")
+
+
+async def test_sides_of_pairs_not_scored_are_held_to_the_document(served):
+    """/score scores the first complete pair and vLLM ignores the others; their sides are still
+    refused where the document calls them invalid (else the server accepts what it documents as
+    invalid), and accepted where it does not."""
+    spec, client, _ = served
+    base = {"queries": "q", "documents": ["d"]}
+    for extra, accepted in (({"text_2": [{"content": None}]}, False), ({"data_1": [{"text": " "}]}, False),
+                            ({"items": [{"title": "no text"}]}, False),
+                            ({"text_2": [{"text": "t", "id": 1}], "data_1": "q2"}, True)):
+        sent = {**base, **extra}
+        r = await client.post("/score", json=sent)
+        assert (r.status_code == 200) is accepted and agree(spec, "/score", sent, r), (extra, r.text)
+
+
+async def test_priority_bounds_are_integers_every_json_reader_reads_exactly(served):
+    spec, client, _ = served
+    for priority, accepted in ((2**53 - 1, True), (-(2**53 - 1), True), (2**53, False), (2**63 + 191, False)):
+        sent = {"query": "q", "documents": ["d"], "priority": priority}
+        r = await client.post("/rerank", json=sent)
+        assert (r.status_code == 200) is accepted and agree(spec, "/rerank", sent, r), (priority, r.text)

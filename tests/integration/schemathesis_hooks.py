@@ -10,17 +10,10 @@ be accepted, and negative cases are all sent.
   compare a value, the names, with the keys of other values). Server: 422.
 - vLLM's /score pairs: a left side of N > 1 inputs needs N right ones (1:1, 1:N or N:N; JSON
   Schema cannot compare two arrays' lengths). Server: 400.
-- vLLM's `truncate_prompt_tokens` caps the whole prompt, and the shim never cuts the template,
-  instruction or query (only the document): a cap at or below what those take leaves no room for
-  a document (a count of tokens of the body's own text). Server: 400. It is counted here with the
-  server's own functions and the served tokenizer (RERANKER_TOKENIZER, default the demo model the
-  tests serve).
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
 from pathlib import Path
 
@@ -29,8 +22,7 @@ import schemathesis
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's server package (the hook runs in schemathesis' process)
 
-from server.dialects import vllm_api  # noqa: E402
-from server.settings import DEFAULT_INSTRUCTION  # noqa: E402
+from server.dialects.vllm.protocol import SCORE_PAIRS  # noqa: E402
 
 
 def names_a_missing_field(body: dict) -> bool:
@@ -45,7 +37,7 @@ def names_a_missing_field(body: dict) -> bool:
 def pairs_unequal_lists(body: dict) -> bool:
     """A /score body (or an /invocations one shaped as /score) whose first complete pair is N:M
     with 1 < N != M (server: 400)."""
-    for left, right in vllm_api.SCORE_PAIRS:
+    for left, right in SCORE_PAIRS:
         a, b = body.get(left), body.get(right)
         if a is not None and b is not None:
             n, m = (len(x) if isinstance(x, list) else 1 for x in (a, b))
@@ -53,52 +45,7 @@ def pairs_unequal_lists(body: dict) -> bool:
     return False
 
 
-@functools.cache
-def _encoder():
-    from server.scoring.prompt import PromptEncoder
-    from server.scoring.tokenizer import load_tokenizer
-
-    return PromptEncoder(load_tokenizer(os.environ.get(
-        "RERANKER_TOKENIZER", str(ROOT / "models" / "qwen3-reranker-tiny"))))
-
-
-def truncation_leaves_no_room(body: dict) -> bool:
-    """A vLLM-style body whose truncate_prompt_tokens is at or below the tokens of template,
-    instruction and (cut) query, as vllm_api.core_request counts them (server: 400)."""
-    limit = body.get("truncate_prompt_tokens")
-    if not isinstance(limit, (int, float)) or isinstance(limit, bool) or limit == -1:
-        return False
-    kwargs = body.get("chat_template_kwargs")
-    instruction = vllm_api.instruction_of(kwargs if isinstance(kwargs, dict) else None,
-                                          body.get("instruction")) or DEFAULT_INSTRUCTION
-    encoder = _encoder()
-    for query in _queries(body):
-        cut = body.get("max_tokens_per_query") or 0
-        if isinstance(cut, (int, float)) and not isinstance(cut, bool) and cut > 0:
-            query = vllm_api.cut_to_tokens(encoder.encode_plain([query])[0], query, int(cut))
-        if limit - vllm_api.fixed_prompt_tokens(encoder, query, instruction) < 1:
-            return True
-    return False
-
-
-def _queries(body: dict) -> list[str]:
-    """The query texts a rerank or score body is scored with."""
-    if "query" in body and "documents" in body:
-        sides = [body["query"]]
-    else:
-        sides = [body.get(left) for left, right in vllm_api.SCORE_PAIRS
-                 if body.get(left) is not None and body.get(right) is not None][:1]
-    out = []
-    for side in sides:
-        for item in side if isinstance(side, list) else [side]:
-            if isinstance(item, str):
-                out.append(item)
-            elif isinstance(item, dict) and "text" in item:
-                out.append(item["text"] if isinstance(item["text"], str) else str(item["text"]))
-    return out
-
-
-RULES = (names_a_missing_field, pairs_unequal_lists, truncation_leaves_no_room)
+RULES = (names_a_missing_field, pairs_unequal_lists)
 
 
 @schemathesis.hook

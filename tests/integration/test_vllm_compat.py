@@ -214,6 +214,19 @@ def test_truncate_prompt_tokens_cuts_only_the_document_on_purpose(clients):
     assert abs(vllm["data"][0]["score"] - ours["data"][0]["score"]) > TOL
 
 
+def test_a_cap_below_template_and_query_leaves_the_document_one_token(clients):
+    """vLLM scores any cap >= 1 (cutting into the template); the shim keeps the template,
+    instruction and query whole and gives the document its first token, so every cap the
+    document allows is answered."""
+    body = {"queries": QUERY, "documents": DOCS[0], "truncate_prompt_tokens": 1}
+    raw, shim = both(clients, "/score", body)
+    assert raw.status_code == shim.status_code == 200, shim.text
+    overhead = clients[1].post("/score", json={"queries": QUERY, "documents": "Paris"}).json()["usage"]["prompt_tokens"] - 1
+    assert shim.json()["usage"]["prompt_tokens"] == overhead + 1
+    one = clients[1].post("/score", json={"queries": QUERY, "documents": DOCS[0], "max_tokens_per_doc": 1}).json()
+    assert shim.json()["data"][0]["score"] == pytest.approx(one["data"][0]["score"], abs=TOL)
+
+
 # --- /tokenize, /detokenize ------------------------------------------------------------------------
 @pytest.mark.parametrize("body", [
     {"prompt": render(QUERY, DOCS[0], DEFAULT_INSTRUCTION)},
@@ -285,6 +298,7 @@ def test_version_and_models_as_vllm_lists_them(clients):
     ("/score", {"queries": {"content": [{"type": "text", "text": QUERY}]}, "documents": DOCS}),
     ("/score", {"queries": QUERY, "documents": DOCS, "truncate_prompt_tokens": MAX_MODEL_LEN + 1}),
     ("/score", {"queries": QUERY, "documents": DOCS, "truncate_prompt_tokens": -2}),
+    ("/score", {"queries": QUERY, "documents": DOCS, "truncate_prompt_tokens": 0}),
     ("/score", {"queries": QUERY, "documents": DOCS, "priority": 2**64}),
     ("/score", {"queries": QUERY, "documents": DOCS, "cache_salt": ""}),
     ("/score", {"queries": QUERY, "documents": DOCS, "chat_template_kwargs": {"tokenize": True}}),

@@ -1,0 +1,173 @@
+"""vLLM's scoring bodies onto the scoring core, and the core's results into vLLM's answers.
+
+Shared with the dialects that also take vLLM's rerank body: the seed body on /rerank (tei.py)
+and vLLM bodies on /v1/rerank, /v2/rerank (cohere.py). Mapping only: what to score and how to
+shape the answer; cutting, budgets and every check on token counts are the core's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import Request
+
+from server.dialects.common import ranking, score, score_all
+from server.dialects.vllm.protocol import (
+    RESERVED_TEMPLATE_KWARGS,
+    SCORE_PAIRS,
+    ScoreInput,
+    VllmRerankRequest,
+    VllmScoreRequest,
+    VllmScoringFields,
+)
+from server.scoring.core import ScoreRequest, ScoreResult
+from server.scoring.errors import InvalidInput
+
+
+def as_list(value: ScoreInput | list[ScoreInput]) -> list[ScoreInput]:
+    return value if isinstance(value, list) else [value]
+
+
+def texts_of(inputs: list[ScoreInput], where: str) -> list[str]:
+    """vLLM's text inputs. Its multimodal form ({"content": [parts]}) is refused as vLLM refuses
+    it for a text-only model; a Jina/seed object ({"text": ...}) is ranked on its text."""
+    if not inputs and where == "documents":
+        raise InvalidInput("At least one text_pair element must be given")  # vLLM's words
+    out = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, str):
+            out.append(item)
+        elif "content" in item or "text" not in item:
+            raise InvalidInput("MultiModalParam is not supported for this text-only model "
+                               f"(Qwen3ForSequenceClassification): {where}[{i}]")
+        else:
+            out.append(item["text"] if isinstance(item["text"], str) else str(item["text"]))
+    return out
+
+
+def instruction_of(chat_template_kwargs: dict | None, instruction: str | None) -> str | None:
+    """The instruction a vLLM body asks for: vLLM folds the top-level `instruction` into the
+    template kwargs, and an explicit `chat_template_kwargs.instruction` wins. Other kwargs are
+    dropped by this model's template (it reads only `instruction`), here as in vLLM."""
+    kwargs = chat_template_kwargs or {}
+    reserved = RESERVED_TEMPLATE_KWARGS & kwargs.keys()
+    if reserved:
+        raise InvalidInput("chat_template_kwargs contains reserved keys that conflict with fixed "
+                           f"scorer arguments: {sorted(reserved)}")
+    value = kwargs.get("instruction", instruction)
+    return None if value is None else str(value)
+
+
+def score_request(body: VllmScoringFields, query: str, documents: list[str], *, raw: bool = False,
+                  max_chunks_per_doc: int | None = None) -> ScoreRequest:
+    """vLLM's scoring fields as a ScoreRequest of the core (`raw` and `max_chunks_per_doc`: the
+    seed dialect's own fields, applied together with vLLM's). 0 in vLLM's token limits means no
+    cut; a limit at or beyond max_model_len is no cut either (vLLM refuses it; the core fits
+    every prompt into max_model_len anyway, so there is nothing to refuse). -1 in
+    truncate_prompt_tokens means max_model_len, which the core applies to every prompt."""
+    limit = body.truncate_prompt_tokens
+    klass = None if body.priority == 0 else ("interactive" if body.priority < 0 else "bulk")
+    return ScoreRequest(
+        query, documents, instruction_of(body.chat_template_kwargs, body.instruction),
+        raw or body.use_activation is False, body.max_tokens_per_doc or None, max_chunks_per_doc,
+        priority=klass, max_tokens_per_query=body.max_tokens_per_query or None,
+        truncate_prompt_tokens=None if limit == -1 else limit)
+
+
+def response_id(request: Request, body: VllmScoringFields) -> str:
+    """vLLM's id: "score-" + the X-Request-Id header, else the body's request_id, else new."""
+    base = request.headers.get("x-request-id")
+    if base is None:
+        base = body.request_id if body.request_id is not None else request.scope.get("request_id", "")
+    return f"score-{base}"
+
+
+def rerank_document(doc: ScoreInput) -> dict[str, Any]:
+    """A document as vLLM echoes it; an object document (seed/Jina style) comes back whole."""
+    return {"text": doc, "multi_modal": None} if isinstance(doc, str) else dict(doc)
+
+
+def rerank_results(result: ScoreResult, documents: list[ScoreInput], top_n: int | None,
+                   return_documents: bool | None) -> list[dict[str, Any]]:
+    """vLLM's results: sorted by score (stable), cut to top_n, documents echoed unless false."""
+    out = []
+    for i in ranking(result, top_n):
+        item: dict[str, Any] = {"index": i}
+        if return_documents is not False:
+            item["document"] = rerank_document(documents[i])
+        item["relevance_score"] = result.scores[i]
+        out.append(item)
+    return out
+
+
+def usage(tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+async def rerank_answer(request: Request, body: VllmRerankRequest) -> dict[str, Any]:
+    """vLLM's /rerank answer for a vLLM rerank body (on /rerank, /v1/rerank, /v2/rerank and
+    /invocations)."""
+    documents = as_list(body.documents)
+    result = await score(request, score_request(body, body.query, texts_of(documents, "documents")))
+    return {"id": response_id(request, body), "model": request.app.state.settings.model_name,
+            "usage": usage(result.prompt_tokens),
+            "results": rerank_results(result, documents, body.top_n, body.return_documents)}
+
+
+async def score_answer(request: Request, body: VllmScoreRequest) -> dict[str, Any]:
+    """vLLM's /score answer (on /score, /v1/score and /invocations)."""
+    limit = request.app.state.settings.max_documents
+    _check_other_sides(body, limit)
+    left, right = (as_list(side) for side in body.pair())
+    # vLLM's pairing rules and messages, in its order (_validate_score_input_lens)
+    if len(left) > 1 and len(left) != len(right):
+        raise InvalidInput("Input lengths must be either 1:1, 1:N or N:N")
+    if not left:
+        raise InvalidInput("At least one text element must be given")
+    queries, documents = texts_of(left, "queries"), texts_of(right, "documents")
+    if len(documents) > limit:
+        raise InvalidInput(f"too many pairs: {len(documents)} > limit {limit} (max_documents); "
+                           "split the request")
+    # N:N pairs different queries: one core call per distinct query, each scoring its documents
+    # (prefix reuse, dedup and cache work per query); 1:N is one call.
+    if len(queries) == 1:
+        queries = queries * len(documents)
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault(q, []).append(i)
+    results = await score_all(request, [score_request(body, q, [documents[i] for i in idx])
+                                        for q, idx in groups.items()])
+    scores = [0.0] * len(documents)
+    for idx, result in zip(groups.values(), results):
+        for i, s in zip(idx, result.scores):
+            scores[i] = s
+    tokens = sum(r.prompt_tokens for r in results)
+    return {"id": response_id(request, body), "object": "list", "created": int(time.time()),
+            "model": request.app.state.settings.model_name,
+            "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
+            "usage": {**usage(tokens), "completion_tokens": 0, "prompt_tokens_details": None,
+                      "completion_tokens_details": None}}
+
+
+def _check_other_sides(body: VllmScoreRequest, limit: int) -> None:
+    """Sides of the pairs that are not scored (vLLM ignores them) are held to what the document
+    states for every side, as the scored pair is: at most max_documents inputs, objects with
+    `text` and without `content`, query texts not blank. Otherwise the server would accept
+    bodies its document calls invalid."""
+    scored = next(pair for pair in SCORE_PAIRS
+                  if getattr(body, pair[0]) is not None and getattr(body, pair[1]) is not None)
+    for pair in SCORE_PAIRS:
+        for name, where in zip(pair, ("queries", "documents")):
+            side = getattr(body, name)
+            if side is None:
+                continue
+            inputs = as_list(side)
+            if len(inputs) > limit:
+                raise InvalidInput(f"too many inputs in {name}: {len(inputs)} > limit {limit} "
+                                   "(max_documents); split the request")
+            if name in scored:
+                continue  # checked where it is scored, in vLLM's words and order
+            texts = texts_of(inputs, name)
+            if where == "queries" and any(not text.strip() for text in texts):
+                raise InvalidInput(f"{name} must hold text with at least one non-whitespace character")
