@@ -330,9 +330,11 @@ class Settings(BaseSettings):
     def engine_token_budget_resolved(self) -> int:
         if self.engine_token_budget > 0:
             return self.engine_token_budget
-        # one engine step: the bulk in flight fills about one vLLM step, so a small request
-        # waits for about one step (the RESULTS.md session 5 sweep)
-        return self.max_num_batched_tokens or (32768 if Path("/dev/nvidiactl").exists() else 8192)
+        # one engine step of the GPU: the bulk in flight fills about one vLLM step, so a small
+        # request waits for about one step (benchmarks/RESULTS.md, "Mixed traffic"). Engines
+        # sharing a GPU share its steps, so each gets its share of the one step.
+        step = self.max_num_batched_tokens or (32768 if Path("/dev/nvidiactl").exists() else 8192)
+        return max(1, step // self.engines_per_gpu)
 
     def per_worker(self) -> Settings:
         """The share of one shim worker: in-flight bounds are per engine and per process, so
