@@ -11,11 +11,12 @@ probes of 64 pairs (dev VM) one logit came out 1 ulp off (9.5e-7 at -4.6). VLLM_
 vLLM's fix for that on GPUs, crashes the CPU build, so under load the test allows one such pair
 (benchmarks/RESULTS.md, "Deterministic scores").
 
-That forward-pass invariance is a property of the CPU kernels vLLM's CPU build picks, not a
-promise: on an AVX2-only CPU (an AMD EPYC without AVX-512) a prompt computed in a batch differs
-from the same prompt alone in the last digits of its logit (14 of 64 prompts, up to 6.7e-6 of a
-logit, measured with /classify directly). There the bit-identical assertions become bounds on the
-drift, and the figures are printed; on CPUs with AVX-512 they stay exact."""
+That forward-pass invariance is a property of the kernels vLLM's CPU build picks for the CPU, not a
+promise: the earlier CI machines had it; an AVX2-only AMD EPYC does not (a prompt computed in a
+batch differs from the same prompt alone in the last digits of its logit: 14 of 64 prompts, up to
+6.7e-6, measured with /classify directly). The ISA is the likely difference, so without AVX-512 the
+bit-identical assertions become bounds on the drift and the figures are printed; with it they stay
+exact."""
 
 import time
 from pathlib import Path
