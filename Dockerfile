@@ -42,6 +42,13 @@ RUN python3 -m pip list --format=freeze > /tmp/image-constraints.txt \
 # imported, so its exit status is ignored.
 RUN python3 -m compileall -q -j 0 $(python3 -c "import site; print(' '.join(site.getsitepackages()))") || true
 
+# vLLM's model-info inspection of the Qwen3 classes, made once here (it needs no GPU): at start the
+# launcher copies it into a cache volume that lacks it (RERANKER_CACHE_SEED), so a new pod on a
+# fresh volume skips a subprocess that imports vLLM again (10-30 s of a cold start). The result is
+# keyed by the model source's hash, so vLLM itself refuses a stale one. Best effort: an image whose
+# vLLM cannot inspect without a GPU still builds, and its pods inspect at their first start.
+RUN python3 -m launcher.prewarm --cache-dir /opt/reranker/cache-seed || echo "model-info seed not made"
+
 # Caches (model downloads, vLLM's model-info inspection, torch.compile / CUDA graphs, Triton and
 # inductor kernels) in one place: mount a volume at /var/lib/reranker/cache to keep warm starts
 # across container restarts. The launcher derives VLLM_CACHE_ROOT=<RERANKER_CACHE_DIR>/vllm and
@@ -49,6 +56,7 @@ RUN python3 -m compileall -q -j 0 $(python3 -c "import site; print(' '.join(site
 ENV HOME=/var/lib/reranker \
     HF_HOME=/var/lib/reranker/cache/huggingface \
     RERANKER_CACHE_DIR=/var/lib/reranker/cache \
+    RERANKER_CACHE_SEED=/opt/reranker/cache-seed \
     XDG_CACHE_HOME=/var/lib/reranker/cache/xdg \
     PYTHONUNBUFFERED=1 \
     RERANKER_HOST=0.0.0.0 \

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from launcher import preflight
 from launcher.demo_model import build as build_demo_model
+from launcher.prewarm import seed_cache
 from launcher.supervise import Supervisor
 from launcher.vllm_args import engine_commands
 from server.ops.logs import setup_logging
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     if settings.mode == "shim":
         os.environ.update(settings.to_env())
         os.execv(sys.executable, [sys.executable, "-m", "server"])
+    if settings.cache_seed:  # what the image made at build time, for a fresh cache volume
+        copied = seed_cache(settings.cache_seed, settings.cache_dir)
+        if copied:
+            log.info("cache seeded", extra={"seed": settings.cache_seed, "files": copied})
     supervisor = Supervisor(settings, commands, with_shim=settings.mode == "all")
     sys.exit(supervisor.run())
 

@@ -32,8 +32,11 @@ from server.settings import Settings
 from server.state import AppState, Started, app_state, install_state, request_state
 
 DESCRIPTION = """Qwen3-Reranker behind every rerank dialect: legacy `/v1/rank`, Cohere `/v1/rerank` and
-`/v2/rerank` (Jina-compatible on `/v1/rerank`), TEI and seed-style `/rerank`, and vLLM's own API
-(`/rerank`, `/score`, `/tokenize`, `/classify`, `/pooling`, `/invocations`, ...). Scores are
+`/v2/rerank` (Jina- and Voyage-compatible on `/v1/rerank`), TEI and seed-style `/rerank`, vLLM's own
+API (`/rerank`, `/score`, `/tokenize`, `/classify`, `/pooling`, `/invocations`, ...), NVIDIA NIM
+`/v1/ranking`, Mixedbread `/v1/reranking`, and under their own base URLs Elasticsearch's
+`hugging_face` service (`/hf/rerank`), Weaviate `reranker-transformers` (`/weaviate/...`) and
+Pinecone (`/pinecone/rerank`). Scores are
 P(yes) of the official Qwen3-Reranker prompt; `raw_scores` gives logit(yes) - logit(no)."""
 
 

@@ -133,6 +133,10 @@ class StartupSettings(BaseModel):
     cache_dir: str = Field(
         ".cache", description="persistent, writable: vLLM's model-info, torch.compile and Triton "
         "caches live in <cache_dir>/vllm (VLLM_CACHE_ROOT); '' = vLLM's own defaults")
+    cache_seed: str = Field(
+        "", description="a read-only cache made at image build (python -m launcher.prewarm): files "
+        "cache_dir lacks are copied from it at start, so a fresh volume skips vLLM's model-info "
+        "inspection; '' = none")
     vllm_fork_engine: bool = Field(
         True, description="GPU: fork vLLM's engine core instead of a fresh interpreter (a faster start)")
     deterministic: bool = Field(
@@ -389,9 +393,11 @@ class Settings(DrainSettings, CacheSettings, AuthSettings, RateLimitSettings, Ad
     def engine_token_budget_resolved(self) -> int:
         if self.engine_token_budget > 0:
             return self.engine_token_budget
-        # one engine step: the bulk in flight fills about one vLLM step, so a small request
-        # waits for about one step (DispatchSettings)
-        return self.max_num_batched_tokens or (32768 if Path("/dev/nvidiactl").exists() else 8192)
+        # one engine step of the GPU: the bulk in flight fills about one vLLM step, so a small
+        # request waits for about one step (benchmarks/RESULTS.md, "Mixed traffic"). Engines
+        # sharing a GPU share its steps, so each gets its share of the one step.
+        step = self.max_num_batched_tokens or (32768 if Path("/dev/nvidiactl").exists() else 8192)
+        return max(1, step // self.engines_per_gpu)
 
     def per_worker(self) -> Settings:
         """The share of one shim worker: in-flight bounds are per engine and per process, so

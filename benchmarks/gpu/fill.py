@@ -4,11 +4,12 @@
         --steps seed,small,rag
 
 A configuration is `n<K>` (K engines sharing the one GPU, `--engines K --engines-per-gpu K`) plus
-any of `+mps` (the launcher's MPS daemon, `--cuda-mps`), `+sync` (`--no-async-scheduling`) and
-`+eager` (`--enforce-eager`); `best` is the one that served most small requests so far, and
-`CONFIG@a/b` runs steps a and b for it instead of `--steps`. Each is started (all K engines
-verified), then every step runs through the shim, and for the configurations in `--raw` also
-against raw vLLM (engine 0's `/rerank`), each line with GPU busy %, power and per-process CPU %
+any of `+mps` (the launcher's MPS daemon, `--cuda-mps`), `+sync` (`--no-async-scheduling`),
+`+eager` (`--enforce-eager`) and `+graphs8k` (CUDA graphs captured up to 8,192-token steps);
+`best` is the one that served most small requests so far, and `CONFIG@a/b` runs steps a and b
+for it instead of `--steps`. Each is started (all K engines verified), then every step runs
+through the shim, and for the configurations in `--raw` also against raw vLLM (engine 0's
+`/rerank`), each line with GPU busy %, power and per-process CPU %
 (benchmarks/gpu/utilisation.py):
 
   seed    hey -n 5000 -c 50, the seed document's fixed body (shim /v1/rank, vLLM /rerank)
@@ -30,6 +31,7 @@ import time
 from benchmarks.gpu import orchestrate as o
 
 STEPS = ("seed", "small", "rag", "long", "mixed", "det", "profile")
+GRAPH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 def config_flags(config: str) -> tuple[int, list[str]]:
@@ -39,12 +41,19 @@ def config_flags(config: str) -> tuple[int, list[str]]:
         raise ValueError(f"configuration {config!r}: write n<engines>[+mps][+sync][+eager]")
     n = int(head[1:])
     flags = ["--engines", str(n), "--engines-per-gpu", str(n)] if n > 1 else []
-    known = {"mps": "--cuda-mps", "sync": "--no-async-scheduling", "eager": "--enforce-eager"}
+    known = {"mps": ["--cuda-mps"], "sync": ["--no-async-scheduling"], "eager": ["--enforce-eager"],
+             # CUDA graphs for prefill steps up to 8k tokens (vLLM's default stops at 512, so a
+             # reranker's steps run op by op from the engine core)
+             "graphs8k": ["--", "--cudagraph-capture-sizes", *map(str, GRAPH_SIZES)]}
+    tail: list[str] = []
     for mod in mods:
         if mod not in known:
-            raise ValueError(f"configuration {config!r}: unknown {mod!r} (mps, sync, eager)")
-        flags.append(known[mod])
-    return n, flags
+            raise ValueError(f"configuration {config!r}: unknown {mod!r} ({', '.join(known)})")
+        if known[mod][0] == "--":  # vLLM's own flags go after the launcher's
+            tail += known[mod][1:]
+        else:
+            flags += known[mod]
+    return n, flags + (["--", *tail] if tail else [])
 
 
 class StartupSampler(threading.Thread):

@@ -1136,4 +1136,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the module's imported copy: phases in other modules (benchmarks/gpu/fill.py) import it
+    # by name, and must share its state (COMMON, CLOCK), not a second copy's
+    from benchmarks.gpu import orchestrate
+
+    sys.exit(orchestrate.main())

@@ -5,6 +5,7 @@ shape) + one entry below. The app, the middleware (metrics, access log), the err
 contract tests and the load generator all read this tuple.
 """
 
-from server.dialects import cohere, legacy_rank, tei, vllm
+from server.dialects import cohere, hf, legacy_rank, mixedbread, nim, pinecone, tei, vllm, weaviate
 
-DIALECTS = (legacy_rank.DIALECT, cohere.DIALECT, tei.DIALECT, vllm.DIALECT)
+DIALECTS = (legacy_rank.DIALECT, cohere.DIALECT, tei.DIALECT, vllm.DIALECT, nim.DIALECT, hf.DIALECT,
+            weaviate.DIALECT, mixedbread.DIALECT, pinecone.DIALECT)

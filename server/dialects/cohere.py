@@ -6,7 +6,11 @@ and `meta`, Jina clients (LangChain, LlamaIndex, Haystack) read `results`, `mode
 `document` is left out, never null, when documents are not requested (LiteLLM rejects null).
 A body carrying a field only vLLM's rerank has (`use_activation`, `truncate_prompt_tokens`,
 `request_id`, ...: `VLLM_ONLY_FIELDS`) is a vLLM client's: it gets vLLM's answer (documents
-echoed unless return_documents is false) with Cohere's `meta`, and vLLM's errors.
+echoed unless return_documents is false) with Cohere's `meta`, and vLLM's errors. A body carrying a
+field only Voyage has (`top_k`, `truncation`: voyage.VOYAGE_ONLY_FIELDS) gets Voyage's answer.
+Lenient where real clients are loose: `return_documents` may be the string "true"/"false"
+(RAGFlow's Xinference provider), and `instruct` (SGLang's, DashScope's spelling) is taken for
+`instruction`.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from server.dialects import vllm
+from server.dialects import vllm, voyage
 from server.dialects.common import (
     Dialect,
     Document,
+    LooseBool,
     Query,
     document_texts,
     documents_field,
@@ -68,12 +73,14 @@ class RerankRequest(BaseModel):
         "strings, or objects ranked on `text` (or on the fields named in rank_fields: each "
         "must be present in every object, else 422)")
     top_n: json_integer(0) | None = Field(None, description="null/0 = all")
-    return_documents: bool | None = Field(None, description="echo documents (default false)")
+    return_documents: LooseBool | None = Field(None, description="echo documents (default false)")
     rank_fields: list[str] | None = Field(None, description="Cohere v1: object fields to rank on")
     max_chunks_per_doc: json_integer(1) | None = Field(
         None, description="split long documents into up to N chunks; score = max over chunks")
     max_tokens_per_doc: json_integer(1) | None = Field(None, description="cut each document to N tokens")
     instruction: str | None = Field(None, description="extension: Qwen3 task instruction")
+    instruct: str | None = Field(None, description="the same as instruction (SGLang's and DashScope's "
+                                                   "name); instruction wins when both are given")
     raw_scores: bool | None = Field(None, description="extension: logit(yes)-logit(no) not P(yes)")
 
 
@@ -104,7 +111,7 @@ class RerankResponse(BaseModel):
 
 async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
     texts = document_texts(body.documents, body.rank_fields)
-    req = ScoreRequest(body.query, texts, body.instruction, bool(body.raw_scores),
+    req = ScoreRequest(body.query, texts, body.instruction or body.instruct, bool(body.raw_scores),
                        body.max_tokens_per_doc, body.max_chunks_per_doc)
     result = await score(request, req)
     results = []
@@ -126,11 +133,14 @@ async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
 
 
 def _speaks(body: Any) -> str:
-    return "vllm" if isinstance(body, dict) and not VLLM_ONLY_FIELDS.isdisjoint(body) else "cohere"
+    if isinstance(body, dict) and not VLLM_ONLY_FIELDS.isdisjoint(body):
+        return "vllm"
+    return "voyage" if voyage.speaks_voyage(body) else "cohere"
 
 
 RerankBody = Annotated[
-    Annotated[RerankRequest, Tag("cohere")] | Annotated[VllmRerankRequest, Tag("vllm")],
+    Annotated[RerankRequest, Tag("cohere")] | Annotated[VllmRerankRequest, Tag("vllm")]
+    | Annotated[voyage.VoyageRerankRequest, Tag("voyage")],
     Discriminator(_speaks),
 ]
 
@@ -139,12 +149,19 @@ RerankBody = Annotated[
 _errors_as_spoken = errors_as(vllm.DIALECT, lambda body: _speaks(body) == "vllm")
 # the body as documented: a vLLM body is one with a vLLM-only field (see _speaks)
 _VLLM_FIELD = {"anyOf": [{"required": [name]} for name in sorted(VLLM_ONLY_FIELDS)]}
-_BODY = documented_body((RerankRequest, {"not": _VLLM_FIELD}), (VllmRerankRequest, _VLLM_FIELD))
+# a Voyage body: one with a Voyage-only field and no vLLM-only one
+_VOYAGE_FIELD = {"anyOf": [{"required": [name]} for name in sorted(voyage.VOYAGE_ONLY_FIELDS)]}
+_BODY = documented_body((RerankRequest, {"not": {"anyOf": [_VLLM_FIELD, _VOYAGE_FIELD]}}),
+                        (VllmRerankRequest, _VLLM_FIELD),
+                        (voyage.VoyageRerankRequest, {**_VOYAGE_FIELD, "not": _VLLM_FIELD}))
+RerankAnswer = RerankResponse | voyage.VoyageRerankResponse
 
 
 async def _answer(body, request: Request, version: str) -> dict:
     if isinstance(body, RerankRequest):
         return await _rerank(body, request, version)
+    if isinstance(body, voyage.VoyageRerankRequest):
+        return await voyage.answer(request, body)
     answer = await rerank_answer(request, body)
     tokens = answer["usage"]["prompt_tokens"]
     documents = len(as_list(body.documents))
@@ -154,19 +171,19 @@ async def _answer(body, request: Request, version: str) -> dict:
     return answer
 
 
-@router.post("/v1/rerank", responses={200: {"model": RerankResponse}}, openapi_extra=_BODY,
-             summary="Cohere v1 / Jina rerank (and vLLM's, for bodies with vLLM's own fields)")
+@router.post("/v1/rerank", responses={200: {"model": RerankAnswer}}, openapi_extra=_BODY,
+             summary="Cohere v1 / Jina rerank (and vLLM's or Voyage's, for bodies with their own fields)")
 async def rerank_v1(request: Request, body: Annotated[RerankBody, Body()], _=Depends(_errors_as_spoken)):
     return FastJSONResponse(await _answer(body, request, "1"))
 
 
-@router.post("/v2/rerank", responses={200: {"model": RerankResponse}}, openapi_extra=_BODY,
-             summary="Cohere v2 rerank (and vLLM's, for bodies with vLLM's own fields)")
+@router.post("/v2/rerank", responses={200: {"model": RerankAnswer}}, openapi_extra=_BODY,
+             summary="Cohere v2 rerank (and vLLM's or Voyage's, for bodies with their own fields)")
 async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()], _=Depends(_errors_as_spoken)):
     return FastJSONResponse(await _answer(body, request, "2"))
 
 
 DIALECT = Dialect("cohere", router,
-                  responses={"/v1/rerank": RerankResponse, "/v2/rerank": RerankResponse},
+                  responses={"/v1/rerank": RerankAnswer, "/v2/rerank": RerankAnswer},
                   shared_with=(vllm.DIALECT,),
                   bench={"shim": ("/v1/rerank", "documents")})

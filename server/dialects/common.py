@@ -49,6 +49,17 @@ def json_integer(minimum: int, maximum: int | None = None) -> Any:
     return Annotated[int, Field(ge=minimum, le=maximum), Strict(False), BeforeValidator(_json_number)]
 
 
+def _bool_from_string(value: Any) -> Any:
+    return value == "true" if value in ("true", "false") else value
+
+
+# A boolean some clients send as a string (RAGFlow's Xinference provider: "return_documents":
+# "true"): true/false, or exactly "true"/"false"; anything else is refused as for a boolean.
+LooseBool = Annotated[bool, BeforeValidator(_bool_from_string), WithJsonSchema({
+    "anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["true", "false"]}],
+    "description": "a boolean, or the string \"true\" or \"false\" (some clients send those)"})]
+
+
 def documents_field(description: str) -> Any:
     """The documents list of a request: at least one; at most the `max_documents` setting. That
     bound is per deployment, so the model carries only the setting's name and the OpenAPI
@@ -226,3 +237,17 @@ def echo(doc: Document) -> dict[str, Any]:
 def search_units(documents: int) -> int:
     """Cohere bills one search unit per query with up to 100 documents."""
     return max(1, math.ceil(documents / 100))
+
+
+# --- an error shape several clients parse: the common body plus `error` as a plain string -------
+# (Elasticsearch's hugging_face service and Weaviate's reranker-transformers module read `error`;
+# a body whose `error` is an object, like vLLM's, fails their JSON decoding)
+def error_with_string(status: int, detail: str, type_: str, request_id: str) -> tuple[int, dict]:
+    status, body = default_error_body(status, detail, type_, request_id)
+    return status, {**body, "error": detail}
+
+
+class StringErrorBody(ErrorBody):
+    """The common error body plus `error`, the same sentence as a plain string."""
+
+    error: str = Field(description="= detail (clients that read `error` as a string)")

@@ -4,7 +4,11 @@ One `EngineClient` per vLLM: one per GPU (or tensor-parallel group) in `multi_gp
 one in total otherwise. Rules, and why:
 
 - Spreading: a call goes to the usable engine with the fewest outstanding prompt tokens (ties:
-  the fewest calls in flight). Tokens, not calls, because one call may be 3 prompts or 512 and an
+  the fewest calls in flight, then the engine chosen longest ago). Each shim worker keeps its own
+  counts, so under light load every worker sees all engines idle at once; without the last tie
+  rule each would send nearly everything to engine 0 and its first fallback, leaving the others
+  idle (engines sharing one GPU showed it: docs/deployment.md "Filling one GPU").
+  Tokens, not calls, because one call may be 3 prompts or 512 and an
   engine's time is its prompt tokens (prefill only); the dispatcher already counts them to keep
   its per-engine budget (server/scoring/dispatch.py), so the choice costs nothing extra.
 - Usable: up (its last call or /health succeeded) and, when some engine has passed its readiness
@@ -40,7 +44,7 @@ class Engine:
     """One engine: its client and what is in flight to it."""
 
     __slots__ = ("client", "name", "weight", "outstanding", "calls", "verified", "warned_at",
-                 "_outstanding_gauge", "_calls_gauge", "_calls_counter", "_failovers")
+                 "chosen", "_outstanding_gauge", "_calls_gauge", "_calls_counter", "_failovers")
 
     def __init__(self, client, name: str, weight: int, metrics) -> None:
         self.client = client
@@ -49,6 +53,7 @@ class Engine:
         self.outstanding = 0      # prompt tokens sent and not answered
         self.calls = 0            # calls in flight
         self.verified = False     # its readiness canary passed since it last came up
+        self.chosen = 0           # when it was last chosen (EngineSet's choice counter)
         self.warned_at = float("-inf")
         self._outstanding_gauge = metrics.engine_instance_outstanding.labels(name)
         self._calls_gauge = metrics.engine_instance_inflight.labels(name)
@@ -88,6 +93,7 @@ class EngineSet:
         self.members = [Engine(c, str(i), weight, metrics) for i, c in enumerate(clients)]
         self.single = len(self.members) == 1
         self.metrics = metrics
+        self._choices = 0
 
     # --- what callers read ---------------------------------------------------------------------
     @property
@@ -117,8 +123,12 @@ class EngineSet:
         for engine in self._usable(exclude):
             if room is not None and not room(engine):
                 continue
-            if best is None or (engine.outstanding, engine.calls) < (best.outstanding, best.calls):
+            if best is None or ((engine.outstanding, engine.calls, engine.chosen)
+                                < (best.outstanding, best.calls, best.chosen)):
                 best = engine
+        if best is not None:
+            self._choices += 1
+            best.chosen = self._choices
         return best
 
     def _usable(self, exclude: Engine | None) -> list[Engine]:

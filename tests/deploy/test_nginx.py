@@ -373,3 +373,14 @@ def test_idle_timeouts_are_ordered_server_side_longest_on_both_nginx_hops():
     client_s = int(re.search(r"keepalive_timeout (\d+)s;", server)[1])
     assert upstream_s < Settings().keep_alive_timeout
     assert client_s > 90
+
+
+def test_every_registered_dialect_path_is_routed_to_the_shims():
+    """The API location lists the paths it passes on: a dialect registered in server/dialects but
+    missing there would answer nginx's 404 behind the shipped configuration."""
+    from server.dialects import DIALECTS
+
+    api = re.search(r"location ~ (\^/\(v1/rank\|.*\)\$) \{", CONF.read_text())[1]
+    for dialect in DIALECTS:
+        for path in dialect.paths:
+            assert re.fullmatch(api, path), (dialect.name, path)

@@ -91,11 +91,30 @@ def test_ties_go_to_the_engine_with_fewer_calls_in_flight():
     third.release(100)
     third.acquire(300)   # more tokens: last whatever its calls
     assert engines.choose() is first
-    first.acquire(0)     # now two calls as well: the first of the tied ones in order
-    assert engines.choose() is first
+    first.acquire(0)     # now two calls as well: of the tied ones, the one chosen longest ago
+    assert engines.choose() is second
     first.release(0)
     first.acquire(1)
     assert engines.choose() is second
+
+
+def test_idle_engines_take_turns_so_a_lightly_loaded_worker_uses_them_all():
+    """Each shim worker counts only its own calls, so under light load it sees every engine idle
+    at every choice: the engine chosen longest ago goes first, or engine 0 would get nearly all
+    the work (four engines on one GPU: two of them idle)."""
+    class Client:
+        healthy, model_name = True, "m"
+
+    engines = EngineSet([Client() for _ in range(4)], Metrics())
+    for engine in engines.members:
+        engine.verified = True
+    picks = []
+    for _ in range(40):  # one call at a time: each returns before the next is chosen
+        engine = engines.choose()
+        engine.acquire(30)
+        picks.append(engine.name)
+        engine.release(30)
+    assert {name: picks.count(name) for name in "0123"} == {"0": 10, "1": 10, "2": 10, "3": 10}
 
 
 async def test_fake_engine_killed_mid_call_its_call_moves_and_clients_see_no_error(anyio_backend):

@@ -153,6 +153,13 @@ STATUSES = {
     "/detokenize": _GUARD | _BODY,
     "/version": _GUARD | {"503", "504"},
     "/v1/models": _GUARD,
+    "/v1/ranking": _GUARD | _BODY | {"422"} | _CORE,
+    "/hf/rerank": _GUARD | _BODY | {"422"} | _CORE,
+    "/weaviate/rerank": _GUARD | _BODY | {"422"} | _CORE,
+    "/weaviate/.well-known/ready": _GUARD | {"503", "504"},
+    "/weaviate/meta": _GUARD,
+    "/v1/reranking": _GUARD | _BODY | {"422"} | _CORE,
+    "/pinecone/rerank": _GUARD | _BODY | {"422"} | _CORE,
 }
 
 

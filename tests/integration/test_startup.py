@@ -96,3 +96,26 @@ def test_make_serve_defaults_give_fp32_scores_equal_to_the_reference(service, re
     for query, doc in pairs:
         got = service.post("/v1/rerank", {"query": query, "documents": [doc]}).json()
         assert got["results"][0]["relevance_score"] == pytest.approx(reference.score(query, doc), abs=1e-5)
+
+
+def test_a_prewarmed_seed_is_what_vllm_loads_instead_of_inspecting(tmp_path, monkeypatch):
+    """`python -m launcher.prewarm` runs vLLM's own model-info inspection; copied into a fresh
+    cache (as the launcher does with cache_seed), vLLM's registry finds it valid (same source
+    hash) and would skip its inspection subprocess at the next start."""
+    import subprocess
+    import sys
+
+    from launcher.prewarm import seed_cache
+
+    seed, cache = tmp_path / "seed", tmp_path / "cache"
+    subprocess.run([sys.executable, "-m", "launcher.prewarm", "--cache-dir", str(seed)], cwd=ROOT,
+                   check=True, timeout=300, env=engine_env())
+    assert seed_cache(str(seed), str(cache)) == ["vllm/modelinfos/vllm-model_executor-models-qwen3-Qwen3ForCausalLM.json"]
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(cache / "vllm"))
+    from vllm.model_executor.models.registry import _LazyRegisteredModel
+
+    model = _LazyRegisteredModel("vllm.model_executor.models.qwen3", "Qwen3ForCausalLM")
+    import vllm.model_executor.models.qwen3 as qwen3
+
+    info = model._load_modelinfo_from_cache(model._get_modelinfo_module_hash(Path(qwen3.__file__)))
+    assert info is not None and info.architecture == "Qwen3ForCausalLM"

@@ -127,3 +127,21 @@ def test_make_serve_argv_asks_vllm_for_float32():
     assert flag(cmd, "--dtype") == "float32"
     cmd = build_vllm_command(parse(["--model", "/m"]), architectures=["Qwen3ForCausalLM"], gpu=False)
     assert flag(cmd, "--dtype") == "auto"
+
+
+def test_a_cache_seed_fills_what_the_cache_lacks_and_never_overwrites(tmp_path):
+    from launcher.prewarm import seed_cache
+
+    seed, cache = tmp_path / "seed", tmp_path / "cache"
+    (seed / "vllm" / "modelinfos").mkdir(parents=True)
+    (seed / "vllm" / "modelinfos" / "a.json").write_text("seed a")
+    (seed / "vllm" / "modelinfos" / "b.json").write_text("seed b")
+    (seed / "vllm" / "torch_compile_cache").mkdir()  # not a seeded part: never copied
+    (seed / "vllm" / "torch_compile_cache" / "x").write_text("x")
+    (cache / "vllm" / "modelinfos").mkdir(parents=True)
+    (cache / "vllm" / "modelinfos" / "b.json").write_text("written by a start")
+    assert seed_cache(str(seed), str(cache)) == ["vllm/modelinfos/a.json"]
+    assert (cache / "vllm" / "modelinfos" / "a.json").read_text() == "seed a"
+    assert (cache / "vllm" / "modelinfos" / "b.json").read_text() == "written by a start"
+    assert not (cache / "vllm" / "torch_compile_cache").exists()
+    assert seed_cache(str(tmp_path / "missing"), str(cache)) == []

@@ -20,3 +20,13 @@ def test_auto_engine_token_budget_is_one_step_for_the_whole_engine():
 def test_one_worker_keeps_the_whole_budget():
     s = Settings(workers=1, engine_token_budget=16384)
     assert s.per_worker().engine_token_budget_resolved == 16384
+
+
+def test_engines_sharing_a_gpu_share_its_one_step_of_budget():
+    """The budget bounds the bulk tokens in the GPU's steps; two engines on one GPU each holding
+    a whole step put two steps of bulk ahead of a small request (mixed traffic measured it)."""
+    s = Settings(engines=2, engines_per_gpu=2, max_num_batched_tokens=32768)
+    assert s.engine_token_budget_resolved == 16384  # per engine: one step for the GPU
+    assert Settings(engines=2, max_num_batched_tokens=32768).engine_token_budget_resolved == 32768
+    # an explicit budget is the operator's, per engine as documented
+    assert Settings(engines=2, engines_per_gpu=2, engine_token_budget=8000).engine_token_budget_resolved == 8000

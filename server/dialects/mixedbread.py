@@ -1,0 +1,106 @@
+"""POST /v1/reranking: Mixedbread's reranking API (the `mixedbread` SDK, LangChain's and
+LlamaIndex's Mixedbread rerankers).
+
+Body `{"model", "query", "input", "rank_fields"?, "top_k"?, "return_input"?, "rewrite_query"?}`;
+answer `{"usage", "model", "data": [{"index", "score", "input"?, "object": "rank_result"}],
+"object": "list", "top_k", "return_input"}` (the SDK's RerankResponse), data sorted by score.
+`input` items are strings or objects: an object is ranked on those of the fields named in
+`rank_fields` it has ("field: value" lines, as Cohere does; a field it lacks is left out, as a
+JSON query that finds nothing), else on its `text`, else on its whole JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.dialects.common import Dialect, Query, document_texts, documents_field, json_integer, ranking, score
+from server.responses import FastJSONResponse
+from server.scoring.core import ScoreRequest
+from server.state import request_state
+
+router = APIRouter(tags=["mixedbread"])
+
+
+class MixedbreadRerankRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={"examples": [{
+        "model": "mixedbread-ai/mxbai-rerank-large-v2", "query": "What is the capital of the United States?",
+        "input": ["Carson City is the capital city of the American state of Nevada.",
+                  "Washington, D.C. is the capital of the United States."],
+        "top_k": 2, "return_input": True}]})
+
+    model: str | None = Field(None, description="accepted and ignored: the served model answers")
+    query: Query
+    input: list[str | dict[str, Any]] = documents_field(
+        "strings, or objects (ranked on the rank_fields they have, else on `text`, else on their "
+        "JSON text)")
+    rank_fields: list[str] | None = Field(None, description="object fields to rank on")
+    top_k: json_integer(-1) | None = Field(None, description="keep the K best; null, 0 or -1 = all")
+    return_input: bool = Field(False, description="echo each document as `input`")
+    rewrite_query: bool = Field(False, description="accepted; the query is never rewritten")
+    instruction: str | None = Field(None, description="extension: Qwen3 task instruction")
+
+
+class RankResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    score: float = Field(description="P(yes) in [0, 1]")
+    input: str | dict[str, Any] | None = Field(None, description="only when return_input is true")
+    object: str = "rank_result"
+
+
+class MixedbreadUsage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int
+
+
+class MixedbreadRerankResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    usage: MixedbreadUsage
+    model: str
+    data: list[RankResult] = Field(description="sorted by score, highest first")
+    object: str = "list"
+    top_k: int
+    return_input: bool
+
+
+def _text_of(doc: str | dict[str, Any], rank_fields: list[str] | None) -> str:
+    if isinstance(doc, str):
+        return doc
+    fields = [f for f in rank_fields or () if f in doc]
+    if fields:
+        return document_texts([doc], fields)[0]
+    if isinstance(doc.get("text"), str):
+        return doc["text"]
+    # the standard encoder: orjson refuses integers beyond 64 bits, which JSON allows
+    return json.dumps(doc, ensure_ascii=False)
+
+
+@router.post("/v1/reranking", responses={200: {"model": MixedbreadRerankResponse}},
+             summary="Mixedbread reranking: data sorted by score")
+async def rerank(body: MixedbreadRerankRequest, request: Request):
+    texts = [_text_of(d, body.rank_fields) for d in body.input]
+    result = await score(request, ScoreRequest(body.query, texts, body.instruction))
+    top_k = body.top_k if body.top_k and body.top_k > 0 else None
+    data = []
+    for i in ranking(result, top_k):
+        item = {"index": i, "score": result.scores[i], "object": "rank_result"}
+        if body.return_input:
+            item["input"] = body.input[i]
+        data.append(item)
+    tokens = result.prompt_tokens
+    return FastJSONResponse({
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+        "model": request_state(request).settings.model_name, "data": data, "object": "list",
+        "top_k": top_k or len(body.input), "return_input": body.return_input})
+
+
+DIALECT = Dialect("mixedbread", router, responses={"/v1/reranking": MixedbreadRerankResponse})

@@ -1,0 +1,120 @@
+"""POST /pinecone/rerank: Pinecone's inference rerank API (the `pinecone` SDK with
+`host=http://<host>:8000/pinecone`, the `rerankers` Pinecone provider, any client of
+api.pinecone.io/rerank given a base URL).
+
+Body `{"model", "query", "documents", "rank_fields"? (["text"]), "top_n"? (all),
+"return_documents"? (true), "parameters"? ({"truncate": "END" | "NONE"})}`; answer
+`{"model", "data": [{"index", "score", "document"?}], "usage": {"rerank_units"}}`, data sorted by
+score. Documents are strings (echoed as `{"text": ...}`) or objects ranked on `rank_fields`
+("field: value" lines when there are several). `parameters.truncate` NONE refuses a document
+longer than the model takes (422); END (Pinecone's default) cuts it. The SDK calls `{host}/rerank`,
+which is the TEI/seed route here, hence the own base path. Pinecone clients send `Api-Key`, not
+`Authorization`: with auth on, a proxy must map one onto the other (docs/integrations.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from server.dialects.common import (
+    Dialect,
+    Query,
+    document_texts,
+    documents_field,
+    echo,
+    json_integer,
+    ranking,
+    score,
+    search_units,
+)
+from server.responses import FastJSONResponse
+from server.scoring.core import ScoreRequest
+from server.scoring.errors import InvalidInput
+from server.state import request_state
+
+router = APIRouter(tags=["pinecone"])
+
+
+class PineconeParameters(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    truncate: Literal["END", "NONE"] = Field(
+        "END", description="END (default): cut long documents; NONE: a long document is an error (422)")
+
+
+# Without rank_fields an object document is ranked on `text`; with rank_fields each named field
+# must be in every object, which JSON Schema cannot say: documented with the 422.
+_TEXT_UNLESS_RANK_FIELDS = {
+    "if": {"required": ["rank_fields"],
+           "properties": {"rank_fields": {"type": "array", "minItems": 1}}},
+    "else": {"properties": {"documents": {"items": {"anyOf": [
+        {"type": "string"}, {"type": "object", "required": ["text"]}]}}}},
+}
+
+
+class PineconeRerankRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={
+        **_TEXT_UNLESS_RANK_FIELDS, "examples": [{
+            "model": "bge-reranker-v2-m3", "query": "What is the capital of the United States?",
+            "documents": [{"id": "a", "text": "Carson City is the capital city of the American state of Nevada."},
+                          {"id": "b", "text": "Washington, D.C. is the capital of the United States."}],
+            "top_n": 2, "return_documents": True, "parameters": {"truncate": "END"}}]})
+
+    model: str | None = Field(None, description="accepted and ignored: the served model answers")
+    query: Query
+    documents: list[str | dict[str, Any]] = documents_field(
+        "strings, or objects ranked on rank_fields (default [\"text\"]; each named field must be "
+        "in every object, else 422)")
+    rank_fields: list[str] | None = Field(None, description="object fields to rank on (default [\"text\"])")
+    top_n: json_integer(0) | None = Field(None, description="keep the N best; null/0 = all")
+    return_documents: bool = Field(True, description="echo each document (strings as {\"text\": ...})")
+    parameters: PineconeParameters | None = None
+    instruction: str | None = Field(None, description="extension: Qwen3 task instruction")
+
+
+class RankedDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    score: float = Field(description="P(yes) in [0, 1]")
+    document: dict[str, Any] | None = Field(None, description="only when return_documents is true")
+
+
+class RerankUsage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rerank_units: int = Field(description="one per 100 documents, as Pinecone bills")
+
+
+class PineconeRerankResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    data: list[RankedDocument] = Field(description="sorted by score, highest first")
+    usage: RerankUsage
+
+
+@router.post("/pinecone/rerank", responses={200: {"model": PineconeRerankResponse}},
+             summary="Pinecone inference rerank: data sorted by score")
+async def rerank(body: PineconeRerankRequest, request: Request):
+    texts = document_texts(body.documents, body.rank_fields)
+    result = await score(request, ScoreRequest(body.query, texts, body.instruction))
+    truncate = body.parameters.truncate if body.parameters else "END"
+    if truncate == "NONE" and any(result.truncated):
+        first = result.truncated.index(True)
+        raise InvalidInput(f"documents[{first}] is longer than the model accepts with this query and "
+                           "parameters.truncate is NONE; send END to cut it")
+    data = []
+    for i in ranking(result, body.top_n):
+        item: dict[str, Any] = {"index": i, "score": result.scores[i]}
+        if body.return_documents:
+            item["document"] = echo(body.documents[i])
+        data.append(item)
+    return FastJSONResponse({"model": request_state(request).settings.model_name, "data": data,
+                             "usage": {"rerank_units": search_units(len(texts))}})
+
+
+DIALECT = Dialect("pinecone", router, responses={"/pinecone/rerank": PineconeRerankResponse})
