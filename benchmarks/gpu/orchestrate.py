@@ -23,7 +23,7 @@ and reported as such):
             every start compared with the first (the levers must not change them).
   determinism  deterministic mode against --no-deterministic: the same 64 pairs alone, in one
             batch of 64 and under c=32 load (benchmarks/determinism.py), rag c=32 and seed.
-  multigpu  issue 16: N = 1, 2, 4, 8 GPUs (those nvidia-smi lists; BENCH_GPUS overrides) in one
+  multigpu  N = 1, 2, 4, 8 GPUs (those nvidia-smi lists; BENCH_GPUS overrides) in one
             pod, as N engines behind the shim (--multi-gpu-mode engines) and as one vLLM with
             --data-parallel-size N: rag c=32*N, seed with hey (c=50*N), long c=8*N, mixed; then
             throughput per GPU against N=1 (`{"kind": "multigpu"}` lines). About 4 min a step:
@@ -222,7 +222,7 @@ def start_launcher(config: str, flags: list[str], budget: float = 420, env: dict
                      "start": "cold" if cold else "warm (compile cache reused)",
                      "seconds_to_ready": round(time.monotonic() - started, 1),
                      "vllm_health_s": round(vllm_s, 1) if vllm_s else None,
-                     "target_s": 60 if cold else 30}  # issue 12: cold <= 60 s, warm <= 30 s
+                     "target_s": 60 if cold else 30}  # start-up targets: cold <= 60 s, warm <= 30 s
             ready.update(engine_facts(log_path))
             timeline = launcher_timeline(log_path, log_offset)
             if timeline:
@@ -635,7 +635,7 @@ def phase_front(clock: Clock, variants: list[str]) -> None:
     small workload), per process, for the defaults, raw vLLM, and shim variants (engine calls in
     flight per worker, worker count) in front of the same engine; then two engines sharing the
     GPU (--engines-per-gpu 2), then vLLM with two API servers. `--variants ""` skips the shim
-    variants (measured in session 4) to leave the time to the engine configurations."""
+    variants (RESULTS.md has them) to leave the time to the engine configurations."""
     ensure_launcher("defaults", [])
     loadgen(clock, "defaults", "small", targets="shim,vllm", concurrency="1", requests=300, est_s=25)
     front_step(clock, "defaults", SHIM)
@@ -652,7 +652,7 @@ def phase_front(clock: Clock, variants: list[str]) -> None:
         stop_launcher()
         emit(start_launcher("engines-per-gpu=2", flags))
         # /ready is 200 once one engine is verified and the second starts after the first
-        # (session 5 measured while the second was still starting: one engine core busy, the
+        # (measured while the second is still starting, one engine core is busy and the
         # other's start-up competing for CPU). Measure only with both engines up.
         try:
             emit({"kind": "engines_up", "config": "engines-per-gpu=2",
@@ -760,7 +760,7 @@ def phase_fp8(clock: Clock) -> None:
             stop_launcher()
 
 
-# --- start-up and determinism (issue 12) -------------------------------------------------------
+# --- start-up and determinism ----------------------------------------------------------------
 STARTUP = WORK / "startup"  # one cache directory (or HOME) per configuration, so each has a cold start
 # The launcher's start-up levers turned off, one by one where the timeline cannot tell them apart.
 # Deterministic mode stays as the defaults have it, so that scores must be identical across all
@@ -886,7 +886,7 @@ def phase_determinism(clock: Clock) -> None:
     stop_launcher()
 
 
-# --- several GPUs in one pod (issue 16) ---------------------------------------------------------
+# --- several GPUs in one pod -------------------------------------------------------------------
 MULTIGPU_NS = (1, 2, 4, 8)
 MULTIGPU_MODES = ("engines", "data-parallel")
 # Seconds one step needs at most: a launcher start (N engines load at once; warm compile cache)
@@ -1020,7 +1020,7 @@ def multigpu_step(clock: Clock, mode: str, n: int) -> None:
 
 def multigpu_summary() -> None:
     """Throughput per GPU at each N against N=1, from every multigpu line on this machine.
-    Targets (issue 16): rag and long >= 0.9 x N x the one-GPU figure; seed scales until the
+    Targets: rag and long >= 0.9 x N x the one-GPU figure; seed scales until the
     front end saturates (reported, not judged)."""
     if not RESULTS.exists():
         return
