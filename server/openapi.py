@@ -196,7 +196,7 @@ def error_responses(dialect, path: str, answers: list[Answer]) -> dict[int | str
         for shape in shapes:
             status, _ = shape.error(answer.status, answer.when, answer.type, "")
             grouped.setdefault(status, []).append((answer, shape))
-    out = {}
+    out: dict[int | str, dict[str, Any]] = {}
     for status, group in sorted(grouped.items()):
         lines: dict[Any, list[str]] = {}
         for answer, shape in group:  # one line per answer, naming the body dialects it is for
