@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, eventually, free_port
+from tests.conftest import ROOT, eventually, free_port, start_shim
 
 pytestmark = pytest.mark.engine
 
@@ -152,10 +152,15 @@ def nginx_factory(tmp_path):
         nginx.stop()
 
 
-@pytest.fixture
-def shims(extra_shim):
-    """Two shim instances (mode shim) against the shared vLLM."""
-    return [extra_shim(), extra_shim()]
+@pytest.fixture(scope="module")
+def shims(service):
+    """Two shim instances (mode shim) against the shared vLLM, shared by this module's tests that
+    neither stop nor reconfigure them (each reads counters as differences, never totals); a test
+    that stops a shim or needs other settings starts its own (extra_shim)."""
+    pair = [start_shim(service.vllm_url), start_shim(service.vllm_url)]
+    yield pair
+    for shim in pair:
+        shim.stop(timeout=30)
 
 
 @pytest.fixture
@@ -275,7 +280,9 @@ def test_burst_beyond_the_rate_limit_gets_429_json_with_retry_after(nginx_factor
     assert httpx.get(proxy.url + "/health", timeout=10).status_code == 200
 
 
-def test_stopping_one_shim_leaves_requests_succeeding(proxy, shims):
+def test_stopping_one_shim_leaves_requests_succeeding(extra_shim, nginx_factory):
+    shims = [extra_shim(), extra_shim()]  # its own: this test stops them
+    proxy = nginx_factory(shims)
     with httpx.Client() as client:
         assert rank(client, proxy.url).status_code == 200
         shims[0].stop(timeout=30)
