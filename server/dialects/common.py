@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 from server.errors import NON_BLANK, ErrorBody, default_error_body
 from server.openapi import setting_bounds
 from server.scoring.core import ScoreRequest, ScoreResult
-from server.scoring.errors import Cancelled, InvalidInput
+from server.scoring.errors import Cancelled, DocumentTooLong, InvalidInput
 from server.state import request_state
 
 Document = str | dict[str, Any]
@@ -202,6 +202,15 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def too_long(exc: DocumentTooLong, documents: str, because: str) -> DocumentTooLong:
+    """The core's refusal of a document that would be cut (`ScoreRequest.refuse_truncation`),
+    worded with the dialect's own names: `documents` is its documents field, `because` the
+    field value that asked for the refusal and how to get a cut instead."""
+    return DocumentTooLong(exc.index, exc.tokens, exc.limit, exc.tokens_exact, detail=(
+        f"{documents}[{exc.index}] has {exc.size}, more than the {exc.limit} the model accepts "
+        f"with this query, and {because}"))
 
 
 def ranking(result: ScoreResult, top_n: int | None) -> list[int]:

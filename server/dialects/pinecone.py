@@ -29,10 +29,11 @@ from server.dialects.common import (
     ranking,
     score,
     search_units,
+    too_long,
 )
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
-from server.scoring.errors import InvalidInput
+from server.scoring.errors import DocumentTooLong
 from server.state import request_state
 
 router = APIRouter(tags=["pinecone"])
@@ -101,12 +102,12 @@ class PineconeRerankResponse(BaseModel):
              summary="Pinecone inference rerank: data sorted by score")
 async def rerank(body: PineconeRerankRequest, request: Request):
     texts = document_texts(body.documents, body.rank_fields)
-    result = await score(request, ScoreRequest(body.query, texts, body.instruction))
     truncate = body.parameters.truncate if body.parameters else "END"
-    if truncate == "NONE" and any(result.truncated):
-        first = result.truncated.index(True)
-        raise InvalidInput(f"documents[{first}] is longer than the model accepts with this query and "
-                           "parameters.truncate is NONE; send END to cut it")
+    req = ScoreRequest(body.query, texts, body.instruction, refuse_truncation=truncate == "NONE")
+    try:
+        result = await score(request, req)
+    except DocumentTooLong as exc:
+        raise too_long(exc, "documents", "parameters.truncate is NONE; send END to cut it") from None
     data = []
     for i in ranking(result, body.top_n):
         item: dict[str, Any] = {"index": i, "score": result.scores[i]}

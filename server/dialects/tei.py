@@ -18,7 +18,16 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from server.dialects import vllm
 from server.dialects.cohere import RerankResult, Usage
-from server.dialects.common import Dialect, Query, documents_field, errors_as, json_integer, ranking, score
+from server.dialects.common import (
+    Dialect,
+    Query,
+    documents_field,
+    errors_as,
+    json_integer,
+    ranking,
+    score,
+    too_long,
+)
 from server.dialects.vllm.mapping import (
     as_list,
     rerank_results,
@@ -31,7 +40,7 @@ from server.dialects.vllm.protocol import VllmRerankRequest
 from server.errors import ErrorBody, default_error_body
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
-from server.scoring.errors import InvalidInput
+from server.scoring.errors import DocumentTooLong
 from server.state import request_state
 
 router = APIRouter(tags=["tei / seed"])
@@ -139,10 +148,12 @@ async def rerank(request: Request, body: Annotated[RerankBody, Body()],
 
 
 async def _tei(body: TeiRequest, request: Request) -> list[dict]:
-    result = await score(request, ScoreRequest(body.query, body.texts, body.instruction, body.raw_scores))
-    if body.truncate is False and any(result.truncated):
-        first = result.truncated.index(True)
-        raise InvalidInput(f"texts[{first}] is longer than the model accepts and truncate is false")
+    req = ScoreRequest(body.query, body.texts, body.instruction, body.raw_scores,
+                       refuse_truncation=body.truncate is False)
+    try:
+        result = await score(request, req)
+    except DocumentTooLong as exc:
+        raise too_long(exc, "texts", "truncate is false") from None
     out = []
     for i in ranking(result, None):
         item: dict[str, Any] = {"index": i, "score": result.scores[i]}

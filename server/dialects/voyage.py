@@ -17,9 +17,9 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.dialects.common import Query, documents_field, json_integer, ranking, score
+from server.dialects.common import Query, documents_field, json_integer, ranking, score, too_long
 from server.scoring.core import ScoreRequest
-from server.scoring.errors import InvalidInput
+from server.scoring.errors import DocumentTooLong
 from server.state import request_state
 
 VOYAGE_ONLY_FIELDS = frozenset({"top_k", "truncation"})
@@ -70,11 +70,12 @@ def speaks_voyage(body: object) -> bool:
 
 
 async def answer(request: Request, body: VoyageRerankRequest) -> dict:
-    result = await score(request, ScoreRequest(body.query, body.documents, body.instruction))
-    if not body.truncation and any(result.truncated):
-        first = result.truncated.index(True)
-        raise InvalidInput(f"documents[{first}] is longer than the model accepts with this query and "
-                           "truncation is false")
+    req = ScoreRequest(body.query, body.documents, body.instruction,
+                       refuse_truncation=not body.truncation)
+    try:
+        result = await score(request, req)
+    except DocumentTooLong as exc:
+        raise too_long(exc, "documents", 'truncation is false; send "truncation": true to cut it') from None
     data = []
     for i in ranking(result, body.top_k):
         item: dict[str, Any] = {"index": i, "relevance_score": result.scores[i]}
