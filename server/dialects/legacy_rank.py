@@ -6,7 +6,6 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.dialects.common import Dialect, Query, documents_field, ranking, score
-from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 
 router = APIRouter(tags=["legacy"])
@@ -35,14 +34,11 @@ class RankResponse(BaseModel):
     results: list[RankResult]
 
 
-@router.post("/v1/rank", responses={200: {"model": RankResponse}},
-             summary="Rank documents (legacy API): results sorted by score, rank from 1")
-async def rank(body: RankRequest, request: Request):
+@router.post("/v1/rank", summary="Rank documents (legacy API): results sorted by score, rank from 1")
+async def rank(body: RankRequest, request: Request) -> RankResponse:
     result = await score(request, ScoreRequest(body.query, body.docs, body.instruction))
-    return FastJSONResponse({"results": [
-        {"doc": body.docs[i], "score": result.scores[i], "rank": r}
-        for r, i in enumerate(ranking(result, None), start=1)
-    ]})
+    return RankResponse(results=[RankResult(doc=body.docs[i], score=result.scores[i], rank=r)
+                                 for r, i in enumerate(ranking(result, None), start=1)])
 
 
 DIALECT = Dialect("legacy", router, responses={"/v1/rank": RankResponse},
