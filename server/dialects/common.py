@@ -204,6 +204,16 @@ async def _disconnected(request: Request) -> None:
             return
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+def omitted_when_none(description: str) -> Any:
+    """A response field that is left out of the answer, never null, when it has no value (a
+    document echoed only on request: some clients refuse a null)."""
+    return Field(None, description=description, exclude_if=_is_none)
+
+
 def too_long(exc: DocumentTooLong, documents: str, because: str) -> DocumentTooLong:
     """The core's refusal of a document that would be cut (`ScoreRequest.refuse_truncation`),
     worded with the dialect's own names: `documents` is its documents field, `because` the
