@@ -25,7 +25,6 @@ from server.dialects.common import (
     score,
     too_long,
 )
-from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 from server.scoring.errors import DocumentTooLong
 
@@ -88,9 +87,8 @@ def _text(item: NimText | NimQuery | str) -> str:
     return item if isinstance(item, str) else item.text
 
 
-@router.post("/v1/ranking", responses={200: {"model": RankingResponse}},
-             summary="NVIDIA NIM ranking: passages sorted by logit")
-async def rank(body: RankingRequest, request: Request):
+@router.post("/v1/ranking", summary="NVIDIA NIM ranking: passages sorted by logit")
+async def rank(body: RankingRequest, request: Request) -> RankingResponse:
     texts = [_text(p) for p in body.passages]
     req = ScoreRequest(_text(body.query), texts, body.instruction, raw=True,
                        refuse_truncation=body.truncate == "NONE")
@@ -98,8 +96,8 @@ async def rank(body: RankingRequest, request: Request):
         result = await score(request, req)
     except DocumentTooLong as exc:
         raise too_long(exc, "passages", 'truncate is NONE; send "truncate": "END" to cut it') from None
-    return FastJSONResponse({"rankings": [{"index": i, "logit": result.scores[i]}
-                                          for i in ranking(result, body.top_n)]})
+    return RankingResponse(rankings=[Ranking(index=i, logit=result.scores[i])
+                                     for i in ranking(result, body.top_n)])
 
 
 DIALECT = Dialect("nim", router, responses={"/v1/ranking": RankingResponse})
