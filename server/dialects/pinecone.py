@@ -26,12 +26,12 @@ from server.dialects.common import (
     documents_field,
     echo,
     json_integer,
+    omitted_when_none,
     ranking,
     score,
     search_units,
     too_long,
 )
-from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 from server.scoring.errors import DocumentTooLong
 from server.state import request_state
@@ -81,7 +81,7 @@ class RankedDocument(BaseModel):
 
     index: int
     score: float = Field(description="P(yes) in [0, 1]")
-    document: dict[str, Any] | None = Field(None, description="only when return_documents is true")
+    document: dict[str, Any] | None = omitted_when_none("only when return_documents is true")
 
 
 class RerankUsage(BaseModel):
@@ -98,9 +98,8 @@ class PineconeRerankResponse(BaseModel):
     usage: RerankUsage
 
 
-@router.post("/pinecone/rerank", responses={200: {"model": PineconeRerankResponse}},
-             summary="Pinecone inference rerank: data sorted by score")
-async def rerank(body: PineconeRerankRequest, request: Request):
+@router.post("/pinecone/rerank", summary="Pinecone inference rerank: data sorted by score")
+async def rerank(body: PineconeRerankRequest, request: Request) -> PineconeRerankResponse:
     texts = document_texts(body.documents, body.rank_fields)
     truncate = body.parameters.truncate if body.parameters else "END"
     req = ScoreRequest(body.query, texts, body.instruction, refuse_truncation=truncate == "NONE")
@@ -108,14 +107,11 @@ async def rerank(body: PineconeRerankRequest, request: Request):
         result = await score(request, req)
     except DocumentTooLong as exc:
         raise too_long(exc, "documents", "parameters.truncate is NONE; send END to cut it") from None
-    data = []
-    for i in ranking(result, body.top_n):
-        item: dict[str, Any] = {"index": i, "score": result.scores[i]}
-        if body.return_documents:
-            item["document"] = echo(body.documents[i])
-        data.append(item)
-    return FastJSONResponse({"model": request_state(request).settings.model_name, "data": data,
-                             "usage": {"rerank_units": search_units(len(texts))}})
+    data = [RankedDocument(index=i, score=result.scores[i],
+                           document=echo(body.documents[i]) if body.return_documents else None)
+            for i in ranking(result, body.top_n)]
+    return PineconeRerankResponse(model=request_state(request).settings.model_name, data=data,
+                                  usage=RerankUsage(rerank_units=search_units(len(texts))))
 
 
 DIALECT = Dialect("pinecone", router, responses={"/pinecone/rerank": PineconeRerankResponse})
