@@ -20,7 +20,7 @@ class RankRequest(BaseModel):
     instruction: str | None = Field(None, description="task instruction; server default if absent")
 
 
-class RankResult(BaseModel):
+class LegacyRankResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     doc: str
@@ -31,13 +31,13 @@ class RankResult(BaseModel):
 class RankResponse(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    results: list[RankResult]
+    results: list[LegacyRankResult]
 
 
 @router.post("/v1/rank", summary="Rank documents (legacy API): results sorted by score, rank from 1")
 async def rank(body: RankRequest, request: Request) -> RankResponse:
     result = await score(request, ScoreRequest(body.query, body.docs, body.instruction))
-    return RankResponse(results=[RankResult(doc=body.docs[i], score=result.scores[i], rank=r)
+    return RankResponse(results=[LegacyRankResult(doc=body.docs[i], score=result.scores[i], rank=r)
                                  for r, i in enumerate(ranking(result, None), start=1)])
 
 

@@ -52,7 +52,7 @@ class MixedbreadRerankRequest(BaseModel):
     instruction: str | None = Field(None, description="extension: Qwen3 task instruction")
 
 
-class RankResult(BaseModel):
+class MixedbreadResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     index: int
@@ -74,7 +74,7 @@ class MixedbreadRerankResponse(BaseModel):
 
     usage: MixedbreadUsage
     model: str
-    data: list[RankResult] = Field(description="sorted by score, highest first")
+    data: list[MixedbreadResult] = Field(description="sorted by score, highest first")
     object: str = "list"
     top_k: int
     return_input: bool
@@ -97,7 +97,7 @@ async def rerank(body: MixedbreadRerankRequest, request: Request) -> MixedbreadR
     texts = [_text_of(d, body.rank_fields) for d in body.input]
     result = await score(request, ScoreRequest(body.query, texts, body.instruction))
     top_k = body.top_k if body.top_k and body.top_k > 0 else None
-    data = [RankResult(index=i, score=result.scores[i],
+    data = [MixedbreadResult(index=i, score=result.scores[i],
                        input=body.input[i] if body.return_input else None)
             for i in ranking(result, top_k)]
     tokens = result.prompt_tokens

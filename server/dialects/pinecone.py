@@ -84,7 +84,7 @@ class RankedDocument(BaseModel):
     document: dict[str, Any] | None = omitted_when_none("only when return_documents is true")
 
 
-class RerankUsage(BaseModel):
+class PineconeUsage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rerank_units: int = Field(description="one per 100 documents, as Pinecone bills")
@@ -95,7 +95,7 @@ class PineconeRerankResponse(BaseModel):
 
     model: str
     data: list[RankedDocument] = Field(description="sorted by score, highest first")
-    usage: RerankUsage
+    usage: PineconeUsage
 
 
 @router.post("/pinecone/rerank", summary="Pinecone inference rerank: data sorted by score")
@@ -111,7 +111,7 @@ async def rerank(body: PineconeRerankRequest, request: Request) -> PineconeReran
                            document=echo(body.documents[i]) if body.return_documents else None)
             for i in ranking(result, body.top_n)]
     return PineconeRerankResponse(model=request_state(request).settings.model_name, data=data,
-                                  usage=RerankUsage(rerank_units=search_units(len(texts))))
+                                  usage=PineconeUsage(rerank_units=search_units(len(texts))))
 
 
 DIALECT = Dialect("pinecone", router, responses={"/pinecone/rerank": PineconeRerankResponse})

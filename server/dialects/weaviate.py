@@ -65,13 +65,13 @@ class WeaviateRerankResponse(BaseModel):
     scores: list[DocumentScore] = Field(description="one per document, in the request's order")
 
 
-class Ready(BaseModel):
+class WeaviateReady(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ready: bool
 
 
-class Meta(BaseModel):
+class WeaviateMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: dict[str, str | int] = Field(description="the served model's name and max_model_len")
@@ -102,7 +102,7 @@ async def rerank(request: Request) -> WeaviateRerankResponse:
 
 
 @router.get(READY, summary="Weaviate's start-up probe: 200 once a document can be scored now")
-async def ready(request: Request) -> Ready:
+async def ready(request: Request) -> WeaviateReady:
     """A real round trip through the core (any engine), so the module's start-up waits for a
     service that scores, not only one that listens; 503 while draining or when it cannot."""
     state = request_state(request)
@@ -114,16 +114,16 @@ async def ready(request: Request) -> Ready:
         raise
     except ScoringError as exc:  # an engine that answers but does not score is not ready either
         raise EngineUnavailable(f"not ready: {exc.detail}") from None
-    return Ready(ready=True)
+    return WeaviateReady(ready=True)
 
 
 @router.get(META, summary="The served model (Weaviate shows it in /v1/meta)")
-async def meta(request: Request) -> Meta:
+async def meta(request: Request) -> WeaviateMeta:
     settings = request_state(request).settings
-    return Meta(model={"name": settings.model_name, "max_model_len": settings.max_model_len})
+    return WeaviateMeta(model={"name": settings.model_name, "max_model_len": settings.max_model_len})
 
 
 DIALECT = Dialect("weaviate", router,
-                  responses={RERANK: WeaviateRerankResponse, READY: Ready, META: Meta},
+                  responses={RERANK: WeaviateRerankResponse, READY: WeaviateReady, META: WeaviateMeta},
                   error=error_with_string, error_model=StringErrorBody,
                   answers={READY: frozenset({ENGINE}), META: frozenset()})
