@@ -218,7 +218,5 @@ async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()],
     return await _answer(body, request, "2")
 
 
-DIALECT = Dialect("cohere", router,
-                  responses={"/v1/rerank": RerankAnswer, "/v2/rerank": RerankAnswer},
-                  shared_with=(vllm.DIALECT,),
+DIALECT = Dialect("cohere", router, shared_with=(vllm.DIALECT,),
                   bench={"shim": ("/v1/rerank", "documents")})

@@ -74,7 +74,8 @@ class Dialect:
     """Everything the rest of the server needs to know about one API dialect. Registered once,
     in server/dialects/__init__.py; the app mounts `router`, the middleware meters its paths
     (label = path), the error handler shapes errors on those paths with `error`, the tests
-    validate every 200 body against `responses[path]`, and the load generator can target it.
+    validate every 200 body against the route's response model (`responses`), and the load
+    generator can target it.
 
     error(status, detail, type, request_id) -> (status, body): a dialect may change the status
     too (vLLM answers 400 where we answer 422, for instance); the OpenAPI document lists the
@@ -82,7 +83,6 @@ class Dialect:
 
     name: str
     router: APIRouter
-    responses: dict[str, Any]                       # path -> model of the 200 body
     error: ErrorShape = default_error_body
     # paths whose 200 body is vLLM's own, relayed as it is (its contract is vLLM's: checked
     # against the real engine in tests/integration/test_vllm_compat.py, not against a fake)
@@ -99,6 +99,19 @@ class Dialect:
     answers: dict[str, frozenset[str]] = field(default_factory=dict)
     # load-generator targets: name -> (path, key of the documents list in the body)
     bench: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def responses(self) -> dict[str, Any]:
+        """path -> the model of the route's 200 body: its response model (the route's return
+        type), or for a route that may pass vLLM's answer on as it came, the model its
+        `responses={200: ...}` declares."""
+        models = {}
+        for route in self.router.routes:
+            if isinstance(route, APIRoute):
+                model = route.response_model or route.responses.get(200, {}).get("model")
+                if model is not None:
+                    models[route.path] = model
+        return models
 
     @property
     def paths(self) -> list[str]:

@@ -64,5 +64,4 @@ async def rerank(body: HfRerankRequest, request: Request) -> list[HfRank]:
             for i in ranking(result, body.top_n)]
 
 
-DIALECT = Dialect("hf", router, responses={"/hf/rerank": list[HfRank]}, error=error_with_string,
-                  error_model=StringErrorBody)
+DIALECT = Dialect("hf", router, error=error_with_string, error_model=StringErrorBody)

@@ -41,5 +41,4 @@ async def rank(body: RankRequest, request: Request) -> RankResponse:
                                  for r, i in enumerate(ranking(result, None), start=1)])
 
 
-DIALECT = Dialect("legacy", router, responses={"/v1/rank": RankResponse},
-                  bench={"shim-rank": ("/v1/rank", "docs")})
+DIALECT = Dialect("legacy", router, bench={"shim-rank": ("/v1/rank", "docs")})

@@ -107,4 +107,4 @@ async def rerank(body: MixedbreadRerankRequest, request: Request) -> MixedbreadR
         top_k=top_k or len(body.input), return_input=body.return_input)
 
 
-DIALECT = Dialect("mixedbread", router, responses={"/v1/reranking": MixedbreadRerankResponse})
+DIALECT = Dialect("mixedbread", router)

@@ -100,4 +100,4 @@ async def rank(body: RankingRequest, request: Request) -> RankingResponse:
                                      for i in ranking(result, body.top_n)])
 
 
-DIALECT = Dialect("nim", router, responses={"/v1/ranking": RankingResponse})
+DIALECT = Dialect("nim", router)

@@ -114,4 +114,4 @@ async def rerank(body: PineconeRerankRequest, request: Request) -> PineconeReran
                                   usage=PineconeUsage(rerank_units=search_units(len(texts))))
 
 
-DIALECT = Dialect("pinecone", router, responses={"/pinecone/rerank": PineconeRerankResponse})
+DIALECT = Dialect("pinecone", router)

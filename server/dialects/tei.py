@@ -193,5 +193,4 @@ class TeiErrorBody(ErrorBody):
     error_type: str = Field(description="= type (TEI clients read this)")
 
 
-DIALECT = Dialect("tei", router, responses={"/rerank": RerankAnswer}, error=_error,
-                  error_model=TeiErrorBody, shared_with=(vllm.DIALECT,))
+DIALECT = Dialect("tei", router, error=_error, error_model=TeiErrorBody, shared_with=(vllm.DIALECT,))

@@ -123,7 +123,5 @@ async def meta(request: Request) -> WeaviateMeta:
     return WeaviateMeta(model={"name": settings.model_name, "max_model_len": settings.max_model_len})
 
 
-DIALECT = Dialect("weaviate", router,
-                  responses={RERANK: WeaviateRerankResponse, READY: WeaviateReady, META: WeaviateMeta},
-                  error=error_with_string, error_model=StringErrorBody,
+DIALECT = Dialect("weaviate", router, error=error_with_string, error_model=StringErrorBody,
                   answers={READY: frozenset({ENGINE}), META: frozenset()})
