@@ -53,8 +53,8 @@ _EXAMPLE = {
 
 
 # Without rank_fields (absent, null or []) an object document is ranked on `text`, so it must have
-# one; with rank_fields it must have each named field, which JSON Schema cannot say (it cannot
-# compare a value with a key): that case is documented with the 422 and checked by the server.
+# one. With rank_fields it is ranked on the named fields it has (common.object_text): nothing to
+# require.
 _TEXT_UNLESS_RANK_FIELDS = {
     "if": {"required": ["rank_fields"],
            "properties": {"rank_fields": {"type": "array", "minItems": 1}}},
@@ -70,8 +70,9 @@ class RerankRequest(BaseModel):
     model: str | None = Field(None, description="accepted and ignored: the served model answers")
     query: Query
     documents: list[Document] = documents_field(
-        "strings, or objects ranked on `text` (or on the fields named in rank_fields: each "
-        "must be present in every object, else 422)")
+        "strings, or objects ranked on `text`, or on the fields named in rank_fields that each "
+        "has (a field an object lacks is left out; one with none of them is ranked on its `text`, "
+        "else on its JSON text)")
     top_n: json_integer(0) | None = Field(None, description="null/0 = all")
     return_documents: LooseBool | None = Field(None, description="echo documents (default false)")
     rank_fields: list[str] | None = Field(None, description="Cohere v1: object fields to rank on")

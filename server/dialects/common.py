@@ -4,6 +4,7 @@ request, ranking, documents."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -243,22 +244,42 @@ def ranking(result: ScoreResult, top_n: int | None) -> list[int]:
 
 
 def document_texts(documents: list[Document], rank_fields: list[str] | None = None) -> list[str]:
-    """Strings stay as they are; objects are ranked on `text`, or on `rank_fields` as
-    "field: value" lines in the order given (Cohere v1 semantics)."""
+    """What each document is ranked on: a string itself; an object without `rank_fields` (absent,
+    null or []) its `text`, which it must have (the request schemas say so); with `rank_fields`,
+    `object_text`."""
     return [_text_of(i, d, rank_fields) for i, d in enumerate(documents)]
 
 
 def _text_of(i: int, doc: Document, rank_fields: list[str] | None) -> str:
     if isinstance(doc, str):
         return doc
-    fields = rank_fields or ["text"]
-    missing = [f for f in fields if f not in doc]
-    if missing:
-        raise InvalidInput(f"documents[{i}] has no field {missing[0]!r} to rank on")
-    values = [doc[f] if isinstance(doc[f], str) else str(doc[f]) for f in fields]
+    if rank_fields:
+        return object_text(doc, rank_fields)
+    if "text" not in doc:
+        raise InvalidInput(f"documents[{i}] has no field 'text' to rank on")
+    return _field_text(doc["text"])
+
+
+def object_text(doc: dict[str, Any], rank_fields: list[str]) -> str:
+    """An object ranked on the fields named in `rank_fields` that it has, as "field: value" lines
+    in the order given (Cohere's format; `text` alone is its plain value). A named field it
+    lacks is left out, as the rows of a sparse collection lack some fields (a missing title
+    must not fail the whole request); an object with none of them is ranked on its `text` when
+    that is a string, else on its JSON text. Never an error: which keys an object must have,
+    when a value names them, is a rule no request schema can state."""
+    fields = [f for f in rank_fields if f in doc]
     if fields == ["text"]:
-        return values[0]
-    return "\n".join(f"{f}: {v}" for f, v in zip(fields, values))
+        return _field_text(doc["text"])
+    if fields:
+        return "\n".join(f"{f}: {_field_text(doc[f])}" for f in fields)
+    if isinstance(doc.get("text"), str):
+        return doc["text"]
+    # the standard encoder: orjson refuses integers beyond 64 bits, which JSON allows
+    return json.dumps(doc, ensure_ascii=False)
+
+
+def _field_text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
 
 
 def echo(doc: Document) -> dict[str, Any]:

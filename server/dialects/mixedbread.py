@@ -11,7 +11,6 @@ JSON query that finds nothing), else on its `text`, else on its whole JSON text.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from server.dialects.common import (
     Dialect,
     Query,
-    document_texts,
     documents_field,
     json_integer,
+    object_text,
     omitted_when_none,
     ranking,
     score,
@@ -80,21 +79,9 @@ class MixedbreadRerankResponse(BaseModel):
     return_input: bool
 
 
-def _text_of(doc: str | dict[str, Any], rank_fields: list[str] | None) -> str:
-    if isinstance(doc, str):
-        return doc
-    fields = [f for f in rank_fields or () if f in doc]
-    if fields:
-        return document_texts([doc], fields)[0]
-    if isinstance(doc.get("text"), str):
-        return doc["text"]
-    # the standard encoder: orjson refuses integers beyond 64 bits, which JSON allows
-    return json.dumps(doc, ensure_ascii=False)
-
-
 @router.post("/v1/reranking", summary="Mixedbread reranking: data sorted by score")
 async def rerank(body: MixedbreadRerankRequest, request: Request) -> MixedbreadRerankResponse:
-    texts = [_text_of(d, body.rank_fields) for d in body.input]
+    texts = [d if isinstance(d, str) else object_text(d, body.rank_fields or []) for d in body.input]
     result = await score(request, ScoreRequest(body.query, texts, body.instruction))
     top_k = body.top_k if body.top_k and body.top_k > 0 else None
     data = [MixedbreadResult(index=i, score=result.scores[i],

@@ -5,8 +5,9 @@ api.pinecone.io/rerank given a base URL).
 Body `{"model", "query", "documents", "rank_fields"? (["text"]), "top_n"? (all),
 "return_documents"? (true), "parameters"? ({"truncate": "END" | "NONE"})}`; answer
 `{"model", "data": [{"index", "score", "document"?}], "usage": {"rerank_units"}}`, data sorted by
-score. Documents are strings (echoed as `{"text": ...}`) or objects ranked on `rank_fields`
-("field: value" lines when there are several). `parameters.truncate` NONE refuses a document
+score. Documents are strings (echoed as `{"text": ...}`) or objects ranked on the `rank_fields`
+they have ("field: value" lines when there are several; a field an object lacks is left out, as
+Cohere's are). `parameters.truncate` NONE refuses a document
 longer than the model takes (422); END (Pinecone's default) cuts it. The SDK calls `{host}/rerank`,
 which is the TEI/seed route here, hence the own base path. Pinecone clients send `Api-Key`, not
 `Authorization`: with auth on, a proxy must map one onto the other (docs/integrations.md).
@@ -46,8 +47,8 @@ class PineconeParameters(BaseModel):
         "END", description="END (default): cut long documents; NONE: a long document is an error (422)")
 
 
-# Without rank_fields an object document is ranked on `text`; with rank_fields each named field
-# must be in every object, which JSON Schema cannot say: documented with the 422.
+# Without rank_fields an object document is ranked on `text`, so it must have one. With
+# rank_fields it is ranked on the named fields it has (common.object_text): nothing to require.
 _TEXT_UNLESS_RANK_FIELDS = {
     "if": {"required": ["rank_fields"],
            "properties": {"rank_fields": {"type": "array", "minItems": 1}}},
@@ -67,8 +68,9 @@ class PineconeRerankRequest(BaseModel):
     model: str | None = Field(None, description="accepted and ignored: the served model answers")
     query: Query
     documents: list[str | dict[str, Any]] = documents_field(
-        "strings, or objects ranked on rank_fields (default [\"text\"]; each named field must be "
-        "in every object, else 422)")
+        "strings, or objects ranked on the fields named in rank_fields (default [\"text\"]) that "
+        "each has (a field an object lacks is left out; one with none of them is ranked on its "
+        "`text`, else on its JSON text)")
     rank_fields: list[str] | None = Field(None, description="object fields to rank on (default [\"text\"])")
     top_n: json_integer(0) | None = Field(None, description="keep the N best; null/0 = all")
     return_documents: bool = Field(True, description="echo each document (strings as {\"text\": ...})")
