@@ -17,6 +17,7 @@ it; a spawned one imports vLLM afresh and keeps vLLM's override (a slower start,
 
 from __future__ import annotations
 
+import importlib
 import os
 import runpy
 import sys
@@ -29,7 +30,7 @@ def keep_aot_compile() -> bool:
     if os.environ.get("RERANKER_KEEP_AOT_COMPILE") != "1" or wanted is None:
         return False
     try:
-        from vllm.model_executor.layers import batch_invariant
+        batch_invariant = importlib.import_module("vllm.model_executor.layers.batch_invariant")
     except ImportError:
         return False
     override = getattr(batch_invariant, "override_envs_for_invariance", None)
