@@ -41,7 +41,7 @@ def keep_aot_compile() -> bool:
         override()
         os.environ["VLLM_USE_AOT_COMPILE"] = wanted
 
-    batch_invariant.override_envs_for_invariance = override_keeping_aot
+    setattr(batch_invariant, "override_envs_for_invariance", override_keeping_aot)
     return True
 
 
