@@ -21,6 +21,7 @@ import importlib
 import os
 import runpy
 import sys
+from typing import Any
 
 
 def keep_aot_compile() -> bool:
@@ -30,7 +31,7 @@ def keep_aot_compile() -> bool:
     if os.environ.get("RERANKER_KEEP_AOT_COMPILE") != "1" or wanted is None:
         return False
     try:
-        batch_invariant = importlib.import_module("vllm.model_executor.layers.batch_invariant")
+        batch_invariant: Any = importlib.import_module("vllm.model_executor.layers.batch_invariant")
     except ImportError:
         return False
     override = getattr(batch_invariant, "override_envs_for_invariance", None)
@@ -41,7 +42,7 @@ def keep_aot_compile() -> bool:
         override()
         os.environ["VLLM_USE_AOT_COMPILE"] = wanted
 
-    setattr(batch_invariant, "override_envs_for_invariance", override_keeping_aot)
+    batch_invariant.override_envs_for_invariance = override_keeping_aot
     return True
 
 
