@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         expected_s = pairs / service["pairs_s"] if service["pairs_s"] else seconds
         proc = subprocess.Popen([sys.executable, "-m", "offline", "batch", str(input_path), str(output),
                                  "--service", url, "--concurrency", str(args.concurrency),
-                                 "--progress-interval", "5"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                 "--progress-interval", "5"], cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         while proc.poll() is None and not (output.exists() and output.stat().st_size > 0):
             time.sleep(0.05)
