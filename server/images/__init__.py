@@ -52,8 +52,9 @@ __all__ = ["DecodedBudget", "ImageError", "ImageFetchFailed", "ImageRefused", "I
 # Images of one request fetched and decoded at once: enough to overlap fetches, few enough that
 # the pixels being decoded at any moment stay a small multiple of one image.
 CONCURRENCY = 8
-# A URI scheme: base64 never contains ":", so a string with one is a URL of some scheme.
-_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.\-]*):")
+# A URI scheme: base64 never contains ":", so a string starting with one is a URL of some
+# scheme. Its length is bounded so that a long base64 string is not scanned for a colon.
+_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.\-]{0,31}):")
 
 
 async def load_image(source: str, settings: ImageSettings, *, resolver: Resolver | None = None,

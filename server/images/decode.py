@@ -88,7 +88,7 @@ def decode_base64(text: str, settings: ImageSettings, what: str = "image") -> by
     """Bare base64 (standard or URL-safe alphabet, padding optional, whitespace ignored) to
     bytes; the size limit is checked on the text's length, before decoding."""
     compact = "".join(text.split())
-    _check_encoded_size(len(compact) * 3 // 4, settings)
+    _check_encoded_size(len(compact.rstrip("=")) * 3 // 4, settings)
     if "-" in compact or "_" in compact:
         compact = compact.replace("-", "+").replace("_", "/")
     compact += "=" * (-len(compact) % 4)
