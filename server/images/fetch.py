@@ -175,6 +175,8 @@ def address_allowed(address: IPAddress, private_networks: list) -> bool:
     address = _unmapped(address)
     if any(address in network for network in private_networks):
         return True
+    if address in _NAT64:  # DNS64 on an IPv6-only network: the IPv4 address it carries decides
+        return address_allowed(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), private_networks)
     return all(_public(a) for a in _embedded(address))
 
 
@@ -191,8 +193,6 @@ def _embedded(address: IPAddress) -> list[IPAddress]:
             found.append(address.sixtofour)
         if address.teredo is not None:
             found.extend(address.teredo)
-        if address in _NAT64:
-            found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
     return found
 
 
