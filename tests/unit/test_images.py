@@ -342,3 +342,15 @@ def test_settings_come_from_the_environment_like_every_other(monkeypatch):
 def test_settings_mistakes_are_refused_at_start(settings, expected):
     with pytest.raises(ValidationError, match=expected):
         Settings(**settings)
+
+
+def test_fetching_on_without_hosts_stops_the_launcher_with_one_line(capsys):
+    from launcher.cli import parse
+    with pytest.raises(SystemExit) as stopped:
+        parse(["--image-fetch"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "reranker: image_fetch needs image_fetch_hosts: the hosts image URLs may name (or * for any "
+        "host with public addresses)"]
+    assert parse(["--image-fetch", "--image-fetch-hosts", "a.example.com,*.b.example.com"]).image_fetch_hosts == [
+        "a.example.com", "*.b.example.com"]
