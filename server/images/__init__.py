@@ -7,14 +7,19 @@ server/settings.py (the flat `Settings` object is one); docs/deployment.md, "Ima
 
 The interface a dialect or the scoring core uses:
 
-    async def load_image(source: str, settings: ImageSettings, *,
-                         resolver: Resolver | None = None,
+    async def load_image(source: str, settings: ImageSettings, *, where: str = "",
+                         keep_picture: bool = False, resolver: Resolver | None = None,
                          budget: DecodedBudget | None = None) -> LoadedImage
     async def load_images(sources: Sequence[str], settings: ImageSettings, *,
+                          where: Sequence[str] | None = None, keep_picture: bool = False,
                           resolver: Resolver | None = None) -> list[LoadedImage]
     def decode_image(data: bytes, settings: ImageSettings, *, source="data", url="",
-                     budget=None) -> LoadedImage          (bytes already in hand; blocking)
+                     budget=None, keep_picture=False) -> LoadedImage   (bytes in hand; blocking)
     def decoded_bytes(images: Iterable[LoadedImage]) -> int   (what admission counts)
+
+`where` names the image in a refusal ("documents[3]: image is 5000x5000 = ... pixels");
+`keep_picture` keeps the decoded first frame on the result (`picture`, also what `to_pil()`
+returns) for a caller that resizes it next, instead of decoding it again.
 
 `source` is one of:
 - a data: URL, `data:image/png;base64,...` (always accepted; a non-base64 data: URL is
@@ -26,8 +31,8 @@ any other scheme (file:, ftp:, gopher:, ...) is refused.
 
 `LoadedImage` (server/images/decode.py): `data` (the encoded bytes), `format`, `mime`, `width`,
 `height`, `sha256` (of the decoded pixels: the score cache's key), `decoded_bytes` (width x height
-x 3: what admission control counts, `Admission.admit(..., image_bytes=)`), `source`, `url`;
-`data_url()` (for vLLM's chat-style inputs) and `to_pil()` (the decoded first frame).
+x 3: what admission control counts, `Admission.admit(..., image_bytes=)`), `source`, `url`,
+`picture`; `data_url()` (for vLLM's chat-style inputs) and `to_pil()` (the decoded first frame).
 
 `load_images` loads a request's images (the same source string once) with bounded concurrency,
 charging each image's decoded size to `image_max_request_bytes` from its header, before its
@@ -57,10 +62,23 @@ CONCURRENCY = 8
 _SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.\-]{0,31}):")
 
 
-async def load_image(source: str, settings: ImageSettings, *, resolver: Resolver | None = None,
+async def load_image(source: str, settings: ImageSettings, *, where: str = "",
+                     keep_picture: bool = False, resolver: Resolver | None = None,
                      budget: DecodedBudget | None = None) -> LoadedImage:
     """One image from a data: URL, bare base64 or an http(s) URL (see the module docstring).
-    Raises InvalidImage, ImageTooLarge, ImageRefused or ImageFetchFailed."""
+    `where` (e.g. "documents[3].image") starts every refusal's detail; `keep_picture` keeps the
+    decoded first frame on the result. Raises InvalidImage, ImageTooLarge, ImageRefused or
+    ImageFetchFailed."""
+    try:
+        return await _load(source, settings, keep_picture, resolver, budget)
+    except ImageError as exc:
+        if where:
+            raise type(exc)(f"{where}: {exc.detail}") from None
+        raise
+
+
+async def _load(source: str, settings: ImageSettings, keep_picture: bool, resolver: Resolver | None,
+                budget: DecodedBudget | None) -> LoadedImage:
     if not isinstance(source, str) or not source.strip():
         raise InvalidImage("image is empty: send a data: URL, base64, or an http(s) URL")
     match = _SCHEME.match(source)
@@ -75,18 +93,23 @@ async def load_image(source: str, settings: ImageSettings, *, resolver: Resolver
         raise ImageRefused(f"image URL scheme {scheme!r} is not accepted (data:, http:, https:)")
     else:
         data, kind = decode_base64(source, settings), "base64"
-    return await asyncio.to_thread(decode_image, data, settings, source=kind, url=url, budget=budget)
+    return await asyncio.to_thread(decode_image, data, settings, source=kind, url=url, budget=budget,
+                                   keep_picture=keep_picture)
 
 
 async def load_images(sources: Sequence[str], settings: ImageSettings, *,
+                      where: Sequence[str] | None = None, keep_picture: bool = False,
                       resolver: Resolver | None = None) -> list[LoadedImage]:
-    """The images of one request, in order, under image_max_request_bytes together."""
+    """The images of one request, in order, under image_max_request_bytes together. `where`:
+    one name per source for the refusal's detail (a repeated source is named by its first)."""
     budget = DecodedBudget(settings.image_max_request_bytes)
     gate = asyncio.Semaphore(CONCURRENCY)
+    names = dict(zip(reversed(sources), reversed(where))) if where is not None else {}
 
     async def one(source: str) -> LoadedImage:
         async with gate:
-            return await load_image(source, settings, resolver=resolver, budget=budget)
+            return await load_image(source, settings, where=names.get(source, ""),
+                                    keep_picture=keep_picture, resolver=resolver, budget=budget)
 
     unique = list(dict.fromkeys(sources))
     tasks = [asyncio.ensure_future(one(source)) for source in unique]

@@ -51,14 +51,20 @@ class LoadedImage:
     decoded_bytes: int
     source: str
     url: str = ""
+    # the decoded first frame, when asked for (decode_image(keep_picture=True)): a caller that
+    # resizes or converts it saves decoding it again; it costs its pixels' memory while kept
+    picture: Image.Image | None = field(default=None, repr=False, compare=False)
 
     def data_url(self) -> str:
         """The image as a base64 data: URL (what vLLM's chat-style inputs take)."""
         return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
 
     def to_pil(self) -> Image.Image:
-        """The decoded first frame as a Pillow image (decoded again: a LoadedImage keeps only
-        the encoded bytes, so images waiting for the engine cost their file size, not pixels)."""
+        """The decoded first frame as a Pillow image: the kept `picture`, else decoded again (by
+        default a LoadedImage keeps only the encoded bytes, so images waiting for the engine cost
+        their file size, not their pixels)."""
+        if self.picture is not None:
+            return self.picture
         image = Image.open(BytesIO(self.data), formats=[self.format])
         image.load()
         return image
@@ -124,7 +130,7 @@ def parse_data_url(url: str, settings: ImageSettings) -> bytes:
 
 
 def decode_image(data: bytes, settings: ImageSettings, *, source: str = "data", url: str = "",
-                 budget: DecodedBudget | None = None) -> LoadedImage:
+                 budget: DecodedBudget | None = None, keep_picture: bool = False) -> LoadedImage:
     """Check and decode `data`: size, format, dimensions (from the header, before any pixel is
     decoded), the first frame decoded completely (truncated or corrupt files are refused), then
     hashed. Raises InvalidImage or ImageTooLarge; never anything else for any input bytes."""
@@ -155,11 +161,13 @@ def decode_image(data: bytes, settings: ImageSettings, *, source: str = "data", 
             raise ImageTooLarge(f"image has more pixels than image_max_pixels ({settings.image_max_pixels})") from None
         except Exception as exc:  # noqa: BLE001 - hostile bytes make decoders raise anything
             raise InvalidImage(f"{kind} image is truncated or corrupt ({_reason(exc)})") from None
+        kept = image if keep_picture else None
         return LoadedImage(data=data, format=kind, mime=MIME_TYPES.get(kind, "application/octet-stream"),
                            width=width, height=height, sha256=digest, decoded_bytes=decoded,
-                           source=source, url=url)
+                           source=source, url=url, picture=kept)
     finally:
-        image.close()
+        if not keep_picture:
+            image.close()
 
 
 def _pixel_hash(image: Image.Image) -> str:

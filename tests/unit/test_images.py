@@ -354,3 +354,22 @@ def test_fetching_on_without_hosts_stops_the_launcher_with_one_line(capsys):
         "host with public addresses)"]
     assert parse(["--image-fetch", "--image-fetch-hosts", "a.example.com,*.b.example.com"]).image_fetch_hosts == [
         "a.example.com", "*.b.example.com"]
+
+
+def test_where_names_the_image_in_every_refusal_and_keeps_its_kind():
+    bad = b64(b"<html></html>")
+    with pytest.raises(InvalidImage, match=r"^documents\[2\]\.image: the image is an HTML page"):
+        asyncio.run(load_image(bad, DEFAULTS, where="documents[2].image"))
+    with pytest.raises(ImageRefused, match=r"^query: image URLs are not fetched"):
+        asyncio.run(load_image("http://example.com/a.png", DEFAULTS, where="query"))
+    good = b64(encode(picture(), "PNG"))
+    with pytest.raises(InvalidImage, match=r"^documents\[1\]: "):
+        asyncio.run(load_images([good, bad, bad], DEFAULTS, where=["documents[0]", "documents[1]", "documents[2]"]))
+
+
+def test_keep_picture_returns_the_decoded_first_frame_without_decoding_again():
+    data = b64(encode(picture(), "PNG"))
+    kept = asyncio.run(load_image(data, DEFAULTS, keep_picture=True))
+    assert kept.picture is not None and kept.to_pil() is kept.picture
+    assert kept.picture.tobytes() == picture().tobytes()
+    assert load(data).picture is None, "by default only the encoded bytes are kept"
