@@ -373,3 +373,29 @@ def test_keep_picture_returns_the_decoded_first_frame_without_decoding_again():
     assert kept.picture is not None and kept.to_pil() is kept.picture
     assert kept.picture.tobytes() == picture().tobytes()
     assert load(data).picture is None, "by default only the encoded bytes are kept"
+
+
+def test_a_route_that_reads_images_documents_their_refusals_and_a_text_route_does_not():
+    import dataclasses
+
+    from server.dialects import DIALECTS
+    from server.openapi import IMAGE_SCORING_ROUTE, error_responses, scoring_answers
+
+    text_dialect = next(d for d in DIALECTS if d.name == "legacy")
+    path = text_dialect.paths[0]
+    image_dialect = dataclasses.replace(text_dialect, answers={path: IMAGE_SCORING_ROUTE})
+
+    def documented(dialect, settings):
+        responses = error_responses(dialect, path, scoring_answers(settings, False, None))
+        return {status: entry["description"] for status, entry in responses.items()}
+
+    text = documented(text_dialect, DEFAULTS)
+    assert not any("image" in description for description in text.values())
+    images = documented(image_dialect, DEFAULTS)
+    assert "`type`: image_refused" in images[400] and "image_fetch is off" in images[400]
+    assert "`type`: image_too_large" in images[413] and "image_max_pixels (16777216)" in images[413]
+    assert "`type`: invalid_image" in images[422]
+    assert "image_fetch_failed" not in "".join(images.values()), "nothing is fetched by default"
+    fetching = documented(image_dialect, Settings(image_fetch=True, image_fetch_hosts=["*"]))
+    assert "`type`: image_fetch_failed" in fetching[422]
+    assert "outside image_fetch_hosts" in fetching[400]
