@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -46,23 +47,28 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-async def fetch_image(url: str, settings: ImageSettings, resolver: Resolver | None = None) -> Fetched:
+async def fetch_image(url: str, settings: ImageSettings, resolver: Resolver | None = None, *,
+                      verify: ssl.SSLContext | None = None) -> Fetched:
     """GET an image URL under every rule above. Raises ImageRefused (the URL or a hop is not
-    allowed), ImageTooLarge (the body passes image_max_bytes) or ImageFetchFailed."""
+    allowed), ImageTooLarge (the body passes image_max_bytes) or ImageFetchFailed. `verify`: the
+    TLS context certificates are checked with (default: the system's trust store via certifi, as
+    httpx does; tests pass one that trusts their own CA)."""
     if not settings.image_fetch:
         raise ImageRefused("image URLs are not fetched by this server (image_fetch is off): send the "
                            "image as a data: URL or base64")
     timeout = settings.image_fetch_timeout
     try:
-        return await asyncio.wait_for(_fetch(url, settings, resolver or system_resolver), timeout)
+        return await asyncio.wait_for(_fetch(url, settings, resolver or system_resolver, verify), timeout)
     except asyncio.TimeoutError:
         raise ImageFetchFailed(f"fetching the image took longer than image_fetch_timeout "
                                f"({timeout:g} s)") from None
 
 
-async def _fetch(url: str, settings: ImageSettings, resolver: Resolver) -> Fetched:
+async def _fetch(url: str, settings: ImageSettings, resolver: Resolver,
+                 verify: ssl.SSLContext | None) -> Fetched:
     timeout = httpx.Timeout(settings.image_fetch_timeout)
-    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=timeout) as client:
+    async with httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=timeout,
+                                 verify=verify if verify is not None else True) as client:
         for _hop in range(settings.image_fetch_max_redirects + 1):
             target = await _checked(url, settings, resolver)
             headers = {"Host": target.host_header, "Accept": "image/*",

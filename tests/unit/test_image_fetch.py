@@ -431,3 +431,77 @@ def test_an_image_url_in_base64_is_not_mistaken_for_base64():
     url = base64.b64encode(b"http://127.0.0.1/").decode()
     with pytest.raises(InvalidImage):
         fetch(url, local())
+
+
+# --- https: the connection pinned to the checked IP, the certificate checked against the name ---
+
+def _certificates(tmp_path, name: str):
+    """A CA and a server certificate for `name` signed by it (files: ca.pem, cert.pem, key.pem)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp_path / "cert.pem").write_bytes(leaf.public_bytes(pem))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    import ssl
+    _certificates(tmp_path, "images.test")
+    srv = Server("127.0.0.1")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    yield srv, trust
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_https_goes_to_the_checked_ip_with_the_names_certificate_checked(tls_server):
+    from server.images.fetch import fetch_image
+
+    srv, trust = tls_server
+    port = srv.server_address[1]
+
+    async def fake_resolver(host, port_):  # forced: these names resolve to the test server
+        return ["127.0.0.1"]
+
+    settings = local(image_fetch_hosts=["images.test", "other.test"])
+    got = asyncio.run(fetch_image(f"https://images.test:{port}/img", settings, fake_resolver, verify=trust))
+    assert got.data == PNG
+    (_, host, _), = srv.requests
+    assert host == f"images.test:{port}"
+    # the same address under a name the certificate does not carry: the check uses the name
+    with pytest.raises(ImageFetchFailed, match="connection failed"):
+        asyncio.run(fetch_image(f"https://other.test:{port}/img", settings, fake_resolver, verify=trust))
+    # and the certificate must chain to a trusted CA (the default trust store does not know it)
+    with pytest.raises(ImageFetchFailed, match="connection failed"):
+        asyncio.run(fetch_image(f"https://images.test:{port}/img", settings, fake_resolver))
