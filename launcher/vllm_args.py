@@ -181,6 +181,9 @@ def vllm_environment(base: Mapping[str, str], gpu: bool | None = None,
         env.setdefault("VLLM_ENABLE_STARTUP_PLAN", "1")
         if settings.deterministic:
             env.setdefault("VLLM_BATCH_INVARIANT", "1")
+            if settings.aot_compile:  # put back after vLLM's override (launcher/vllm_entry.py)
+                env.setdefault("VLLM_USE_AOT_COMPILE", "1")
+                env.setdefault("RERANKER_KEEP_AOT_COMPILE", "1")
         if settings.cuda_mps:  # the launcher's own MPS daemon (launcher/gpu.py)
             for key, value in gpu_facts.mps_env(settings.cache_dir).items():
                 env.setdefault(key, value)
@@ -252,7 +255,10 @@ def build_vllm_command(settings, architectures: list[str] | None = None,
                        python: str = sys.executable, gpu: bool | None = None) -> list[str]:
     s = settings
     gpu = gpu_visible() if gpu is None else gpu
-    cmd = [python, "-m", "vllm.entrypoints.openai.api_server",
+    entry = ["-m", "vllm.entrypoints.openai.api_server"]
+    if gpu and s.deterministic and s.aot_compile:  # an in-process adjustment first
+        entry = ["-m", "launcher.vllm_entry", "vllm.entrypoints.openai.api_server"]
+    cmd = [python, *entry,
            "--model", s.model_path,
            "--served-model-name", s.model_name,
            "--host", s.vllm_host, "--port", str(s.vllm_port),

@@ -160,6 +160,10 @@ class StartupSettings(BaseModel):
     deterministic: bool = Field(
         True, description="bit-identical scores whatever the batch or load: VLLM_BATCH_INVARIANT=1 "
         "on GPU (costs some throughput) and P(yes) computed in the shim from vLLM's logit")
+    aot_compile: bool = Field(
+        False, description="GPU, deterministic: keep vLLM's ahead-of-time compiled model, so a warm "
+        "start loads it instead of tracing the model again (vLLM 0.26 turns it off under "
+        "batch-invariant kernels; launcher/vllm_entry.py)")
 
 
 class SupervisionSettings(BaseModel):
