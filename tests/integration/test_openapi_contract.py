@@ -11,9 +11,10 @@ constraint (empty and max_documents-long lists, blank queries, every enum value,
 types). The shim under test sets max_documents=4: the document states the deployment's own bound,
 and boundary lists of 1,000 documents (the default) would make the run minutes long without
 testing anything more. No hooks: every generated case is sent, as from any outside user's run.
-schemathesis.toml at the repo root is read (cwd): it keeps runs reproducible and names the one rule of the server JSON Schema cannot state (vLLM's /score
-pairing of lists of equal lengths: a 400 to a schema-valid body is expected on the routes that
-take /score bodies; tests/inprocess/test_openapi.py checks the server refuses exactly those).
+schemathesis.toml at the repo root is read (cwd): it keeps runs reproducible and names the one
+rule of the server JSON Schema cannot state (vLLM's /score pairing of lists of equal lengths: a
+400 to a schema-valid body is expected on the routes that take /score bodies;
+tests/inprocess/test_openapi.py checks the server refuses exactly those).
 """
 
 from __future__ import annotations
