@@ -6,9 +6,16 @@ a library traceback minutes into a start (or a vLLM that loads for a minute, the
 from __future__ import annotations
 
 import errno
+import importlib.util
 import socket
 
-from launcher.checkpoint import ConfigError, check_qwen3_reranker, check_tokenizer, model_config
+from launcher.checkpoint import (
+    ConfigError,
+    check_qwen3_reranker,
+    check_tokenizer,
+    family_of,
+    model_config,
+)
 from launcher.gpu import gpu_visible, gpus_needed, visible_gpus
 
 __all__ = ["ConfigError", "check_gpus", "check_model", "check_port", "check_ports"]
@@ -68,7 +75,20 @@ def check_model(settings) -> list[str] | None:
     shim mode, which runs no engine)."""
     architectures = None
     if settings.mode in ("all", "vllm"):
-        architectures = check_qwen3_reranker(settings.model_path, model_config(settings.model_path))
+        config = model_config(settings.model_path)
+        architectures = check_qwen3_reranker(settings.model_path, config)
+        if family_of(config) == "vl" or settings.model_family == "vl":
+            check_vision_stack(settings.model_path)
     if settings.mode in ("all", "shim"):
         check_tokenizer(settings.tokenizer or settings.model_path)
     return architectures
+
+
+def check_vision_stack(model: str) -> None:
+    """vLLM's Qwen3-VL model and transformers' Qwen3-VL processor import torchvision; without it
+    vLLM only says, after a minute of loading, that the architecture "is not supported"."""
+    if importlib.util.find_spec("torchvision") is None:
+        raise ConfigError(f"{model} is a Qwen3-VL reranker, and serving it needs torchvision (vLLM's "
+                          "Qwen3-VL model and its image processor import it), which is not "
+                          "installed: install the torchvision build that matches this torch "
+                          "(docs/vl.md says why the CPU build here has none)")
