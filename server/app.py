@@ -26,6 +26,7 @@ from server.responses import FastJSONResponse
 from server.scoring.core import Scorer, canary_passes
 from server.scoring.engine import EngineClient
 from server.scoring.engines import Engine, EngineSet
+from server.scoring.family import read_family
 from server.scoring.prompt import PromptEncoder
 from server.scoring.tokenizer import load_tokenizer
 from server.settings import Settings
@@ -124,7 +125,9 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
         capacity = settings.saturation_capacity_tokens * len(engine.members) * settings.engine_weight
         admission = Admission(settings.max_inflight_pairs, settings.max_inflight_tokens,
                               settings.retry_after_seconds, metrics, capacity_tokens=capacity)
-        state.started = Started(engine, admission, Scorer(settings, encoder, engine, admission, metrics))
+        family = settings.model_family if settings.model_family != "auto" else read_family(settings.model_path)
+        state.started = Started(engine, admission,
+                                Scorer(settings, encoder, engine, admission, metrics, family=family))
         await state.ratelimiter.start()
         refresh_openapi(app)  # now with the tokenizer's bounds (token ids)
         await watch_engine_once(app)
