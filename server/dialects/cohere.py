@@ -30,6 +30,7 @@ from server.dialects.common import (
     documents_field,
     echo,
     errors_as,
+    image_documents,
     json_integer,
     ranking,
     score,
@@ -37,7 +38,7 @@ from server.dialects.common import (
 )
 from server.dialects.vllm.mapping import as_list, rerank_answer
 from server.dialects.vllm.protocol import VLLM_ONLY_FIELDS, VllmRerankRequest
-from server.openapi import documented_body
+from server.openapi import documented_body, family_schema
 from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 from server.state import request_state
@@ -55,11 +56,21 @@ _EXAMPLE = {
 # Without rank_fields (absent, null or []) an object document is ranked on `text`, so it must have
 # one; with rank_fields it must have each named field, which JSON Schema cannot say (it cannot
 # compare a value with a key): that case is documented with the 422 and checked by the server.
+# Jina's image documents ({"image": ...}) are taken on /v1/rerank when a Qwen3-VL reranker is
+# served; the document lists them only then.
+_JINA_IMAGE = {"type": "object", "required": ["image"], "description": (
+    "Jina's image document: `image` is a data: URL (data:image/png;base64,...) or base64 of a PNG, "
+    "JPEG, WebP, GIF, BMP or TIFF image (or a list of them), `text` optional; /v1/rerank only "
+    "(Cohere v2 documents are text)"),
+    "properties": {"image": {"anyOf": [{"type": "string"},
+                                       {"type": "array", "items": {"type": "string"}, "minItems": 1}]}}}
 _TEXT_UNLESS_RANK_FIELDS = {
     "if": {"required": ["rank_fields"],
            "properties": {"rank_fields": {"type": "array", "minItems": 1}}},
-    "else": {"properties": {"documents": {"items": {"anyOf": [
-        {"type": "string"}, {"type": "object", "required": ["text"]}]}}}},
+    "else": {"properties": {"documents": {"items": family_schema(
+        text={"anyOf": [{"type": "string"},
+                        {"type": "object", "required": ["text"], "not": {"required": ["image"]}}]},
+        vl={"anyOf": [{"type": "string"}, {"type": "object", "required": ["text"]}, _JINA_IMAGE]})}}},
 }
 
 
@@ -71,7 +82,8 @@ class RerankRequest(BaseModel):
     query: Query
     documents: list[Document] = documents_field(
         "strings, or objects ranked on `text` (or on the fields named in rank_fields: each "
-        "must be present in every object, else 422)")
+        "must be present in every object, else 422); with a Qwen3-VL reranker served, Jina's "
+        "image documents {\"image\": ...} on /v1/rerank (422 otherwise)")
     top_n: json_integer(0) | None = Field(None, description="null/0 = all")
     return_documents: LooseBool | None = Field(None, description="echo documents (default false)")
     rank_fields: list[str] | None = Field(None, description="Cohere v1: object fields to rank on")
@@ -111,8 +123,9 @@ class RerankResponse(BaseModel):
 
 async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
     texts = document_texts(body.documents, body.rank_fields)
+    images = image_documents(body.documents, "Cohere v2" if version == "2" else None)
     req = ScoreRequest(body.query, texts, body.instruction or body.instruct, bool(body.raw_scores),
-                       body.max_tokens_per_doc, body.max_chunks_per_doc)
+                       body.max_tokens_per_doc, body.max_chunks_per_doc, document_images=images)
     result = await score(request, req)
     results = []
     for i in ranking(result, body.top_n):

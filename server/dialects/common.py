@@ -31,7 +31,8 @@ ErrorShape = Callable[[int, str, str, str], tuple[int, dict]]
 Query = Annotated[str, Field(min_length=1, pattern=NON_BLANK,
                              description="at least one character that is not whitespace")]
 # A document object of a dialect without Cohere's rank_fields: ranked on its `text` (any JSON
-# value; a non-string is ranked on its JSON text), other keys are echoed back.
+# value; a non-string is ranked on its JSON text), other keys are echoed back. (Jina's image
+# documents are taken on /v1/rerank only: server/dialects/cohere.py.)
 TextObject = Annotated[dict[str, Any], WithJsonSchema({
     "type": "object", "required": ["text"], "additionalProperties": True,
     "description": "ranked on `text`; other keys are echoed back with return_documents"})]
@@ -216,9 +217,34 @@ def document_texts(documents: list[Document], rank_fields: list[str] | None = No
     return [_text_of(i, d, rank_fields) for i, d in enumerate(documents)]
 
 
+def image_documents(documents: list[Document], dialect: str | None) -> list[list[str]] | None:
+    """Jina's image documents ({"image": data URL or base64, or a list of them}, with or without
+    `text`): each document's images, or None when none has any. `dialect`: the name of a dialect
+    whose documents are text only (Cohere v2, the legacy API); it refuses them with a pointer to
+    the forms that take images."""
+    images = [_images_of(i, d, dialect) for i, d in enumerate(documents)]
+    return images if any(images) else None
+
+
+def _images_of(i: int, doc: Document, dialect: str | None) -> list[str]:
+    if isinstance(doc, str) or "image" not in doc:
+        return []
+    if dialect is not None:
+        raise InvalidInput(f"documents[{i}] has an image: {dialect} documents are text; send images "
+                           "to /v1/rerank as Jina's {\"image\": ...} documents, or as vLLM's "
+                           "{\"content\": [...]} on /rerank (a Qwen3-VL reranker serves them)")
+    value = doc["image"]
+    refs = value if isinstance(value, list) else [value]
+    if not refs or not all(isinstance(r, str) for r in refs):
+        raise InvalidInput(f"documents[{i}].image must be a data: URL or base64 string, or a list of them")
+    return refs
+
+
 def _text_of(i: int, doc: Document, rank_fields: list[str] | None) -> str:
     if isinstance(doc, str):
         return doc
+    if "image" in doc and "text" not in doc and not rank_fields:
+        return ""  # an image document without text: the image is what is ranked
     fields = rank_fields or ["text"]
     missing = [f for f in fields if f not in doc]
     if missing:

@@ -21,10 +21,11 @@ from server.dialects.cohere import RerankResult, Usage
 from server.dialects.common import Dialect, Query, documents_field, errors_as, json_integer, ranking, score
 from server.dialects.vllm.mapping import (
     as_list,
+    parts_of,
     rerank_results,
     response_id,
     score_request,
-    texts_of,
+    served_vl,
     usage,
 )
 from server.dialects.vllm.protocol import VllmRerankRequest
@@ -154,13 +155,17 @@ async def _tei(body: TeiRequest, request: Request) -> list[dict]:
 
 async def _seed(body: SeedRequest, request: Request) -> dict:
     documents = as_list(body.documents)
-    texts = texts_of(documents, "documents")
-    req = score_request(body, body.query, texts, raw=body.raw_scores,
-                        max_chunks_per_doc=body.max_chunks_per_doc)
+    vl = served_vl(request)
+    [(query, query_images)] = parts_of([body.query], "query", vl)
+    docs = parts_of(documents, "documents", vl)
+    texts = [text for text, _ in docs]
+    req = score_request(body, query, texts, raw=body.raw_scores,
+                        max_chunks_per_doc=body.max_chunks_per_doc, query_images=query_images,
+                        document_images=[images for _, images in docs])
     result = await score(request, req)
     order = ranking(result, body.top_n)
     return {
-        "query": body.query,
+        "query": query,
         "reranked_documents": [{"rank": r, "score": result.scores[i], "document": texts[i], "index": i}
                                for r, i in enumerate(order, start=1)],
         "total_docs": len(texts),
