@@ -35,8 +35,9 @@ def parse(argv: list[str]) -> Settings:
     except ValidationError as exc:
         for error in exc.errors():
             message = error["msg"].removeprefix("Value error, ")
-            print(f"reranker: --{'-'.join(map(str, error['loc'])).replace('_', '-')}: {message}",
-                  file=sys.stderr)
+            flag = "-".join(map(str, error["loc"])).replace("_", "-")
+            # a check across several settings (a model validator) names no single flag
+            print(f"reranker: --{flag}: {message}" if flag else f"reranker: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     if passthrough:
         settings = settings.model_copy(update={"extra_vllm_args": settings.extra_vllm_args + passthrough})

@@ -206,6 +206,9 @@ def vllm_environment(base: Mapping[str, str], gpu: bool | None = None,
         env.setdefault("VLLM_ENABLE_STARTUP_PLAN", "1")
         if settings.deterministic:
             env.setdefault("VLLM_BATCH_INVARIANT", "1")
+            if settings.aot_compile:  # put back after vLLM's override (launcher/vllm_entry.py)
+                env.setdefault("VLLM_USE_AOT_COMPILE", "1")
+                env.setdefault("RERANKER_KEEP_AOT_COMPILE", "1")
         if settings.cuda_mps:  # the launcher's own MPS daemon (launcher/gpu.py)
             for key, value in gpu_facts.mps_env(settings.cache_dir).items():
                 env.setdefault(key, value)
@@ -281,7 +284,10 @@ def build_vllm_command(settings, architectures: list[str] | None = None,
         needed = s.qwen3_overrides == "auto" or s.model_family == "auto"
         architectures = read_architectures(s.model_path) if needed else []
     vl = is_vl(s, architectures)
-    cmd = [python, "-m", "vllm.entrypoints.openai.api_server",
+    entry = ["-m", "vllm.entrypoints.openai.api_server"]
+    if gpu and s.deterministic and s.aot_compile:  # an in-process adjustment first
+        entry = ["-m", "launcher.vllm_entry", "vllm.entrypoints.openai.api_server"]
+    cmd = [python, *entry,
            "--model", s.model_path,
            "--served-model-name", s.model_name,
            "--host", s.vllm_host, "--port", str(s.vllm_port),

@@ -124,7 +124,8 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
         # saturation_capacity_tokens is one engine's; this shim fronts len(members) x weight
         capacity = settings.saturation_capacity_tokens * len(engine.members) * settings.engine_weight
         admission = Admission(settings.max_inflight_pairs, settings.max_inflight_tokens,
-                              settings.retry_after_seconds, metrics, capacity_tokens=capacity)
+                              settings.retry_after_seconds, metrics, capacity_tokens=capacity,
+                              max_image_bytes=settings.max_inflight_image_bytes)
         family = settings.model_family if settings.model_family != "auto" else read_family(settings.model_path)
         state.started = Started(engine, admission,
                                 Scorer(settings, encoder, engine, admission, metrics, family=family))

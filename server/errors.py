@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.images import errors as images
 from server.responses import FastJSONResponse
 from server.scoring import errors as domain
 from server.state import request_state
@@ -39,8 +40,14 @@ def retry_after(seconds: int) -> dict[str, str]:
     return {"Retry-After": str(max(1, int(seconds)))}
 
 
-# Domain error -> (status, type). 503 and 429 always come with Retry-After.
+# Domain error -> (status, type). 503 and 429 always come with Retry-After. An image error is
+# also a general one (InvalidImage is an InvalidInput, ImageTooLarge a TooLarge): `http_error`
+# walks the error's MRO, so its own class, listed here, decides its status and type.
 _DOMAIN_STATUS: dict[type[domain.ScoringError], tuple[int, str]] = {
+    images.InvalidImage: (422, "invalid_image"),
+    images.ImageTooLarge: (413, "image_too_large"),
+    images.ImageRefused: (400, "image_refused"),
+    images.ImageFetchFailed: (422, "image_fetch_failed"),
     domain.InvalidInput: (422, "invalid_request"),
     domain.TooLarge: (413, "payload_too_large"),
     domain.NoRoom: (503, "overloaded"),

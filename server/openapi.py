@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from pydantic.json_schema import models_json_schema
 
 from server.errors import ErrorBody, domain_statuses
+from server.images import errors as images
 from server.scoring import errors as domain
 from server.state import app_state
 
@@ -83,7 +84,9 @@ JSON_BODY = "json_body"  # takes a JSON body: 400 not JSON / not UTF-8, 413 over
 SCORED = "scored"        # scored by the core: every domain error (limits, admission, engine)
 ENGINE = "engine"        # calls the engine: 503 when it is down, 504 when it does not answer
 RELAYED = "relayed"      # passed to vLLM: vLLM's own 400/404, the shim's input and admission limits
+IMAGES = "images"        # reads images (server/images/): their refusals (format, size, source, fetch)
 SCORING_ROUTE = frozenset({JSON_BODY, SCORED})
+IMAGE_SCORING_ROUTE = SCORING_ROUTE | {IMAGES}
 
 HEADERS = {
     "Retry-After": {"description": "seconds to wait before retrying",
@@ -125,6 +128,10 @@ _DOMAIN_KINDS = {
     domain.NoRoom: {SCORED, RELAYED},
     domain.EngineUnavailable: {SCORED, ENGINE, RELAYED},
     domain.EngineTimeout: {SCORED, ENGINE, RELAYED},
+    images.InvalidImage: {IMAGES},
+    images.ImageTooLarge: {IMAGES},
+    images.ImageRefused: {IMAGES},
+    images.ImageFetchFailed: {IMAGES},
 }
 
 
@@ -151,8 +158,8 @@ def scoring_answers(settings, auth: bool, rate_limit: str | None) -> list[Answer
                               edge=True))
     when = _domain_when(settings)
     for cls, (status, type_) in domain_statuses():
-        if status == 499:
-            continue
+        if status == 499 or (cls is images.ImageFetchFailed and not settings.image_fetch):
+            continue  # 499: no client receives it; nothing is fetched with image_fetch off
         text = when.get(cls) or (cls.__doc__ or cls.__name__).strip().splitlines()[0]
         answers.append(Answer(status, type_, text, ("Retry-After",) if status in (429, 503) else (),
                               kinds=frozenset(_DOMAIN_KINDS.get(cls, {SCORED}))))
@@ -187,6 +194,22 @@ def _domain_when(settings) -> dict[type, str]:
                               f"({settings.upstream_timeout:g} s)",
         domain.EngineRejected: "the engine refused the input",
         domain.EngineBadAnswer: "the engine answered something that is not a finite score",
+        images.InvalidImage: (
+            "an image cannot be used: not valid base64 or data: URL, not of an accepted format "
+            f"({', '.join(settings.image_formats)}), truncated or corrupt"),
+        images.ImageTooLarge: (
+            f"an image is larger than image_max_bytes ({settings.image_max_bytes} bytes) or "
+            f"image_max_pixels ({settings.image_max_pixels}), or the request's images decode to "
+            f"more than image_max_request_bytes ({settings.image_max_request_bytes})"),
+        images.ImageRefused: (
+            "an image source this server does not read: a scheme other than data:, http:, https:"
+            + ("; an http(s) URL of a host outside image_fetch_hosts or at a non-public address, "
+               "credentials in the URL, too many redirects" if settings.image_fetch
+               else "; any http(s) URL (image_fetch is off: send data: URLs or base64)")),
+        images.ImageFetchFailed: (
+            "an image URL could not be read: the host does not resolve, the connection failed, "
+            "an answer other than 200, or image_fetch_timeout "
+            f"({settings.image_fetch_timeout:g} s) passed"),
     }
 
 

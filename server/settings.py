@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,6 +40,23 @@ def _split_list(value: Any) -> Any:
 
 
 StrList = Annotated[list[str], NoDecode]
+
+
+def _networks(value: list[str]) -> list[str]:
+    for cidr in value:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"not an IP network: {cidr!r} (write CIDRs such as 10.0.0.0/8)") from None
+    return value
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class ProcessSettings(BaseModel):
@@ -145,6 +163,10 @@ class StartupSettings(BaseModel):
     deterministic: bool = Field(
         True, description="bit-identical scores whatever the batch or load: VLLM_BATCH_INVARIANT=1 "
         "on GPU (costs some throughput) and P(yes) computed in the shim from vLLM's logit")
+    aot_compile: bool = Field(
+        False, description="GPU, deterministic: keep vLLM's ahead-of-time compiled model, so a warm "
+        "start loads it instead of tracing the model again (vLLM 0.26 turns it off under "
+        "batch-invariant kernels; launcher/vllm_entry.py)")
 
 
 class SupervisionSettings(BaseModel):
@@ -228,6 +250,9 @@ class AdmissionSettings(BaseModel):
 
     max_inflight_pairs: int = 4096
     max_inflight_tokens: int = 0  # 0 = no token bound
+    max_inflight_image_bytes: int = Field(
+        2 * 1024 * 1024 * 1024, ge=0, description="decoded image bytes in flight (width x height x "
+        "3 per image), per engine; 0 = no bound")
     retry_after_seconds: int = 1
     saturation_capacity_tokens: int = Field(
         75_000, gt=0, description="in-flight prompt tokens that fill one engine (saturation 1.0)")
@@ -273,12 +298,7 @@ class RateLimitSettings(BaseModel):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"not an IP network: {cidr!r} (write CIDRs such as 10.0.0.0/8)") from None
-        return value
+        return _networks(value)
 
 
 class AuthSettings(BaseModel):
@@ -303,6 +323,81 @@ class CacheSettings(BaseModel):
     score_cache: bool = False
     score_cache_entries: int = 100_000
     score_cache_ttl: float = 3600.0
+
+
+# Image formats the decoder may be asked to open (Pillow's names). Each is a decoder that hostile
+# bytes reach, so the list is short; TIFF, SVG and the rest are refused.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+
+
+class ImageSettings(BaseModel):
+    """Image inputs of vision-language rerankers (server/images/; docs/deployment.md, "Image
+    input safety"). data: URLs and base64 are always read, within the size and pixel limits;
+    http(s) URLs only with image_fetch on, from the hosts in image_fetch_hosts, never from a
+    private, loopback, link-local, multicast or reserved address unless its network is listed in
+    image_fetch_private_networks."""
+
+    image_max_bytes: int = Field(10 * 1024 * 1024, ge=1, description="encoded bytes of one image "
+                                 "(sent or fetched); larger ones get 413")
+    image_max_pixels: int = Field(4096 * 4096, ge=1, description="width x height of one image, "
+                                  "checked from its header before it is decoded; larger ones get 413")
+    image_max_request_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="decoded bytes (width x height x 3) of all the images "
+        "of one request together; more gets 413")
+    image_formats: StrList = Field(default_factory=lambda: ["PNG", "JPEG", "WEBP", "GIF"],
+                                   description=f"image formats accepted (of {', '.join(IMAGE_FORMATS)}); "
+                                   "GIF and animated WebP: the first frame")
+    image_fetch: bool = Field(False, description="fetch http(s) image URLs (from image_fetch_hosts)")
+    image_fetch_hosts: StrList = Field(
+        default_factory=list, description="hosts image URLs may name: exact names or IPs, "
+        "*.example.com (its subdomains), or * (any host whose addresses are public)")
+    image_fetch_private_networks: StrList = Field(
+        default_factory=list, description="CIDRs of non-public addresses image URLs may reach "
+        "anyway (an internal image store: 10.1.2.0/24); empty = public addresses only")
+    image_fetch_timeout: float = Field(10.0, gt=0, description="seconds for one image fetch in all "
+                                       "(DNS, connect, redirects, the whole body)")
+    image_fetch_max_redirects: int = Field(3, ge=0, description="redirects followed per image URL, "
+                                           "each hop checked like the first")
+
+    @field_validator("image_formats", "image_fetch_hosts", "image_fetch_private_networks", mode="before")
+    @classmethod
+    def _image_lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("image_formats")
+    @classmethod
+    def _formats(cls, value: list[str]) -> list[str]:
+        formats = [name.upper() for name in value]
+        unknown = [name for name in formats if name not in IMAGE_FORMATS]
+        if unknown:
+            raise ValueError(f"unknown image formats {unknown}: choose from {', '.join(IMAGE_FORMATS)}")
+        return formats
+
+    @field_validator("image_fetch_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        hosts = []
+        for raw in value:
+            host = raw.strip().lower().rstrip(".")
+            bare = host.strip("[]")
+            if host != "*" and not _is_ip(bare) and not _HOST_NAME.fullmatch(host.removeprefix("*.")):
+                raise ValueError(f"not a host pattern: {raw!r} (a host name in ASCII/punycode, an IP "
+                                 "address, *.example.com for its subdomains, or *)")
+            hosts.append(bare)
+        return hosts
+
+    @field_validator("image_fetch_private_networks")
+    @classmethod
+    def _private_networks(cls, value: list[str]) -> list[str]:
+        return _networks(value)
+
+    @model_validator(mode="after")
+    def _fetching_needs_hosts(self) -> ImageSettings:
+        if self.image_fetch and not self.image_fetch_hosts:
+            raise ValueError("image_fetch needs image_fetch_hosts: the hosts image URLs may name "
+                             "(or * for any host with public addresses)")
+        return self
 
 
 class DrainSettings(BaseModel):
@@ -331,7 +426,7 @@ class DrainSettings(BaseModel):
 
 # Pydantic lists inherited fields base-most first (the reverse of the bases' order), so the groups
 # are named here last-to-first: `--help` and the RERANKER_* dump then read in the order above.
-class Settings(DrainSettings, CacheSettings, AuthSettings, RateLimitSettings, AdmissionSettings,
+class Settings(DrainSettings, ImageSettings, CacheSettings, AuthSettings, RateLimitSettings, AdmissionSettings,
                DispatchSettings, RequestSettings, SupervisionSettings, StartupSettings,
                GpuSharingSettings, EngineSettings, ModelSettings, ProcessSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", validate_default=True)
@@ -421,6 +516,7 @@ class Settings(DrainSettings, CacheSettings, AuthSettings, RateLimitSettings, Ad
         # (The dispatcher applies it to each engine: it is not multiplied by the engines.)
         share = {"max_inflight_pairs": -(-self.max_inflight_pairs * engines // n),
                  "max_inflight_tokens": -(-self.max_inflight_tokens * engines // n),
+                 "max_inflight_image_bytes": -(-self.max_inflight_image_bytes * engines // n),
                  "engine_token_budget": -(-self.engine_token_budget_resolved // n)}
         return self.model_copy(update=share)
 

@@ -5,7 +5,9 @@
 
 A configuration is `n<K>` (K engines sharing the one GPU, `--engines K --engines-per-gpu K`) plus
 any of `+mps` (the launcher's MPS daemon, `--cuda-mps`), `+sync` (`--no-async-scheduling`),
-`+eager` (`--enforce-eager`) and `+graphs8k` (CUDA graphs captured up to 8,192-token steps);
+`+eager` (`--enforce-eager`), `+graphs8k` / `+graphs16k` (CUDA graphs captured up to 8,192- /
+16,384-token steps), `+step64k` (`--max-num-batched-tokens 65536`), `+aot` (`--aot-compile`) and
+`+sleep` (vLLM's `--enable-sleep-mode`, its dev endpoints on);
 `best` is the one that served most small requests so far, and `CONFIG@a/b` runs steps a and b
 for it instead of `--steps`. Each is started (all K engines verified), then every step runs
 through the shim, and for the configurations in `--raw` also against raw vLLM (engine 0's
@@ -19,6 +21,13 @@ through the shim, and for the configurations in `--raw` also against raw vLLM (e
   mixed   small c=10 while long runs at c=8, then long alone
   det     the same 64 pairs alone, in one batch and under load (bit-identical in deterministic mode)
   profile py-spy dump of every engine core, three times during a small c=50 load (logs/pyspy-*.txt)
+  probe   the fixed 200-pair score probe, compared with the first probe taken on this machine
+          (a start with a lever must give the scores of a normal start, bit for bit)
+  restart stop and start the configuration again (a second start: what a warm restart costs)
+  sleep   vLLM sleep mode as a warm standby (`+sleep` configurations): sleep level 1 and wake_up,
+          seconds and GPU memory each, then the probe after waking
+  batch   `reranker batch` over 600 rag-shaped lines against the service's own rag c=32, with a
+          small stream beside it (benchmarks/batch_throughput.py)
 """
 
 from __future__ import annotations
@@ -30,8 +39,12 @@ import time
 
 from benchmarks.gpu import orchestrate as o
 
-STEPS = ("seed", "small", "rag", "long", "mixed", "det", "profile")
+STEPS = ("seed", "small", "rag", "long", "mixed", "det", "profile", "probe", "restart", "sleep",
+         "batch")
 GRAPH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# finer above 512 (a step pads up to the next captured size) and up to 16k tokens
+GRAPH_SIZES_16K = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144,
+                   8192, 12288, 16384)
 
 
 def config_flags(config: str) -> tuple[int, list[str]]:
@@ -44,7 +57,11 @@ def config_flags(config: str) -> tuple[int, list[str]]:
     known = {"mps": ["--cuda-mps"], "sync": ["--no-async-scheduling"], "eager": ["--enforce-eager"],
              # CUDA graphs for prefill steps up to 8k tokens (vLLM's default stops at 512, so a
              # reranker's steps run op by op from the engine core)
-             "graphs8k": ["--", "--cudagraph-capture-sizes", *map(str, GRAPH_SIZES)]}
+             "graphs8k": ["--", "--cudagraph-capture-sizes", *map(str, GRAPH_SIZES)],
+             "graphs16k": ["--", "--cudagraph-capture-sizes", *map(str, GRAPH_SIZES_16K)],
+             "step64k": ["--max-num-batched-tokens", "65536"],
+             "aot": ["--aot-compile"],
+             "sleep": ["--", "--enable-sleep-mode"]}
     tail: list[str] = []
     for mod in mods:
         if mod not in known:
@@ -95,7 +112,11 @@ def start(clock: o.Clock, config: str, profile_start: bool = False) -> int | Non
     if sampler:
         sampler.start()
     try:
-        ready = o.start_launcher(config, flags, budget=min(420, clock.left() - 30))
+        # sleep mode's /sleep and /wake_up are vLLM dev endpoints
+        env = {"VLLM_SERVER_DEV_MODE": "1"} if "+sleep" in config else None
+        if env is not None:
+            env = {**o.cache_env(), **env}
+        ready = o.start_launcher(config, flags, budget=min(420, clock.left() - 30), env=env)
         ready["all_engines_s"] = round(ready["seconds_to_ready"] + o.wait_all_engines(n, 150), 1)
         o.emit({**ready, "engines_per_gpu": n})
         return n
@@ -129,6 +150,102 @@ def step(clock: o.Clock, config: str, name: str, target: str) -> None:
         o.det_probe(clock, config, est_s=20)
     elif name == "profile" and target == "shim":
         profile(clock, config)
+    elif name == "probe" and target == "shim":
+        probe(config)
+    elif name == "restart" and target == "shim":
+        if clock.left() > 100:
+            start(clock, config)
+    elif name == "sleep" and target == "shim":
+        sleep_wake(clock, config)
+    elif name == "batch" and target == "shim":
+        batch_job(clock, config)
+
+
+def batch_job(clock: o.Clock, config: str) -> None:
+    """`reranker batch` against the running service beside its own rag c=32 figure, with a small
+    stream beside the job (benchmarks/batch_throughput.py), the step's GPU busy % on the line."""
+    import json
+    import sys
+
+    if clock.left() < 150:
+        o.emit({"kind": "skipped", "step": "batch", "config": config, "reason": "budget"})
+        return
+    cmd = [sys.executable, "-m", "benchmarks.batch_throughput", "--service", o.SHIM,
+           "--tokenizer", str(o.MODEL_DIR), "--requests", "600"]
+    with o.measured():
+        try:
+            proc = subprocess.run(cmd, cwd=o.ROOT, capture_output=True, text=True,
+                                  timeout=max(30, clock.left() - 10))
+        except subprocess.TimeoutExpired:
+            o.emit({"kind": "skipped", "step": "batch", "config": config, "reason": "timed out"})
+            return
+        for line in proc.stdout.splitlines():
+            if line.startswith("{"):
+                o.emit({**json.loads(line), "kind": "batch", "config": config})
+        if proc.returncode != 0:
+            o.emit({"kind": "error", "step": "batch", "config": config, "stderr": proc.stderr[-2000:]})
+
+
+def probe(config: str, label: str = "") -> None:
+    """The fixed probe's scores against the first probe taken on this machine, bit for bit."""
+    import json
+
+    ref_path = o.RESULTS.parent / "probe-reference.json"
+    scores = o.fixed_probe()
+    if not scores:
+        return
+    line = {"kind": "probe", "config": config + label, "pairs": sum(map(len, scores))}
+    if ref_path.exists():
+        ref = json.loads(ref_path.read_text())
+        flat_ref = [x for row in ref["scores"] for x in row]
+        flat = [x for row in scores for x in row]
+        line.update({"reference": ref["config"],
+                     "identical": sum(a == b for a, b in zip(flat_ref, flat)),
+                     "max_abs_diff": max(abs(a - b) for a, b in zip(flat_ref, flat))})
+    else:
+        ref_path.write_text(json.dumps({"config": config, "scores": scores}))
+        line["reference"] = "this"
+    o.emit(line)
+
+
+def _gpu_memory_used_gib() -> float | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        return round(pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30, 2)
+    except Exception:
+        return None
+
+
+def sleep_wake(clock: o.Clock, config: str) -> None:
+    """Sleep level 1 (weights to host memory, KV cache dropped) and wake_up on engine 0, timed,
+    with the GPU memory before, asleep and awake; then the probe through the shim."""
+    import httpx
+
+    if "+sleep" not in config or clock.left() < 40:
+        o.emit({"kind": "skipped", "step": "sleep", "config": config,
+                "reason": "needs a +sleep configuration" if "+sleep" not in config else "budget"})
+        return
+    line: dict = {"kind": "sleep", "config": config, "level": 1, "gib_awake": _gpu_memory_used_gib()}
+    try:
+        with httpx.Client(base_url=o.VLLM, timeout=120) as client:
+            t = time.monotonic()
+            r = client.post("/sleep", params={"level": 1})
+            line["sleep_s"] = round(time.monotonic() - t, 2)
+            line["sleep_status"] = r.status_code
+            line["gib_asleep"] = _gpu_memory_used_gib()
+            line["is_sleeping"] = client.get("/is_sleeping").text[:100]
+            t = time.monotonic()
+            r = client.post("/wake_up")
+            line["wake_s"] = round(time.monotonic() - t, 2)
+            line["wake_status"] = r.status_code
+            line["gib_woken"] = _gpu_memory_used_gib()
+    except httpx.HTTPError as exc:
+        line["error"] = repr(exc)[:300]
+    o.emit(line)
+    probe(config, " (after wake)")
 
 
 def profile(clock: o.Clock, config: str) -> None:

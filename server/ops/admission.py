@@ -15,22 +15,27 @@ from server.scoring.errors import NoRoom
 
 class Admission:
     def __init__(self, max_pairs: int, max_tokens: int, retry_after: int, metrics,
-                 capacity_tokens: int = 0) -> None:
+                 capacity_tokens: int = 0, max_image_bytes: int = 0) -> None:
         self.max_pairs = max_pairs
         self.max_tokens = max_tokens
+        self.max_image_bytes = max_image_bytes
         self.retry_after = retry_after
         self.metrics = metrics
         self.capacity_tokens = capacity_tokens
         self.pairs = 0
         self.tokens = 0
+        self.image_bytes = 0
         self._accounted_at = time.monotonic()
 
     @asynccontextmanager
-    async def admit(self, pairs: int, tokens: int):
-        self._check(pairs, tokens)
+    async def admit(self, pairs: int, tokens: int, image_bytes: int = 0):
+        """Hold `pairs`, `tokens` and the decoded `image_bytes` of a request's images
+        (server.images.decoded_bytes) while it runs, or raise NoRoom at once."""
+        self._check(pairs, tokens, image_bytes)
         self.flush()
         self.pairs += pairs
         self.tokens += tokens
+        self.image_bytes += image_bytes
         self.metrics.inflight_pairs.set(self.pairs)
         self._publish_saturation()
         try:
@@ -39,6 +44,7 @@ class Admission:
             self.flush()
             self.pairs -= pairs
             self.tokens -= tokens
+            self.image_bytes -= image_bytes
             self.metrics.inflight_pairs.set(self.pairs)
             self._publish_saturation()
 
@@ -59,7 +65,7 @@ class Admission:
         if self.capacity_tokens:
             self.metrics.saturation.set(self.saturation)
 
-    def _check(self, pairs: int, tokens: int) -> None:
+    def _check(self, pairs: int, tokens: int, image_bytes: int = 0) -> None:
         # A request bigger than the whole budget could never run: admit it alone rather than
         # refuse it forever (its size is bounded by max_documents / max_request_tokens).
         if self.pairs == 0:
@@ -68,6 +74,9 @@ class Admission:
             self._refuse("pairs", f"server busy: {self.pairs} pairs in flight, limit {self.max_pairs}")
         if self.max_tokens and self.tokens + tokens > self.max_tokens:
             self._refuse("tokens", f"server busy: {self.tokens} tokens in flight, limit {self.max_tokens}")
+        if self.max_image_bytes and self.image_bytes + image_bytes > self.max_image_bytes:
+            self._refuse("image_bytes", f"server busy: {self.image_bytes} decoded image bytes in "
+                         f"flight, limit {self.max_image_bytes}")
 
     def _refuse(self, reason: str, detail: str) -> None:
         self.metrics.rejections.labels(reason=reason).inc()

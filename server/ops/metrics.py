@@ -20,7 +20,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0
 QUEUE_CLASSES = ("interactive", "bulk")
 # Known reasons of reranker_admission_rejections_total, exported at 0 from the start so rate()
 # and alert ratios have a series before the first refusal.
-REJECTION_REASONS = ("pairs", "tokens", "rate_limit")
+REJECTION_REASONS = ("pairs", "tokens", "image_bytes", "rate_limit")
 
 
 class Metrics:

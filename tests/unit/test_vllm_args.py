@@ -129,3 +129,48 @@ def test_vllm_keeps_idle_connections_well_beyond_the_shim_pool_expiry():
     for gpu in (False, True):
         assert float(vllm_environment({}, gpu=gpu)["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"]) >= 5 * KEEPALIVE_EXPIRY_S
     assert vllm_environment({"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "9"})["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "9"
+
+
+def test_aot_compile_runs_vllm_through_the_entry_that_keeps_it_on_gpu_only():
+    from launcher.vllm_args import vllm_environment
+
+    s = parse(["--model", "/m", "--aot-compile"])
+    gpu_cmd = build_vllm_command(s, architectures=["Qwen3ForCausalLM"], python="py", gpu=True)
+    assert gpu_cmd[:4] == ["py", "-m", "launcher.vllm_entry", "vllm.entrypoints.openai.api_server"]
+    env = vllm_environment({}, gpu=True, settings=s)
+    assert env["VLLM_USE_AOT_COMPILE"] == "1" and env["RERANKER_KEEP_AOT_COMPILE"] == "1"
+    # nothing to keep without batch-invariant kernels, and nothing at all on the CPU build
+    off = parse(["--model", "/m", "--aot-compile", "--no-deterministic"])
+    assert build_vllm_command(off, architectures=["Qwen3ForCausalLM"], python="py", gpu=True)[2] == \
+        "vllm.entrypoints.openai.api_server"
+    assert "RERANKER_KEEP_AOT_COMPILE" not in vllm_environment({}, gpu=True, settings=off)
+    assert build_vllm_command(s, architectures=["Qwen3ForCausalLM"], python="py", gpu=False)[2] == \
+        "vllm.entrypoints.openai.api_server"
+
+
+def test_keep_aot_compile_puts_the_setting_back_after_the_override_stand_in_vllm_module(monkeypatch):
+    """A stand-in for vLLM 0.26's batch_invariant module (the CPU build in CI has none)."""
+    import sys
+    import types
+
+    from launcher import vllm_entry
+
+    fake = types.ModuleType("vllm.model_executor.layers.batch_invariant")
+
+    def override_envs_for_invariance():
+        import os
+        os.environ["VLLM_USE_AOT_COMPILE"] = "0"
+
+    fake.override_envs_for_invariance = override_envs_for_invariance
+    monkeypatch.setitem(sys.modules, "vllm.model_executor.layers.batch_invariant", fake)
+    layers = sys.modules.get("vllm.model_executor.layers")
+    if layers is not None:
+        monkeypatch.setattr(layers, "batch_invariant", fake, raising=False)
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    monkeypatch.delenv("RERANKER_KEEP_AOT_COMPILE", raising=False)
+    assert vllm_entry.keep_aot_compile() is False  # not asked for: vLLM's behaviour untouched
+    monkeypatch.setenv("RERANKER_KEEP_AOT_COMPILE", "1")
+    assert vllm_entry.keep_aot_compile() is True
+    fake.override_envs_for_invariance()
+    import os
+    assert os.environ["VLLM_USE_AOT_COMPILE"] == "1"
