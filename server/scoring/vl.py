@@ -1,8 +1,9 @@
 """The scoring core's path for Qwen3-VL-Reranker: queries and documents of text and images.
 
 The same steps as the text path (server/scoring/core.py), on parts of text and images:
-- images are decoded, checked and resized the reference's way (server/scoring/images.py), so
-  their token counts are known here: (h / 32) x (w / 32) + 2 each;
+- images are loaded and checked (server/images: data: URLs, base64, guarded fetch, limits) and
+  resized the reference's way (server/scoring/vl_images.py), so their token counts are known
+  here: (h / 32) x (w / 32) + 2 each;
 - the query text is cut like the text model's; each document's text gets the room that
   max_model_len leaves after the template, instruction, query (its text and images) and the
   document's own images, and is cut or chunked on token boundaries (a chunk keeps the document's
@@ -10,7 +11,7 @@ The same steps as the text path (server/scoring/core.py), on parts of text and i
 - duplicates are scored once and the score cache is keyed by the texts and the images' content
   hashes (two requests sending the same picture, however encoded in the URL, share entries only
   when the bytes are equal);
-- admission counts every prompt token, image tokens included;
+- admission counts every prompt token, image tokens included, and the images' decoded bytes;
 - the pairs go to vLLM's /rerank as vLLM's multimodal content (image parts, then the text), in
   concurrent slices, rendered by the shipped VL template (launcher/templates/
   qwen3_vl_reranker.jinja) into the official prompt (server/scoring/vl_prompt.py).
@@ -35,8 +36,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from server.images import decoded_bytes, load_images
 from server.scoring.errors import InvalidInput, TooLarge
-from server.scoring.images import ImagePreparer, PreparedImage, decode_image
+from server.scoring.vl_images import ImagePreparer, PreparedImage
 from server.scoring.vl_prompt import DEFAULT_VL_INSTRUCTION, DOCUMENT_TAG, EMPTY_PART, SUFFIX, head
 from server.settings import DEFAULT_INSTRUCTION
 
@@ -93,7 +95,7 @@ class VlScoring:
             limit = min(limit, req.max_tokens_per_query)
         query = await self.scorer._cut_query(req.query, limit)
         doc_images = req.document_images or [[] for _ in req.documents]
-        query_images, images_by_doc = await self._prepare(req.query_images, doc_images)
+        query_images, images_by_doc, image_bytes = await self._prepare(req.query_images, doc_images)
         fixed = self._fixed_tokens(instruction, query, query_images)
         cap = req.max_tokens_per_doc
         unique: dict[tuple, int] = {}
@@ -109,7 +111,7 @@ class VlScoring:
         docs = [await self._doc(keys[u], u[0], images_by_doc[unique[u]], unique[u], fixed, cap, req)
                 for u in todo]
         self._check_request_tokens(docs)
-        computed = await self._run(docs, query, query_images, instruction, fixed, req, on)
+        computed = await self._run(docs, query, query_images, instruction, fixed, req, on, image_bytes)
         if cache is not None:
             for key, value in computed.items():
                 cache[key] = value
@@ -134,8 +136,9 @@ class VlScoring:
                                        "(max_images_per_part)")
 
     async def _prepare(self, query_refs: list[str], doc_refs: list[list[str]]
-                       ) -> tuple[list[PreparedImage], list[list[PreparedImage]]]:
-        """Decode and resize every image (each distinct reference once)."""
+                       ) -> tuple[list[PreparedImage], list[list[PreparedImage]], int]:
+        """Load and resize every image (each distinct reference once); also their decoded bytes,
+        which admission counts."""
         wanted: dict[str, str] = {}
         for j, ref in enumerate(query_refs):
             wanted.setdefault(ref, f"query image {j}")
@@ -143,14 +146,16 @@ class VlScoring:
             for j, ref in enumerate(refs):
                 wanted.setdefault(ref, f"documents[{i}] image {j}")
         if not wanted:
-            return [], [[] for _ in doc_refs]
+            return [], [[] for _ in doc_refs], 0
+        refs = list(wanted)
+        loaded = await load_images(refs, self.settings, where=[wanted[r] for r in refs], keep_picture=True)
 
         def work() -> dict[str, PreparedImage]:
-            return {ref: self.images.prepare(decode_image(ref, where), where)
-                    for ref, where in wanted.items()}
+            return {ref: self.images.prepare(image, wanted[ref]) for ref, image in zip(refs, loaded)}
 
         done = await asyncio.to_thread(work) if len(wanted) > _INLINE_IMAGES else work()
-        return [done[r] for r in query_refs], [[done[r] for r in refs] for refs in doc_refs]
+        return ([done[r] for r in query_refs], [[done[r] for r in refs] for refs in doc_refs],
+                decoded_bytes(loaded))
 
     def _fixed_tokens(self, instruction: str, query: str, query_images: list[PreparedImage]) -> int:
         """Tokens of the prompt but the document part: template, instruction, query."""
@@ -218,7 +223,7 @@ class VlScoring:
     # --- engine work -------------------------------------------------------------------------------
     async def _run(self, docs: list[_Doc], query: str, query_images: list[PreparedImage],
                    instruction: str, fixed: int, req: ScoreRequest,
-                   on: Engine | None) -> dict[str, tuple[float, int, bool]]:
+                   on: Engine | None, image_bytes: int = 0) -> dict[str, tuple[float, int, bool]]:
         if not docs:
             return {}
         owners = [d for d in docs for _ in d.chunks]
@@ -234,7 +239,7 @@ class VlScoring:
             return engine.rerank(query_content, contents[part], instruction, req.raw, on=on,
                                  tokens=sum(prompt_tokens[part]))
 
-        async with self.scorer.admission.admit(len(contents), tokens):
+        async with self.scorer.admission.admit(len(contents), tokens, image_bytes):
             if len(contents) <= size:
                 scores = await call(slice(None))
             else:
