@@ -211,3 +211,19 @@ async def test_images_beyond_max_model_len_are_refused(vl):
     r = await client.post("/rerank", json={"query": {"content": [big]}, "documents": [{"content": [big]}]})
     assert r.status_code == 400 and "max_model_len" in r.json()["detail"], r.text
     assert len(fake.reranks) == calls  # refused before the engine
+
+
+async def test_long_text_beside_an_image_is_chunked_each_chunk_with_the_image(vl):
+    _, client, fake = vl
+    text = " ".join(f"word{i}" for i in range(60))
+    r = await client.post("/rerank", json={
+        "query": "q", "max_tokens_per_doc": 20, "max_chunks_per_doc": 3,
+        "documents": [{"content": [{"type": "image_url", "image_url": {"url": data_url(RED)}},
+                                   {"type": "text", "text": text}]}]})
+    assert r.status_code == 200, r.text
+    chunks = fake.reranks[-1]["documents"]
+    assert len(chunks) == 3
+    assert all([p["type"] for p in c["content"]] == ["image_url", "text"] for c in chunks)
+    joined = "".join(c["content"][1]["text"] for c in chunks)
+    assert text.startswith(joined) and len(joined) < len(text)  # 3 x 20 tokens of a longer text
+    assert r.json()["results"][0].get("truncated") is True
