@@ -27,6 +27,7 @@ default 422 is `HTTPValidationError` (an array `detail`) while every error here 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -215,6 +216,15 @@ def _domain_when(settings) -> dict[type, str]:
 
 def route_kinds(dialect, path: str) -> frozenset[str]:
     return dialect.answers.get(path, SCORING_ROUTE)
+
+
+def with_images(dialect):
+    """The dialect as documented when a Qwen3-VL reranker is served: the paths that take images
+    also answer the image refusals."""
+    if not dialect.images:
+        return dialect
+    answers = {**dialect.answers, **{p: route_kinds(dialect, p) | {IMAGES} for p in dialect.images}}
+    return dataclasses.replace(dialect, answers=answers)
 
 
 def error_responses(dialect, path: str, answers: list[Answer]) -> dict[int | str, dict[str, Any]]:

@@ -198,5 +198,5 @@ async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()], _=Dep
 
 DIALECT = Dialect("cohere", router,
                   responses={"/v1/rerank": RerankAnswer, "/v2/rerank": RerankAnswer},
-                  shared_with=(vllm.DIALECT,),
+                  shared_with=(vllm.DIALECT,), images=frozenset({"/v1/rerank", "/v2/rerank"}),
                   bench={"shim": ("/v1/rerank", "documents")})

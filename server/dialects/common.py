@@ -100,6 +100,9 @@ class Dialect:
     answers: dict[str, frozenset[str]] = field(default_factory=dict)
     # load-generator targets: name -> (path, key of the documents list in the body)
     bench: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # paths that take images when a Qwen3-VL reranker is served: their documented errors then
+    # include the image refusals (server/openapi.py IMAGES)
+    images: frozenset[str] = frozenset()
 
     @property
     def paths(self) -> list[str]:

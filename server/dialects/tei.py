@@ -201,4 +201,4 @@ class TeiErrorBody(ErrorBody):
 
 
 DIALECT = Dialect("tei", router, responses={"/rerank": RerankAnswer}, error=_error,
-                  error_model=TeiErrorBody, shared_with=(vllm.DIALECT,))
+                  error_model=TeiErrorBody, shared_with=(vllm.DIALECT,), images=frozenset({"/rerank"}))

@@ -227,3 +227,19 @@ async def test_long_text_beside_an_image_is_chunked_each_chunk_with_the_image(vl
     joined = "".join(c["content"][1]["text"] for c in chunks)
     assert text.startswith(joined) and len(joined) < len(text)  # 3 x 20 tokens of a longer text
     assert r.json()["results"][0].get("truncated") is True
+
+
+async def test_the_openapi_document_states_the_image_forms_only_for_a_vl_model(vl, text_model):
+    vl_doc = (await vl[1].get("/openapi.json")).json()
+    text_doc = (await text_model[1].get("/openapi.json")).json()
+
+    def described(document, path: str) -> str:
+        return json.dumps(document["paths"][path]["post"]["responses"])
+
+    for path in ("/rerank", "/score", "/v1/rerank"):
+        assert "image_refused" in described(vl_doc, path) and "invalid_image" in described(vl_doc, path)
+        assert "image_refused" not in described(text_doc, path)
+    assert "image_refused" not in described(vl_doc, "/v1/rank")
+    query = json.dumps(vl_doc["components"]["schemas"]["VllmRerankRequest"]["properties"]["query"])
+    assert '"const": "image_url"' in query  # the content form, as a schema
+    assert '"const": "image_url"' not in json.dumps(text_doc["components"]["schemas"]["VllmRerankRequest"])
