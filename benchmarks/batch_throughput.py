@@ -88,9 +88,12 @@ def main(argv: list[str] | None = None) -> None:
         # the small stream covers the batch's run: it starts once the job's first answer is
         # written and stops (its closed loop's time cap) before the job is expected to end
         expected_s = pairs / service["pairs_s"] if service["pairs_s"] else seconds
+        # this checkout first, then whatever the caller's path already holds (a site dir on the GPU box)
+        child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
         proc = subprocess.Popen([sys.executable, "-m", "offline", "batch", str(input_path), str(output),
                                  "--service", url, "--concurrency", str(args.concurrency),
-                                 "--progress-interval", "5"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                 "--progress-interval", "5"], cwd=ROOT, env=child_env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         while proc.poll() is None and not (output.exists() and output.stat().st_size > 0):
             time.sleep(0.05)

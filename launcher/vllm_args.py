@@ -132,6 +132,36 @@ def async_scheduling(settings, gpu: bool) -> bool | None:
     return settings.async_scheduling if gpu else None
 
 
+# vLLM flags with which the operator chose CUDA-graph sizes (or compilation) themselves
+_GRAPH_FLAGS = ("--cudagraph-capture-sizes", "--max-cudagraph-capture-size", "--compilation-config",
+                "-O", "-cc")
+
+
+def cudagraph_capture_sizes(settings, gpu: bool) -> list[int] | None:
+    """CUDA-graph capture sizes for engine steps up to `cudagraph_max_tokens` (docs/deployment.md,
+    "Filling one GPU"). vLLM's own sizes stop at 512 tokens, while a reranker's steps are prefills
+    of thousands of tokens: without a graph the engine core launches the model op by op, and that
+    CPU work, not the GPU, bounds small requests. Powers of two to 512, then steps of x1.5 / x1.33
+    (a step is padded up to the next size), capped by the engine's step. None: vLLM's own sizes
+    (CPU build, eager mode, the setting at 0, or the operator's own graph flags)."""
+    if not gpu or settings.enforce_eager or settings.cudagraph_max_tokens <= 0:
+        return None
+    if any(arg.split("=")[0] in _GRAPH_FLAGS or arg.startswith("-O") for arg in settings.extra_vllm_args):
+        return None
+    cap = min(settings.cudagraph_max_tokens, settings.max_num_batched_tokens or GPU_BATCHED_TOKENS)
+    sizes, size = [], 1
+    while size <= min(cap, 512):
+        sizes.append(size)
+        size *= 2
+    power = 1024
+    while power * 3 // 4 <= cap:
+        sizes += [n for n in (power * 3 // 4, power) if n <= cap]
+        power *= 2
+    if sizes[-1] != cap:
+        sizes.append(cap)
+    return sizes
+
+
 def cpu_binds(engines: int, tp: int = 1, cpus: list[int] | None = None) -> list[str]:
     """VLLM_CPU_OMP_THREADS_BIND per engine on the CPU build: consecutive, disjoint slices of the
     CPUs this process may use ("|" between the slices of one engine's tensor-parallel ranks).
@@ -330,4 +360,7 @@ def build_vllm_command(settings, architectures: list[str] | None = None,
     scheduling = async_scheduling(s, gpu)
     if scheduling is not None:
         cmd.append("--async-scheduling" if scheduling else "--no-async-scheduling")
+    graphs = cudagraph_capture_sizes(s, gpu)
+    if graphs:
+        cmd += ["--cudagraph-capture-sizes", *map(str, graphs)]
     return cmd + list(s.extra_vllm_args)

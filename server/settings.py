@@ -108,6 +108,10 @@ class EngineSettings(BaseModel):
     async_scheduling: bool = Field(
         True, description="GPU: vLLM --async-scheduling (the next step is scheduled while the GPU "
         "runs this one); --no-async-scheduling passes vLLM's --no-async-scheduling")
+    cudagraph_max_tokens: int = Field(
+        16384, ge=0, description="GPU: CUDA graphs captured for engine steps up to this many tokens "
+        "(vLLM's own sizes stop at 512, and a reranker's steps are prefills of thousands, run op by "
+        "op without a graph); 0 = vLLM's sizes")
     vllm_shutdown_timeout: int = Field(30, description="vLLM --shutdown-timeout: drain seconds")
     extra_vllm_args: StrList = Field(default_factory=list, description="passed to vLLM verbatim")
 
@@ -164,7 +168,7 @@ class StartupSettings(BaseModel):
         True, description="bit-identical scores whatever the batch or load: VLLM_BATCH_INVARIANT=1 "
         "on GPU (costs some throughput) and P(yes) computed in the shim from vLLM's logit")
     aot_compile: bool = Field(
-        False, description="GPU, deterministic: keep vLLM's ahead-of-time compiled model, so a warm "
+        True, description="GPU, deterministic: keep vLLM's ahead-of-time compiled model, so a warm "
         "start loads it instead of tracing the model again (vLLM 0.26 turns it off under "
         "batch-invariant kernels; launcher/vllm_entry.py)")
 

@@ -134,7 +134,7 @@ def test_vllm_keeps_idle_connections_well_beyond_the_shim_pool_expiry():
 def test_aot_compile_runs_vllm_through_the_entry_that_keeps_it_on_gpu_only():
     from launcher.vllm_args import vllm_environment
 
-    s = parse(["--model", "/m", "--aot-compile"])
+    s = parse(["--model", "/m"])  # on by default
     gpu_cmd = build_vllm_command(s, architectures=["Qwen3ForCausalLM"], python="py", gpu=True)
     assert gpu_cmd[:4] == ["py", "-m", "launcher.vllm_entry", "vllm.entrypoints.openai.api_server"]
     env = vllm_environment({}, gpu=True, settings=s)
@@ -174,3 +174,26 @@ def test_keep_aot_compile_puts_the_setting_back_after_the_override_stand_in_vllm
     fake.override_envs_for_invariance()
     import os
     assert os.environ["VLLM_USE_AOT_COMPILE"] == "1"
+
+
+def test_gpu_captures_cuda_graphs_for_reranker_sized_steps_unless_the_operator_chose():
+    s = parse(["--model", "/m"])
+    cmd = build_vllm_command(s, architectures=["Qwen3ForCausalLM"], python="py", gpu=True)
+    i = cmd.index("--cudagraph-capture-sizes")
+    sizes = [int(x) for x in cmd[i + 1:i + 21]]
+    # vLLM's own sizes stop at 512; a reranker step of a few thousand tokens needs a graph too
+    assert sizes[:10] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] and sizes[-1] == 16384
+    assert sizes == sorted(set(sizes))
+    # never beyond the engine's step
+    small_step = parse(["--model", "/m", "--max-num-batched-tokens", "4096"])
+    cmd = build_vllm_command(small_step, architectures=["Qwen3ForCausalLM"], python="py", gpu=True)
+    tail = cmd[cmd.index("--cudagraph-capture-sizes") + 1:]
+    assert max(int(x) for x in tail if x.isdigit()) == 4096
+    # the operator's own graph or compilation flags, eager mode, 0 and the CPU build: vLLM's sizes
+    for argv in (["--", "--cudagraph-capture-sizes", "1", "2"], ["--", "--compilation-config", "{}"],
+                 ["--", "-O3"], ["--enforce-eager"], ["--cudagraph-max-tokens", "0"]):
+        cmd = build_vllm_command(parse(["--model", "/m", *argv]), architectures=["Qwen3ForCausalLM"],
+                                 python="py", gpu=True)
+        assert cmd.count("--cudagraph-capture-sizes") == (1 if "--cudagraph-capture-sizes" in argv else 0)
+    assert "--cudagraph-capture-sizes" not in build_vllm_command(s, architectures=["Qwen3ForCausalLM"],
+                                                                 python="py", gpu=False)
