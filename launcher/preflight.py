@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import importlib.util
 import socket
+import subprocess
+import sys
 
 from launcher.checkpoint import (
     ConfigError,
@@ -86,9 +88,23 @@ def check_model(settings) -> list[str] | None:
 
 def check_vision_stack(model: str) -> None:
     """vLLM's Qwen3-VL model and transformers' Qwen3-VL processor import torchvision; without it
-    vLLM only says, after a minute of loading, that the architecture "is not supported"."""
+    vLLM only says, after a minute of loading, that the architecture "is not supported". PyPI's
+    torchvision is a CUDA build that, beside the CPU torch, is installed but fails at import
+    (scripts/setup.sh patches it: scripts/cpu_torchvision.py), so it is imported here, in a
+    child process (a few seconds of importing torch the launcher itself does not need)."""
     if importlib.util.find_spec("torchvision") is None:
         raise ConfigError(f"{model} is a Qwen3-VL reranker, and serving it needs torchvision (vLLM's "
                           "Qwen3-VL model and its image processor import it), which is not "
-                          "installed: install the torchvision build that matches this torch "
-                          "(docs/vl.md says why the CPU build here has none)")
+                          "installed: install the torchvision release for this torch (on the CPU "
+                          "build: scripts/setup.sh, docs/vl.md)")
+    try:
+        result = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True,
+                                text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return  # a slow disk, not a broken package: let vLLM try
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise ConfigError(f"{model} is a Qwen3-VL reranker, and serving it needs torchvision, which "
+                          f"is installed but does not import ({lines[-1].strip() if lines else 'no message'}): "
+                          "a build for another torch? On the CPU build, scripts/cpu_torchvision.py "
+                          "makes PyPI's importable (docs/vl.md)")

@@ -2,9 +2,10 @@
 compared with an official-style transformers reference in fp32 for text-only, image-only and mixed
 documents, through each dialect's image form; hostile images get a 4xx and the service stays up.
 
-Needs torchvision (vLLM's Qwen3-VL model and transformers' Qwen3-VL processor import it). The CPU
-build this project's CI runs has none for its torch (docs/vl.md, "Feasibility"), so there the
-module is skipped with that reason; on a machine with torchvision it runs as it is.
+Needs torchvision (vLLM's Qwen3-VL model and transformers' Qwen3-VL processor import it):
+scripts/setup.sh installs it on the CPU build too (docs/vl.md, "torchvision on the CPU build"), so
+CI runs this file; only where torchvision is not installed at all is the module skipped.
+One service (the launcher, vLLM + shim) serves every test here.
 
 The reference is written from Qwen's reference reranker (Qwen3VLReranker.format_mm_instruction,
 tokenize and compute_scores): the conversation it builds, rendered by the checkpoint's chat
@@ -26,7 +27,8 @@ from tests.conftest import ROOT, start_launcher
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("torchvision") is None,
-    reason="no torchvision: vLLM cannot load Qwen3-VL here (docs/vl.md, Feasibility)")
+    reason="torchvision is not installed, and vLLM cannot load Qwen3-VL without it "
+           "(scripts/setup.sh installs it: docs/vl.md)")
 
 VL_DIR = ROOT / "models" / "qwen3-vl-reranker-tiny"
 VL_NAME = "qwen3-vl-reranker-tiny"
@@ -183,9 +185,14 @@ def test_jina_image_documents_and_vllm_score(vl_service, vl_reference):
 
 
 def test_hostile_images_and_text_only_dialects_get_a_4xx_and_the_service_stays_up(vl_service):
-    truncated = "data:image/png;base64," + base64.b64encode(IMAGES["wide"][:200]).decode()
+    wide = IMAGES["wide"]
+    # cut in half, and without IEND (its pixels all there: Pillow alone loads that one)
+    halved, no_end = (base64.b64encode(cut).decode() for cut in (wide[:len(wide) // 2], wide[:-12]))
     for path, body, status in (
-            ("/v1/rerank", {"query": "q", "documents": [{"image": truncated}]}, 422),
+            ("/v1/rerank", {"query": "q", "documents": [{"image": "data:image/png;base64," + halved}]}, 422),
+            ("/v1/rerank", {"query": "q", "documents": [{"text": "t", "image": no_end}]}, 422),
+            ("/rerank", {"query": "q", "documents": [content("x", ["tall"]), {"content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + no_end}}]}]}, 422),
             ("/v1/rerank", {"query": "q", "documents": [{"image": "http://127.0.0.1:1/x.png"}]}, 400),
             ("/v2/rerank", {"query": "q", "documents": [{"image": data_url("wide")}]}, 422),
             ("/v1/rank", {"query": "q", "docs": [{"image": data_url("wide")}]}, 422)):

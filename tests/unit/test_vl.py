@@ -136,3 +136,16 @@ def test_start_up_refuses_other_checkpoints_and_a_vl_model_without_torchvision(t
     with pytest.raises(ConfigError, match="torchvision") as refused:
         preflight.check_model(Settings(model=str(vl_checkpoint(tmp_path))))
     assert "\n" not in str(refused.value)
+
+
+def test_start_up_refuses_a_torchvision_that_does_not_import_and_passes_the_installed_one(tmp_path, monkeypatch):
+    preflight.check_vision_stack("the-model")  # the torchvision scripts/setup.sh installs imports
+    # a stand-in package failing as PyPI's CUDA torchvision does beside the CPU torch
+    (tmp_path / "torchvision").mkdir()
+    (tmp_path / "torchvision" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda name: object())
+    with pytest.raises(ConfigError, match="installed but does not import .*nms does not exist") as refused:
+        preflight.check_vision_stack("the-model")
+    assert "\n" not in str(refused.value) and "cpu_torchvision.py" in str(refused.value)
