@@ -71,7 +71,7 @@ class VlReference:
         self.model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
         vocab = self.processor.tokenizer.get_vocab()
         head = self.model.lm_head.weight
-        self.direction = (head[vocab["yes"]] - head[vocab["no"]]).float()
+        self.direction = (head[vocab["yes"]] - head[vocab["no"]]).detach().float()
 
     @staticmethod
     def resize(image: Image.Image) -> Image.Image:
@@ -124,7 +124,7 @@ def vl_service():
 
     build("vl-tiny", VL_DIR)
     service = start_launcher("vl", "--model", str(VL_DIR), "--served-model-name", VL_NAME,
-                             "--max-model-len", "4096")
+                             "--max-model-len", "4096", "--drain-window", "0")  # teardown at once
     yield service
     service.stop()
 
@@ -188,14 +188,17 @@ def test_hostile_images_and_text_only_dialects_get_a_4xx_and_the_service_stays_u
     wide = IMAGES["wide"]
     # cut in half, and without IEND (its pixels all there: Pillow alone loads that one)
     halved, no_end = (base64.b64encode(cut).decode() for cut in (wide[:len(wide) // 2], wide[:-12]))
-    for path, body, status in (
-            ("/v1/rerank", {"query": "q", "documents": [{"image": "data:image/png;base64," + halved}]}, 422),
-            ("/v1/rerank", {"query": "q", "documents": [{"text": "t", "image": no_end}]}, 422),
+    for path, body, status, said in (
+            ("/v1/rerank", {"query": "q", "documents": [{"image": "data:image/png;base64," + halved}]},
+             422, "truncated"),
+            ("/v1/rerank", {"query": "q", "documents": [{"text": "t", "image": no_end}]}, 422, "truncated"),
+            # vLLM's route: vLLM's status for every input error (docs/vllm-compat.md)
             ("/rerank", {"query": "q", "documents": [content("x", ["tall"]), {"content": [
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + no_end}}]}]}, 422),
-            ("/v1/rerank", {"query": "q", "documents": [{"image": "http://127.0.0.1:1/x.png"}]}, 400),
-            ("/v2/rerank", {"query": "q", "documents": [{"image": data_url("wide")}]}, 422),
-            ("/v1/rank", {"query": "q", "docs": [{"image": data_url("wide")}]}, 422)):
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + no_end}}]}]},
+             400, "documents[1] image 0: PNG image is truncated"),
+            ("/v1/rerank", {"query": "q", "documents": [{"image": "http://127.0.0.1:1/x.png"}]}, 400, "image"),
+            ("/v2/rerank", {"query": "q", "documents": [{"image": data_url("wide")}]}, 422, "Cohere v2"),
+            ("/v1/rank", {"query": "q", "docs": [{"image": data_url("wide")}]}, 422, "text only")):
         r = vl_service.post(path, body)
-        assert r.status_code == status and r.json()["detail"], (path, r.text)
+        assert r.status_code == status and said in r.json()["detail"], (path, r.text)
     assert vl_service.post("/rerank", {"query": "q", "documents": [content("x", ["tall"])]}).status_code == 200
