@@ -3,9 +3,9 @@ vLLM's multimodal content (images resized the reference's way, before the text),
 counted, the score cache is keyed by the image bytes, text-only dialects and a text-only model
 refuse images with a 4xx, and hostile images get a 4xx.
 
-The engine here is a fake (FakeVlEngine): the CPU build of vLLM cannot serve Qwen3-VL (no
-torchvision for its torch: docs/vl.md), so what vLLM does with the content is tested against the
-real engine in tests/integration/test_vl.py where torchvision exists."""
+The engine here is a fake (FakeVlEngine) that records what vLLM would be sent, so that what the
+shim sends is asserted exactly and fast; what vLLM does with it (scores equal to the reference)
+is tested against the real CPU vLLM in tests/integration/test_vl.py."""
 
 from __future__ import annotations
 
