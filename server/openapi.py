@@ -181,8 +181,9 @@ def _domain_when(settings) -> dict[type, str]:
         domain.InvalidInput: (
             "the request cannot be scored as sent: more than max_documents "
             f"({settings.max_documents}) documents; invalid Unicode (a lone surrogate); a "
-            "document object without the field it is ranked on (`text`, or a name in Cohere's "
-            "`rank_fields`); TEI `truncate: false` with a text longer than the model takes; a "
+            "document that does not fit the model when the body asks for a refusal instead of a "
+            "cut (TEI `truncate: false`, NIM `truncate: NONE`, Voyage `truncation: false`, "
+            "Pinecone `parameters.truncate: NONE`); a "
             "query and instruction that leave no room for a document within max_model_len "
             f"({settings.max_model_len} tokens), or within vLLM's `truncate_prompt_tokens`; "
             "vLLM's /score with lists of unequal lengths (1:1, 1:N or N:N only); an X-Priority "

@@ -1,17 +1,17 @@
-"""JSON responses serialised with orjson. Routes return these directly, so FastAPI skips its
-slower jsonable_encoder pass.
+"""JSON responses outside a route's response model.
 
-Why not FastAPI's own: `ORJSONResponse` is deprecated since FastAPI 0.13x in favour of
-`response_model` serialisation, which validates every body against its model on the hot path.
-Bodies here are plain dicts built by the dialects; the tests validate them against the declared
-models instead (tests/inprocess/test_contracts.py)."""
+A dialect's route returns its response model (FastAPI serialises it with pydantic, straight to
+JSON bytes, and the OpenAPI document describes it). What is not a response model goes out here:
+error bodies and health answers (`FastJSONResponse`, orjson), and a response model from a route
+that may also answer with a relayed vLLM response (`model_response`)."""
 
 from __future__ import annotations
 
 import json
 
 import orjson
-from starlette.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
 
 
 class FastJSONResponse(JSONResponse):
@@ -23,3 +23,9 @@ class FastJSONResponse(JSONResponse):
             # the request may hold (JSON has no such limit): the standard encoder takes them.
             # Anything it refuses too is a real bug and still a 500.
             return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def model_response(model: BaseModel) -> Response:
+    """A response model as FastAPI renders a route's own (pydantic's JSON), for a route whose
+    return type cannot be one model: it may also pass vLLM's answer on as it came."""
+    return Response(model.model_dump_json(), media_type="application/json")

@@ -2,16 +2,19 @@
 # The GPU benchmark, on the device machine (or any Linux GPU box), from the repository root.
 #
 #   bash benchmarks/gpu/run.sh stage              # copy this call's kit part to /tmp/gpukit (calls 1..N-1)
-#   bash benchmarks/gpu/run.sh baseline           # install, build the 0.6b model, cold + warm start,
-#                                                 # every workload, shim vs raw vLLM (launcher left running)
-#   bash benchmarks/gpu/run.sh levers             # shim_overhead, shim levers, engine levers
-#   bash benchmarks/gpu/run.sh custom --config NAME --flags "--max-num-batched-tokens 32768" --workloads seed,rag
-#   bash benchmarks/gpu/run.sh startup            # cold/warm starts with the start-up timeline (issue 12)
+#   bash benchmarks/gpu/run.sh fill --fill-configs n1,n2 --fill-steps seed,small,rag --fill-raw n1
+#                                                 # engine configurations filling one GPU
+#   bash benchmarks/gpu/run.sh startup            # cold/warm starts with the start-up timeline
 #   bash benchmarks/gpu/run.sh determinism        # same pairs alone/batched/under load; throughput cost
-#   bash benchmarks/gpu/run.sh multigpu           # issue 16, on a multi-GPU kind: N=1,2,4,8 engines and
+#   bash benchmarks/gpu/run.sh mixed              # small requests under long saturation, token budgets
+#   bash benchmarks/gpu/run.sh multigpu           # on a multi-GPU kind: N=1,2,4,8 engines and
 #                                                 # data-parallel, per-GPU throughput vs N=1 (repeat the
 #                                                 # call until done: finished steps are skipped)
+#   bash benchmarks/gpu/run.sh workloads --config NAME --flags "--max-num-batched-tokens 32768" --workloads seed,rag
 #   bash benchmarks/gpu/run.sh stop               # stop a launcher left running
+#
+# Each phase is a module of benchmarks/gpu/phases/; `python3 -m benchmarks.gpu.orchestrate PHASE
+# --help` lists its options.
 #
 # What a device call carries (see docs/gpu.md): one .gpukit/kN part per call; the last part's call
 # also carries .whl (wheels the project needs and the device lacks) and .cache/qwen.tiktoken.
@@ -21,7 +24,7 @@
 set -uo pipefail
 T0=$(date +%s)
 BUDGET=${BENCH_BUDGET:-540}
-PHASE=${1:-baseline}; shift || true
+PHASE=${1:?"usage: run.sh PHASE [options] (python3 -m benchmarks.gpu.orchestrate --help)"}; shift
 export BENCH_WORK=${BENCH_WORK:-/tmp/bench}
 OUT=${OUT:-$BENCH_WORK/out}
 mkdir -p "$BENCH_WORK" "$OUT"

@@ -32,14 +32,14 @@ from server.dialects.common import (
     errors_as,
     image_documents,
     json_integer,
+    omitted_when_none,
     ranking,
     score,
     search_units,
 )
 from server.dialects.vllm.mapping import as_list, rerank_answer
-from server.dialects.vllm.protocol import VLLM_ONLY_FIELDS, VllmRerankRequest
+from server.dialects.vllm.protocol import VLLM_ONLY_FIELDS, VllmRerankRequest, VllmRerankResponse
 from server.openapi import documented_body, family_schema
-from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 from server.state import request_state
 
@@ -54,10 +54,9 @@ _EXAMPLE = {
 
 
 # Without rank_fields (absent, null or []) an object document is ranked on `text`, so it must have
-# one; with rank_fields it must have each named field, which JSON Schema cannot say (it cannot
-# compare a value with a key): that case is documented with the 422 and checked by the server.
-# Jina's image documents ({"image": ...}) are taken on /v1/rerank when a Qwen3-VL reranker is
-# served; the document lists them only then.
+# one. With rank_fields it is ranked on the named fields it has (common.object_text): nothing to
+# require. Jina's image documents ({"image": ...}) are taken on /v1/rerank when a Qwen3-VL
+# reranker is served; the document lists them only then.
 _JINA_IMAGE = {"type": "object", "required": ["image"], "description": (
     "Jina's image document: `image` is a data: URL (data:image/png;base64,...) or base64 of a PNG, "
     "JPEG, WebP, GIF, BMP or TIFF image (or a list of them), `text` optional; /v1/rerank only "
@@ -81,9 +80,10 @@ class RerankRequest(BaseModel):
     model: str | None = Field(None, description="accepted and ignored: the served model answers")
     query: Query
     documents: list[Document] = documents_field(
-        "strings, or objects ranked on `text` (or on the fields named in rank_fields: each "
-        "must be present in every object, else 422); with a Qwen3-VL reranker served, Jina's "
-        "image documents {\"image\": ...} on /v1/rerank (422 otherwise)")
+        "strings, or objects ranked on `text`, or on the fields named in rank_fields that each "
+        "has (a field an object lacks is left out; one with none of them is ranked on its `text`, "
+        "else on its JSON text); with a Qwen3-VL reranker served, Jina's image documents "
+        "{\"image\": ...} on /v1/rerank (422 otherwise)")
     top_n: json_integer(0) | None = Field(None, description="null/0 = all")
     return_documents: LooseBool | None = Field(None, description="echo documents (default false)")
     rank_fields: list[str] | None = Field(None, description="Cohere v1: object fields to rank on")
@@ -101,7 +101,7 @@ class RerankResult(BaseModel):
 
     index: int
     relevance_score: float
-    document: dict[str, Any] | None = Field(None, description="only when return_documents")
+    document: dict[str, Any] | None = omitted_when_none("only when return_documents")
 
 
 class Usage(BaseModel):
@@ -111,6 +111,35 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class ApiVersion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(description="1 on /v1/rerank, 2 on /v2/rerank")
+
+
+class BilledUnits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    search_units: int = Field(description="one per 100 documents, as Cohere bills")
+
+
+class MetaTokens(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_tokens: int
+    output_tokens: int
+
+
+class CohereMeta(BaseModel):
+    """Cohere's `meta`: what its SDKs read for the API version and billing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_version: ApiVersion
+    billed_units: BilledUnits
+    tokens: MetaTokens
+
+
 class RerankResponse(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -118,31 +147,38 @@ class RerankResponse(BaseModel):
     model: str
     results: list[RerankResult]
     usage: Usage
-    meta: dict[str, Any] = Field(description="Cohere's api_version, billed_units, tokens")
+    meta: CohereMeta
 
 
-async def _rerank(body: RerankRequest, request: Request, version: str) -> dict:
+class VllmRerankWithMeta(VllmRerankResponse):
+    """vLLM's answer to a vLLM body on these routes, with Cohere's `meta` added."""
+
+    meta: CohereMeta
+
+
+def _meta(version: str, documents: int, tokens: int) -> CohereMeta:
+    return CohereMeta(api_version=ApiVersion(version=version),
+                billed_units=BilledUnits(search_units=search_units(documents)),
+                tokens=MetaTokens(input_tokens=tokens, output_tokens=0))
+
+
+async def _rerank(body: RerankRequest, request: Request, version: str) -> RerankResponse:
     texts = document_texts(body.documents, body.rank_fields)
     images = image_documents(body.documents, "Cohere v2" if version == "2" else None)
     req = ScoreRequest(body.query, texts, body.instruction or body.instruct, bool(body.raw_scores),
                        body.max_tokens_per_doc, body.max_chunks_per_doc, document_images=images)
     result = await score(request, req)
-    results = []
-    for i in ranking(result, body.top_n):
-        item: dict[str, Any] = {"index": i, "relevance_score": result.scores[i]}
-        if body.return_documents:
-            item["document"] = echo(body.documents[i])
-        results.append(item)
+    results = [RerankResult(index=i, relevance_score=result.scores[i],
+                            document=echo(body.documents[i]) if body.return_documents else None)
+               for i in ranking(result, body.top_n)]
     tokens = result.prompt_tokens
-    return {
-        "id": request.scope.get("request_id", ""),
-        "model": request_state(request).settings.model_name,
-        "results": results,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        "meta": {"api_version": {"version": version},
-                 "billed_units": {"search_units": search_units(len(texts))},
-                 "tokens": {"input_tokens": tokens, "output_tokens": 0}},
-    }
+    return RerankResponse(
+        id=request.scope.get("request_id", ""),
+        model=request_state(request).settings.model_name,
+        results=results,
+        usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        meta=_meta(version, len(texts), tokens),
+    )
 
 
 def _speaks(body: Any) -> str:
@@ -167,36 +203,34 @@ _VOYAGE_FIELD = {"anyOf": [{"required": [name]} for name in sorted(voyage.VOYAGE
 _BODY = documented_body((RerankRequest, {"not": {"anyOf": [_VLLM_FIELD, _VOYAGE_FIELD]}}),
                         (VllmRerankRequest, _VLLM_FIELD),
                         (voyage.VoyageRerankRequest, {**_VOYAGE_FIELD, "not": _VLLM_FIELD}))
-RerankAnswer = RerankResponse | voyage.VoyageRerankResponse
+RerankAnswer = RerankResponse | VllmRerankWithMeta | voyage.VoyageRerankResponse
 
 
-async def _answer(body, request: Request, version: str) -> dict:
+async def _answer(body: RerankRequest | VllmRerankRequest | voyage.VoyageRerankRequest,
+                  request: Request, version: str) -> RerankAnswer:
     if isinstance(body, RerankRequest):
         return await _rerank(body, request, version)
     if isinstance(body, voyage.VoyageRerankRequest):
         return await voyage.answer(request, body)
     answer = await rerank_answer(request, body)
-    tokens = answer["usage"]["prompt_tokens"]
-    documents = len(as_list(body.documents))
-    answer["meta"] = {"api_version": {"version": version},
-                      "billed_units": {"search_units": search_units(documents)},
-                      "tokens": {"input_tokens": tokens, "output_tokens": 0}}
-    return answer
+    meta = _meta(version, len(as_list(body.documents)), answer.usage.prompt_tokens)
+    return VllmRerankWithMeta(**dict(answer), meta=meta)
 
 
-@router.post("/v1/rerank", responses={200: {"model": RerankAnswer}}, openapi_extra=_BODY,
+@router.post("/v1/rerank", openapi_extra=_BODY,
              summary="Cohere v1 / Jina rerank (and vLLM's or Voyage's, for bodies with their own fields)")
-async def rerank_v1(request: Request, body: Annotated[RerankBody, Body()], _=Depends(_errors_as_spoken)):
-    return FastJSONResponse(await _answer(body, request, "1"))
+async def rerank_v1(request: Request, body: Annotated[RerankBody, Body()],
+                    _=Depends(_errors_as_spoken)) -> RerankAnswer:
+    return await _answer(body, request, "1")
 
 
-@router.post("/v2/rerank", responses={200: {"model": RerankAnswer}}, openapi_extra=_BODY,
+@router.post("/v2/rerank", openapi_extra=_BODY,
              summary="Cohere v2 rerank (and vLLM's or Voyage's, for bodies with their own fields)")
-async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()], _=Depends(_errors_as_spoken)):
-    return FastJSONResponse(await _answer(body, request, "2"))
+async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()],
+                    _=Depends(_errors_as_spoken)) -> RerankAnswer:
+    return await _answer(body, request, "2")
 
 
-DIALECT = Dialect("cohere", router,
-                  responses={"/v1/rerank": RerankAnswer, "/v2/rerank": RerankAnswer},
-                  shared_with=(vllm.DIALECT,), images=frozenset({"/v1/rerank", "/v2/rerank"}),
+DIALECT = Dialect("cohere", router, shared_with=(vllm.DIALECT,),
+                  images=frozenset({"/v1/rerank", "/v2/rerank"}),
                   bench={"shim": ("/v1/rerank", "documents")})

@@ -4,6 +4,7 @@ request, ranking, documents."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pydantic_core import PydanticCustomError
 from server.errors import NON_BLANK, ErrorBody, default_error_body
 from server.openapi import setting_bounds
 from server.scoring.core import ScoreRequest, ScoreResult
-from server.scoring.errors import Cancelled, InvalidInput
+from server.scoring.errors import Cancelled, DocumentTooLong, InvalidInput
 from server.state import request_state
 
 Document = str | dict[str, Any]
@@ -75,7 +76,8 @@ class Dialect:
     """Everything the rest of the server needs to know about one API dialect. Registered once,
     in server/dialects/__init__.py; the app mounts `router`, the middleware meters its paths
     (label = path), the error handler shapes errors on those paths with `error`, the tests
-    validate every 200 body against `responses[path]`, and the load generator can target it.
+    validate every 200 body against the route's response model (`responses`), and the load
+    generator can target it.
 
     error(status, detail, type, request_id) -> (status, body): a dialect may change the status
     too (vLLM answers 400 where we answer 422, for instance); the OpenAPI document lists the
@@ -83,7 +85,6 @@ class Dialect:
 
     name: str
     router: APIRouter
-    responses: dict[str, Any]                       # path -> model of the 200 body
     error: ErrorShape = default_error_body
     # paths whose 200 body is vLLM's own, relayed as it is (its contract is vLLM's: checked
     # against the real engine in tests/integration/test_vllm_compat.py, not against a fake)
@@ -103,6 +104,19 @@ class Dialect:
     # paths that take images when a Qwen3-VL reranker is served: their documented errors then
     # include the image refusals (server/openapi.py IMAGES)
     images: frozenset[str] = frozenset()
+
+    @property
+    def responses(self) -> dict[str, Any]:
+        """path -> the model of the route's 200 body: its response model (the route's return
+        type), or for a route that may pass vLLM's answer on as it came, the model its
+        `responses={200: ...}` declares."""
+        models = {}
+        for route in self.router.routes:
+            if isinstance(route, APIRoute):
+                model = route.response_model or route.responses.get(200, {}).get("model")
+                if model is not None:
+                    models[route.path] = model
+        return models
 
     @property
     def paths(self) -> list[str]:
@@ -208,6 +222,25 @@ async def _disconnected(request: Request) -> None:
             return
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+def omitted_when_none(description: str) -> Any:
+    """A response field that is left out of the answer, never null, when it has no value (a
+    document echoed only on request: some clients refuse a null)."""
+    return Field(None, description=description, exclude_if=_is_none)
+
+
+def too_long(exc: DocumentTooLong, documents: str, because: str) -> DocumentTooLong:
+    """The core's refusal of a document that would be cut (`ScoreRequest.refuse_truncation`),
+    worded with the dialect's own names: `documents` is its documents field, `because` the
+    field value that asked for the refusal and how to get a cut instead."""
+    return DocumentTooLong(exc.index, exc.tokens, exc.limit, exc.tokens_exact, detail=(
+        f"{documents}[{exc.index}] has {exc.size}, more than the {exc.limit} the model accepts "
+        f"with this query, and {because}"))
+
+
 def ranking(result: ScoreResult, top_n: int | None) -> list[int]:
     """Input indices by descending score (stable for ties), cut to top_n (None/0 = all)."""
     order = sorted(range(len(result.scores)), key=lambda i: -result.scores[i])
@@ -215,8 +248,9 @@ def ranking(result: ScoreResult, top_n: int | None) -> list[int]:
 
 
 def document_texts(documents: list[Document], rank_fields: list[str] | None = None) -> list[str]:
-    """Strings stay as they are; objects are ranked on `text`, or on `rank_fields` as
-    "field: value" lines in the order given (Cohere v1 semantics)."""
+    """What each document is ranked on: a string itself; an object without `rank_fields` (absent,
+    null or []) its `text`, which it must have (the request schemas say so); with `rank_fields`,
+    `object_text`."""
     return [_text_of(i, d, rank_fields) for i, d in enumerate(documents)]
 
 
@@ -246,16 +280,38 @@ def _images_of(i: int, doc: Document, dialect: str | None) -> list[str]:
 def _text_of(i: int, doc: Document, rank_fields: list[str] | None) -> str:
     if isinstance(doc, str):
         return doc
-    if "image" in doc and "text" not in doc and not rank_fields:
-        return ""  # an image document without text: the image is what is ranked
-    fields = rank_fields or ["text"]
-    missing = [f for f in fields if f not in doc]
-    if missing:
-        raise InvalidInput(f"documents[{i}] has no field {missing[0]!r} to rank on")
-    values = [doc[f] if isinstance(doc[f], str) else str(doc[f]) for f in fields]
+    if "image" in doc:
+        # Jina's image document: its image is ranked, beside its `text` (or the fields named in
+        # rank_fields that it has), never beside the image's own string
+        named = [f for f in rank_fields or [] if f != "image" and f in doc]
+        return object_text(doc, named) if named else _field_text(doc["text"]) if "text" in doc else ""
+    if rank_fields:
+        return object_text(doc, rank_fields)
+    if "text" not in doc:
+        raise InvalidInput(f"documents[{i}] has no field 'text' to rank on")
+    return _field_text(doc["text"])
+
+
+def object_text(doc: dict[str, Any], rank_fields: list[str]) -> str:
+    """An object ranked on the fields named in `rank_fields` that it has, as "field: value" lines
+    in the order given (Cohere's format; `text` alone is its plain value). A named field it
+    lacks is left out, as the rows of a sparse collection lack some fields (a missing title
+    must not fail the whole request); an object with none of them is ranked on its `text` when
+    that is a string, else on its JSON text. Never an error: which keys an object must have,
+    when a value names them, is a rule no request schema can state."""
+    fields = [f for f in rank_fields if f in doc]
     if fields == ["text"]:
-        return values[0]
-    return "\n".join(f"{f}: {v}" for f, v in zip(fields, values))
+        return _field_text(doc["text"])
+    if fields:
+        return "\n".join(f"{f}: {_field_text(doc[f])}" for f in fields)
+    if isinstance(doc.get("text"), str):
+        return doc["text"]
+    # the standard encoder: orjson refuses integers beyond 64 bits, which JSON allows
+    return json.dumps(doc, ensure_ascii=False)
+
+
+def _field_text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
 
 
 def echo(doc: Document) -> dict[str, Any]:

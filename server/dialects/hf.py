@@ -12,8 +12,6 @@ shape there, which answers an object. So this path answers it: TEI's bare array,
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,10 +22,10 @@ from server.dialects.common import (
     documents_field,
     error_with_string,
     json_integer,
+    omitted_when_none,
     ranking,
     score,
 )
-from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 
 router = APIRouter(tags=["elasticsearch hugging_face"])
@@ -53,23 +51,17 @@ class HfRank(BaseModel):
 
     index: int
     score: float = Field(description="P(yes) in [0, 1]")
-    text: str | None = Field(None, description="only when return_documents is true")
+    text: str | None = omitted_when_none("only when return_documents is true")
 
 
-@router.post("/hf/rerank", responses={200: {"model": list[HfRank]}},
-             summary="Elasticsearch `hugging_face` rerank service: a bare array sorted by score")
-async def rerank(body: HfRerankRequest, request: Request):
+@router.post("/hf/rerank", summary="Elasticsearch `hugging_face` rerank service: a bare array sorted by score")
+async def rerank(body: HfRerankRequest, request: Request) -> list[HfRank]:
     req = ScoreRequest(body.query, body.documents, body.instruction,
                        max_chunks_per_doc=body.max_chunks_per_doc)
     result = await score(request, req)
-    out = []
-    for i in ranking(result, body.top_n):
-        item: dict[str, Any] = {"index": i, "score": result.scores[i]}
-        if body.return_documents:
-            item["text"] = body.documents[i]
-        out.append(item)
-    return FastJSONResponse(out)
+    return [HfRank(index=i, score=result.scores[i],
+                   text=body.documents[i] if body.return_documents else None)
+            for i in ranking(result, body.top_n)]
 
 
-DIALECT = Dialect("hf", router, responses={"/hf/rerank": list[HfRank]}, error=error_with_string,
-                  error_model=StringErrorBody)
+DIALECT = Dialect("hf", router, error=error_with_string, error_model=StringErrorBody)

@@ -9,7 +9,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from server.dialects.common import Dialect, Query, documents_field, ranking, score
-from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 
 router = APIRouter(tags=["legacy"])
@@ -35,7 +34,7 @@ class RankRequest(BaseModel):
     instruction: str | None = Field(None, description="task instruction; server default if absent")
 
 
-class RankResult(BaseModel):
+class LegacyRankResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     doc: str
@@ -46,18 +45,14 @@ class RankResult(BaseModel):
 class RankResponse(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    results: list[RankResult]
+    results: list[LegacyRankResult]
 
 
-@router.post("/v1/rank", responses={200: {"model": RankResponse}},
-             summary="Rank documents (legacy API): results sorted by score, rank from 1")
-async def rank(body: RankRequest, request: Request):
+@router.post("/v1/rank", summary="Rank documents (legacy API): results sorted by score, rank from 1")
+async def rank(body: RankRequest, request: Request) -> RankResponse:
     result = await score(request, ScoreRequest(body.query, body.docs, body.instruction))
-    return FastJSONResponse({"results": [
-        {"doc": body.docs[i], "score": result.scores[i], "rank": r}
-        for r, i in enumerate(ranking(result, None), start=1)
-    ]})
+    return RankResponse(results=[LegacyRankResult(doc=body.docs[i], score=result.scores[i], rank=r)
+                                 for r, i in enumerate(ranking(result, None), start=1)])
 
 
-DIALECT = Dialect("legacy", router, responses={"/v1/rank": RankResponse},
-                  bench={"shim-rank": ("/v1/rank", "docs")})
+DIALECT = Dialect("legacy", router, bench={"shim-rank": ("/v1/rank", "docs")})

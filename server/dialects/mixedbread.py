@@ -11,14 +11,21 @@ JSON query that finds nothing), else on its `text`, else on its whole JSON text.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.dialects.common import Dialect, Query, document_texts, documents_field, json_integer, ranking, score
-from server.responses import FastJSONResponse
+from server.dialects.common import (
+    Dialect,
+    Query,
+    documents_field,
+    json_integer,
+    object_text,
+    omitted_when_none,
+    ranking,
+    score,
+)
 from server.scoring.core import ScoreRequest
 from server.state import request_state
 
@@ -44,13 +51,13 @@ class MixedbreadRerankRequest(BaseModel):
     instruction: str | None = Field(None, description="extension: Qwen3 task instruction")
 
 
-class RankResult(BaseModel):
+class MixedbreadResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     index: int
     score: float = Field(description="P(yes) in [0, 1]")
-    input: str | dict[str, Any] | None = Field(None, description="only when return_input is true")
     object: str = "rank_result"
+    input: str | dict[str, Any] | None = omitted_when_none("only when return_input is true")
 
 
 class MixedbreadUsage(BaseModel):
@@ -66,41 +73,25 @@ class MixedbreadRerankResponse(BaseModel):
 
     usage: MixedbreadUsage
     model: str
-    data: list[RankResult] = Field(description="sorted by score, highest first")
+    data: list[MixedbreadResult] = Field(description="sorted by score, highest first")
     object: str = "list"
     top_k: int
     return_input: bool
 
 
-def _text_of(doc: str | dict[str, Any], rank_fields: list[str] | None) -> str:
-    if isinstance(doc, str):
-        return doc
-    fields = [f for f in rank_fields or () if f in doc]
-    if fields:
-        return document_texts([doc], fields)[0]
-    if isinstance(doc.get("text"), str):
-        return doc["text"]
-    # the standard encoder: orjson refuses integers beyond 64 bits, which JSON allows
-    return json.dumps(doc, ensure_ascii=False)
-
-
-@router.post("/v1/reranking", responses={200: {"model": MixedbreadRerankResponse}},
-             summary="Mixedbread reranking: data sorted by score")
-async def rerank(body: MixedbreadRerankRequest, request: Request):
-    texts = [_text_of(d, body.rank_fields) for d in body.input]
+@router.post("/v1/reranking", summary="Mixedbread reranking: data sorted by score")
+async def rerank(body: MixedbreadRerankRequest, request: Request) -> MixedbreadRerankResponse:
+    texts = [d if isinstance(d, str) else object_text(d, body.rank_fields or []) for d in body.input]
     result = await score(request, ScoreRequest(body.query, texts, body.instruction))
     top_k = body.top_k if body.top_k and body.top_k > 0 else None
-    data = []
-    for i in ranking(result, top_k):
-        item = {"index": i, "score": result.scores[i], "object": "rank_result"}
-        if body.return_input:
-            item["input"] = body.input[i]
-        data.append(item)
+    data = [MixedbreadResult(index=i, score=result.scores[i],
+                       input=body.input[i] if body.return_input else None)
+            for i in ranking(result, top_k)]
     tokens = result.prompt_tokens
-    return FastJSONResponse({
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
-        "model": request_state(request).settings.model_name, "data": data, "object": "list",
-        "top_k": top_k or len(body.input), "return_input": body.return_input})
+    return MixedbreadRerankResponse(
+        usage=MixedbreadUsage(prompt_tokens=tokens, total_tokens=tokens, completion_tokens=0),
+        model=request_state(request).settings.model_name, data=data,
+        top_k=top_k or len(body.input), return_input=body.return_input)
 
 
-DIALECT = Dialect("mixedbread", router, responses={"/v1/reranking": MixedbreadRerankResponse})
+DIALECT = Dialect("mixedbread", router)

@@ -16,10 +16,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from server.dialects.common import Dialect, Query, documents_field, json_integer, ranking, score
-from server.responses import FastJSONResponse
+from server.dialects.common import (
+    Dialect,
+    Query,
+    documents_field,
+    json_integer,
+    ranking,
+    score,
+    too_long,
+)
 from server.scoring.core import ScoreRequest
-from server.scoring.errors import InvalidInput
+from server.scoring.errors import DocumentTooLong
 
 router = APIRouter(tags=["nvidia nim"])
 
@@ -80,17 +87,17 @@ def _text(item: NimText | NimQuery | str) -> str:
     return item if isinstance(item, str) else item.text
 
 
-@router.post("/v1/ranking", responses={200: {"model": RankingResponse}},
-             summary="NVIDIA NIM ranking: passages sorted by logit")
-async def rank(body: RankingRequest, request: Request):
+@router.post("/v1/ranking", summary="NVIDIA NIM ranking: passages sorted by logit")
+async def rank(body: RankingRequest, request: Request) -> RankingResponse:
     texts = [_text(p) for p in body.passages]
-    result = await score(request, ScoreRequest(_text(body.query), texts, body.instruction, raw=True))
-    if body.truncate == "NONE" and any(result.truncated):
-        first = result.truncated.index(True)
-        raise InvalidInput(f"passages[{first}] is longer than the model accepts with this query and "
-                           "truncate is NONE; send \"truncate\": \"END\" to cut it")
-    return FastJSONResponse({"rankings": [{"index": i, "logit": result.scores[i]}
-                                          for i in ranking(result, body.top_n)]})
+    req = ScoreRequest(_text(body.query), texts, body.instruction, raw=True,
+                       refuse_truncation=body.truncate == "NONE")
+    try:
+        result = await score(request, req)
+    except DocumentTooLong as exc:
+        raise too_long(exc, "passages", 'truncate is NONE; send "truncate": "END" to cut it') from None
+    return RankingResponse(rankings=[Ranking(index=i, logit=result.scores[i])
+                                     for i in ranking(result, body.top_n)])
 
 
-DIALECT = Dialect("nim", router, responses={"/v1/ranking": RankingResponse})
+DIALECT = Dialect("nim", router)

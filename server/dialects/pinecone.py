@@ -5,8 +5,9 @@ api.pinecone.io/rerank given a base URL).
 Body `{"model", "query", "documents", "rank_fields"? (["text"]), "top_n"? (all),
 "return_documents"? (true), "parameters"? ({"truncate": "END" | "NONE"})}`; answer
 `{"model", "data": [{"index", "score", "document"?}], "usage": {"rerank_units"}}`, data sorted by
-score. Documents are strings (echoed as `{"text": ...}`) or objects ranked on `rank_fields`
-("field: value" lines when there are several). `parameters.truncate` NONE refuses a document
+score. Documents are strings (echoed as `{"text": ...}`) or objects ranked on the `rank_fields`
+they have ("field: value" lines when there are several; a field an object lacks is left out, as
+Cohere's are). `parameters.truncate` NONE refuses a document
 longer than the model takes (422); END (Pinecone's default) cuts it. The SDK calls `{host}/rerank`,
 which is the TEI/seed route here, hence the own base path. Pinecone clients send `Api-Key`, not
 `Authorization`: with auth on, a proxy must map one onto the other (docs/integrations.md).
@@ -26,13 +27,14 @@ from server.dialects.common import (
     documents_field,
     echo,
     json_integer,
+    omitted_when_none,
     ranking,
     score,
     search_units,
+    too_long,
 )
-from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
-from server.scoring.errors import InvalidInput
+from server.scoring.errors import DocumentTooLong
 from server.state import request_state
 
 router = APIRouter(tags=["pinecone"])
@@ -45,8 +47,8 @@ class PineconeParameters(BaseModel):
         "END", description="END (default): cut long documents; NONE: a long document is an error (422)")
 
 
-# Without rank_fields an object document is ranked on `text`; with rank_fields each named field
-# must be in every object, which JSON Schema cannot say: documented with the 422.
+# Without rank_fields an object document is ranked on `text`, so it must have one. With
+# rank_fields it is ranked on the named fields it has (common.object_text): nothing to require.
 _TEXT_UNLESS_RANK_FIELDS = {
     "if": {"required": ["rank_fields"],
            "properties": {"rank_fields": {"type": "array", "minItems": 1}}},
@@ -66,8 +68,9 @@ class PineconeRerankRequest(BaseModel):
     model: str | None = Field(None, description="accepted and ignored: the served model answers")
     query: Query
     documents: list[str | dict[str, Any]] = documents_field(
-        "strings, or objects ranked on rank_fields (default [\"text\"]; each named field must be "
-        "in every object, else 422)")
+        "strings, or objects ranked on the fields named in rank_fields (default [\"text\"]) that "
+        "each has (a field an object lacks is left out; one with none of them is ranked on its "
+        "`text`, else on its JSON text)")
     rank_fields: list[str] | None = Field(None, description="object fields to rank on (default [\"text\"])")
     top_n: json_integer(0) | None = Field(None, description="keep the N best; null/0 = all")
     return_documents: bool = Field(True, description="echo each document (strings as {\"text\": ...})")
@@ -80,10 +83,10 @@ class RankedDocument(BaseModel):
 
     index: int
     score: float = Field(description="P(yes) in [0, 1]")
-    document: dict[str, Any] | None = Field(None, description="only when return_documents is true")
+    document: dict[str, Any] | None = omitted_when_none("only when return_documents is true")
 
 
-class RerankUsage(BaseModel):
+class PineconeUsage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rerank_units: int = Field(description="one per 100 documents, as Pinecone bills")
@@ -94,27 +97,23 @@ class PineconeRerankResponse(BaseModel):
 
     model: str
     data: list[RankedDocument] = Field(description="sorted by score, highest first")
-    usage: RerankUsage
+    usage: PineconeUsage
 
 
-@router.post("/pinecone/rerank", responses={200: {"model": PineconeRerankResponse}},
-             summary="Pinecone inference rerank: data sorted by score")
-async def rerank(body: PineconeRerankRequest, request: Request):
+@router.post("/pinecone/rerank", summary="Pinecone inference rerank: data sorted by score")
+async def rerank(body: PineconeRerankRequest, request: Request) -> PineconeRerankResponse:
     texts = document_texts(body.documents, body.rank_fields)
-    result = await score(request, ScoreRequest(body.query, texts, body.instruction))
     truncate = body.parameters.truncate if body.parameters else "END"
-    if truncate == "NONE" and any(result.truncated):
-        first = result.truncated.index(True)
-        raise InvalidInput(f"documents[{first}] is longer than the model accepts with this query and "
-                           "parameters.truncate is NONE; send END to cut it")
-    data = []
-    for i in ranking(result, body.top_n):
-        item: dict[str, Any] = {"index": i, "score": result.scores[i]}
-        if body.return_documents:
-            item["document"] = echo(body.documents[i])
-        data.append(item)
-    return FastJSONResponse({"model": request_state(request).settings.model_name, "data": data,
-                             "usage": {"rerank_units": search_units(len(texts))}})
+    req = ScoreRequest(body.query, texts, body.instruction, refuse_truncation=truncate == "NONE")
+    try:
+        result = await score(request, req)
+    except DocumentTooLong as exc:
+        raise too_long(exc, "documents", "parameters.truncate is NONE; send END to cut it") from None
+    data = [RankedDocument(index=i, score=result.scores[i],
+                           document=echo(body.documents[i]) if body.return_documents else None)
+            for i in ranking(result, body.top_n)]
+    return PineconeRerankResponse(model=request_state(request).settings.model_name, data=data,
+                                  usage=PineconeUsage(rerank_units=search_units(len(texts))))
 
 
-DIALECT = Dialect("pinecone", router, responses={"/pinecone/rerank": PineconeRerankResponse})
+DIALECT = Dialect("pinecone", router)

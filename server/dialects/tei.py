@@ -17,8 +17,17 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from server.dialects import vllm
-from server.dialects.cohere import RerankResult, Usage
-from server.dialects.common import Dialect, Query, documents_field, errors_as, json_integer, ranking, score
+from server.dialects.common import (
+    Dialect,
+    Query,
+    documents_field,
+    errors_as,
+    json_integer,
+    omitted_when_none,
+    ranking,
+    score,
+    too_long,
+)
 from server.dialects.vllm.mapping import (
     as_list,
     parts_of,
@@ -28,11 +37,10 @@ from server.dialects.vllm.mapping import (
     served_vl,
     usage,
 )
-from server.dialects.vllm.protocol import VllmRerankRequest
+from server.dialects.vllm.protocol import RerankUsage, VllmRerankRequest, VllmRerankResult
 from server.errors import ErrorBody, default_error_body
-from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
-from server.scoring.errors import InvalidInput
+from server.scoring.errors import DocumentTooLong
 from server.state import request_state
 
 router = APIRouter(tags=["tei / seed"])
@@ -90,7 +98,7 @@ class TeiRank(BaseModel):
 
     index: int
     score: float
-    text: str | None = None
+    text: str | None = omitted_when_none("only when return_text is true")
 
 
 class SeedRanked(BaseModel):
@@ -102,10 +110,10 @@ class SeedRanked(BaseModel):
     index: int
 
 
-class SeedResult(RerankResult):
-    truncated: bool | None = Field(
-        None, description="present (true) only when the document was cut to fit the model; "
-                          "absent otherwise (the playground marks such documents)")
+class SeedResult(VllmRerankResult):
+    truncated: bool | None = omitted_when_none(
+        "present (true) only when the document was cut to fit the model; absent otherwise (the "
+        "playground marks such documents)")
 
 
 class SeedResponse(BaseModel):
@@ -116,7 +124,7 @@ class SeedResponse(BaseModel):
     total_docs: int
     processed_in_ms: float
     results: list[SeedResult]
-    usage: Usage
+    usage: RerankUsage
     model: str
     id: str
 
@@ -128,32 +136,28 @@ _errors_as_spoken = errors_as(vllm.DIALECT, lambda body: _dialect(body) == "seed
 
 
 @router.post("/rerank", summary="TEI (body has `texts`), or seed-style / vLLM rerank",
-             responses={200: {"model": RerankAnswer,
-                              "description": "TEI's bare array for a TEI body, else the seed shape"}})
+             responses={200: {"description": "TEI's bare array for a TEI body, else the seed shape"}})
 async def rerank(request: Request, body: Annotated[RerankBody, Body()],
-                 _=Depends(_errors_as_spoken)):
+                 _=Depends(_errors_as_spoken)) -> RerankAnswer:
     # Annotated[..., Body()], not "= Body()": only this form keeps the discriminator, so schema
     # errors name the fields of the body's own dialect.
     if isinstance(body, TeiRequest):
-        return FastJSONResponse(await _tei(body, request))
-    return FastJSONResponse(await _seed(body, request))
+        return await _tei(body, request)
+    return await _seed(body, request)
 
 
-async def _tei(body: TeiRequest, request: Request) -> list[dict]:
-    result = await score(request, ScoreRequest(body.query, body.texts, body.instruction, body.raw_scores))
-    if body.truncate is False and any(result.truncated):
-        first = result.truncated.index(True)
-        raise InvalidInput(f"texts[{first}] is longer than the model accepts and truncate is false")
-    out = []
-    for i in ranking(result, None):
-        item: dict[str, Any] = {"index": i, "score": result.scores[i]}
-        if body.return_text:
-            item["text"] = body.texts[i]
-        out.append(item)
-    return out
+async def _tei(body: TeiRequest, request: Request) -> list[TeiRank]:
+    req = ScoreRequest(body.query, body.texts, body.instruction, body.raw_scores,
+                       refuse_truncation=body.truncate is False)
+    try:
+        result = await score(request, req)
+    except DocumentTooLong as exc:
+        raise too_long(exc, "texts", "truncate is false") from None
+    return [TeiRank(index=i, score=result.scores[i], text=body.texts[i] if body.return_text else None)
+            for i in ranking(result, None)]
 
 
-async def _seed(body: SeedRequest, request: Request) -> dict:
+async def _seed(body: SeedRequest, request: Request) -> SeedResponse:
     documents = as_list(body.documents)
     vl = served_vl(request)
     [(query, query_images)] = parts_of([body.query], "query", vl)
@@ -164,27 +168,21 @@ async def _seed(body: SeedRequest, request: Request) -> dict:
                         document_images=[images for _, images in docs])
     result = await score(request, req)
     order = ranking(result, body.top_n)
-    return {
-        "query": query,
-        "reranked_documents": [{"rank": r, "score": result.scores[i], "document": texts[i], "index": i}
-                               for r, i in enumerate(order, start=1)],
-        "total_docs": len(texts),
-        "processed_in_ms": round(result.elapsed_ms, 3),
-        "results": _mark_truncated(
-            rerank_results(result, documents, body.top_n, body.return_documents), result),
-        "usage": usage(result.prompt_tokens),
-        "model": request_state(request).settings.model_name,
-        "id": response_id(request, body),
-    }
-
-
-def _mark_truncated(results: list[dict], result) -> list[dict]:
-    """The playground's truncation marks: only on items whose document was cut, so other bodies
-    stay exactly vLLM's."""
-    for item in results:
-        if result.truncated and result.truncated[item["index"]]:
-            item["truncated"] = True
-    return results
+    # vLLM's results, with the playground's truncation mark only on items whose document was
+    # cut, so that other bodies stay exactly vLLM's
+    results = [SeedResult(**dict(item), truncated=True if result.truncated[item.index] else None)
+               for item in rerank_results(result, documents, body.top_n, body.return_documents)]
+    return SeedResponse(
+        query=query,
+        reranked_documents=[SeedRanked(rank=r, score=result.scores[i], document=texts[i], index=i)
+                            for r, i in enumerate(order, start=1)],
+        total_docs=len(texts),
+        processed_in_ms=round(result.elapsed_ms, 3),
+        results=results,
+        usage=usage(result.prompt_tokens),
+        model=request_state(request).settings.model_name,
+        id=response_id(request, body),
+    )
 
 
 def _error(status: int, detail: str, type_: str, request_id: str) -> tuple[int, dict]:
@@ -200,5 +198,5 @@ class TeiErrorBody(ErrorBody):
     error_type: str = Field(description="= type (TEI clients read this)")
 
 
-DIALECT = Dialect("tei", router, responses={"/rerank": RerankAnswer}, error=_error,
-                  error_model=TeiErrorBody, shared_with=(vllm.DIALECT,), images=frozenset({"/rerank"}))
+DIALECT = Dialect("tei", router, error=_error, error_model=TeiErrorBody, shared_with=(vllm.DIALECT,),
+                  images=frozenset({"/rerank"}))

@@ -12,14 +12,20 @@ body, whose `detail` is what Voyage clients read.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.dialects.common import Query, documents_field, json_integer, ranking, score
+from server.dialects.common import (
+    Query,
+    documents_field,
+    json_integer,
+    omitted_when_none,
+    ranking,
+    score,
+    too_long,
+)
 from server.scoring.core import ScoreRequest
-from server.scoring.errors import InvalidInput
+from server.scoring.errors import DocumentTooLong
 from server.state import request_state
 
 VOYAGE_ONLY_FIELDS = frozenset({"top_k", "truncation"})
@@ -47,7 +53,7 @@ class VoyageResult(BaseModel):
 
     index: int
     relevance_score: float = Field(description="P(yes) in [0, 1]")
-    document: str | None = Field(None, description="only when return_documents is true")
+    document: str | None = omitted_when_none("only when return_documents is true")
 
 
 class VoyageUsage(BaseModel):
@@ -69,17 +75,15 @@ def speaks_voyage(body: object) -> bool:
     return isinstance(body, dict) and not VOYAGE_ONLY_FIELDS.isdisjoint(body)
 
 
-async def answer(request: Request, body: VoyageRerankRequest) -> dict:
-    result = await score(request, ScoreRequest(body.query, body.documents, body.instruction))
-    if not body.truncation and any(result.truncated):
-        first = result.truncated.index(True)
-        raise InvalidInput(f"documents[{first}] is longer than the model accepts with this query and "
-                           "truncation is false")
-    data = []
-    for i in ranking(result, body.top_k):
-        item: dict[str, Any] = {"index": i, "relevance_score": result.scores[i]}
-        if body.return_documents:
-            item["document"] = body.documents[i]
-        data.append(item)
-    return {"object": "list", "data": data, "model": request_state(request).settings.model_name,
-            "usage": {"total_tokens": result.prompt_tokens}}
+async def answer(request: Request, body: VoyageRerankRequest) -> VoyageRerankResponse:
+    req = ScoreRequest(body.query, body.documents, body.instruction,
+                       refuse_truncation=not body.truncation)
+    try:
+        result = await score(request, req)
+    except DocumentTooLong as exc:
+        raise too_long(exc, "documents", 'truncation is false; send "truncation": true to cut it') from None
+    data = [VoyageResult(index=i, relevance_score=result.scores[i],
+                         document=body.documents[i] if body.return_documents else None)
+            for i in ranking(result, body.top_k)]
+    return VoyageRerankResponse(data=data, model=request_state(request).settings.model_name,
+                                usage=VoyageUsage(total_tokens=result.prompt_tokens))

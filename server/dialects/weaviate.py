@@ -29,7 +29,6 @@ from server.dialects.common import (
     score,
 )
 from server.openapi import ENGINE, documented_body
-from server.responses import FastJSONResponse
 from server.scoring.core import ScoreRequest
 from server.scoring.errors import EngineTimeout, EngineUnavailable, NoRoom, ScoringError
 from server.state import request_state
@@ -66,13 +65,13 @@ class WeaviateRerankResponse(BaseModel):
     scores: list[DocumentScore] = Field(description="one per document, in the request's order")
 
 
-class Ready(BaseModel):
+class WeaviateReady(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ready: bool
 
 
-class Meta(BaseModel):
+class WeaviateMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: dict[str, str | int] = Field(description="the served model's name and max_model_len")
@@ -92,20 +91,18 @@ async def _body(request: Request) -> WeaviateRerankRequest:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
-@router.post(RERANK, responses={200: {"model": WeaviateRerankResponse}},
-             openapi_extra=documented_body(WeaviateRerankRequest),
+@router.post(RERANK, openapi_extra=documented_body(WeaviateRerankRequest),
              summary="Weaviate reranker-transformers: one score per document, in order (the body "
                      "is JSON with or without a Content-Type header)")
-async def rerank(request: Request):
+async def rerank(request: Request) -> WeaviateRerankResponse:
     body = await _body(request)
     result = await score(request, ScoreRequest(body.query, body.documents, body.instruction))
-    return FastJSONResponse({"query": body.query, "scores": [
-        {"document": d, "score": s} for d, s in zip(body.documents, result.scores)]})
+    return WeaviateRerankResponse(query=body.query, scores=[
+        DocumentScore(document=d, score=s) for d, s in zip(body.documents, result.scores)])
 
 
-@router.get(READY, responses={200: {"model": Ready}},
-            summary="Weaviate's start-up probe: 200 once a document can be scored now")
-async def ready(request: Request):
+@router.get(READY, summary="Weaviate's start-up probe: 200 once a document can be scored now")
+async def ready(request: Request) -> WeaviateReady:
     """A real round trip through the core (any engine), so the module's start-up waits for a
     service that scores, not only one that listens; 503 while draining or when it cannot."""
     state = request_state(request)
@@ -117,16 +114,14 @@ async def ready(request: Request):
         raise
     except ScoringError as exc:  # an engine that answers but does not score is not ready either
         raise EngineUnavailable(f"not ready: {exc.detail}") from None
-    return FastJSONResponse({"ready": True})
+    return WeaviateReady(ready=True)
 
 
-@router.get(META, responses={200: {"model": Meta}}, summary="The served model (Weaviate shows it in /v1/meta)")
-async def meta(request: Request):
+@router.get(META, summary="The served model (Weaviate shows it in /v1/meta)")
+async def meta(request: Request) -> WeaviateMeta:
     settings = request_state(request).settings
-    return FastJSONResponse({"model": {"name": settings.model_name, "max_model_len": settings.max_model_len}})
+    return WeaviateMeta(model={"name": settings.model_name, "max_model_len": settings.max_model_len})
 
 
-DIALECT = Dialect("weaviate", router,
-                  responses={RERANK: WeaviateRerankResponse, READY: Ready, META: Meta},
-                  error=error_with_string, error_model=StringErrorBody,
+DIALECT = Dialect("weaviate", router, error=error_with_string, error_model=StringErrorBody,
                   answers={READY: frozenset({ENGINE}), META: frozenset()})

@@ -17,7 +17,7 @@ from cachetools import TTLCache
 
 from server.scoring.dispatch import Dispatcher
 from server.scoring.engines import Engine, EngineSet
-from server.scoring.errors import InvalidInput, TooLarge
+from server.scoring.errors import DocumentTooLong, InvalidInput, TooLarge
 from server.scoring.prompt import Piece, PromptEncoder
 from server.scoring.relay import Relay
 from server.scoring.vl import VlScoring
@@ -53,6 +53,10 @@ class ScoreRequest:
     # take leaves the document one token (the prompt then exceeds the cap): refusing instead
     # would depend on a token count no request schema can state, and vLLM scores any cap >= 1.
     truncate_prompt_tokens: int | None = None
+    # A document that does not fit whole (after any chunking) is refused with DocumentTooLong
+    # instead of cut: NIM's truncate NONE, Voyage's truncation false, TEI's truncate false.
+    # Checked before any engine work.
+    refuse_truncation: bool = False
     # Qwen3-VL-Reranker: images (data: URLs or base64) of the query and of each document (one
     # list per document, or None), placed before the part's text as Qwen's reference places them.
     # A text-only model refuses them.
@@ -74,12 +78,16 @@ class ScoreResult:
 
 @dataclass
 class _Job:
-    """One unique document's work: its chunks (token ids or text) and the cache key."""
+    """One unique document's work: its chunks (token ids or text) and the cache key. `tokens`:
+    the document tokens sent; `length`: the document's tokens as counted (all of them unless
+    `precut`: text far past the budget was dropped before tokenising)."""
     key: str
     chunks: list[list[int]]
     texts: list[str]
     tokens: int
     truncated: bool
+    length: int = 0
+    precut: bool = False
 
 
 def _check_unicode(text: str, where: str) -> None:
@@ -134,6 +142,8 @@ class Scorer:
         unique = list(dict.fromkeys(req.documents))
         keys = {d: self._cache_key(instruction, req, d) for d in unique}
         cached = self._cache_lookup(keys)
+        if req.refuse_truncation:  # a cut document is looked at again, for the refusal's facts
+            cached = {d: hit for d, hit in cached.items() if not hit[2]}
         todo = [d for d in unique if d not in cached]
         computed = await self._compute(req, instruction, todo, keys) if todo else {}
         self._cache_store(computed)
@@ -150,6 +160,8 @@ class Scorer:
         head = self.encoder.head(req.query, instruction)
         budget, chunks = self._budget(head, req)
         jobs = await self._jobs(docs, keys, budget, chunks)
+        if req.refuse_truncation:
+            self._refuse_cuts(req.documents, dict(zip(docs, jobs)), budget * chunks)
         self._check_request_tokens(jobs)
         return await self._run(jobs, head, req.query, instruction, req, on)
 
@@ -251,7 +263,7 @@ class Scorer:
     def _job(key: str, text: str, piece: Piece, budget: int, max_chunks: int, precut: bool) -> _Job:
         n = len(piece)
         if n <= budget and not precut:  # the common case: one whole document
-            return _Job(key, [piece.ids], [text[1:]], n, truncated=False)
+            return _Job(key, [piece.ids], [text[1:]], n, truncated=False, length=n)
         ends = piece.ends
         starts = list(range(0, min(max(n, 1), budget * max_chunks), budget))
         chunks, texts = [], []
@@ -261,7 +273,15 @@ class Scorer:
             lo = ends[s - 1] if s else 1  # the first chunk drops the joining space
             texts.append(text[lo: ends[e - 1]] if e else "")
         used = sum(len(c) for c in chunks)
-        return _Job(key, chunks, texts, used, truncated=precut or used < n)
+        return _Job(key, chunks, texts, used, truncated=precut or used < n, length=n, precut=precut)
+
+    @staticmethod
+    def _refuse_cuts(documents: list[str], jobs: dict[str, _Job], limit: int) -> None:
+        """DocumentTooLong for the first document, in request order, that would be cut."""
+        for index, doc in enumerate(documents):
+            job = jobs.get(doc)
+            if job is not None and job.truncated:
+                raise DocumentTooLong(index, job.length, limit, tokens_exact=not job.precut)
 
     def _check_request_tokens(self, jobs: list[_Job]) -> None:
         total = sum(j.tokens for j in jobs)

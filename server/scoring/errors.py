@@ -19,6 +19,28 @@ class InvalidInput(ScoringError):
     """The request cannot be scored as sent (empty query, bad Unicode, a limit exceeded)."""
 
 
+class DocumentTooLong(InvalidInput):
+    """A document does not fit the model whole and the request asked for a refusal instead of a
+    cut (`ScoreRequest.refuse_truncation`). The facts a dialect words its own message from:
+    `index` (in the request's documents), `tokens` (the document's; a lower bound when
+    `tokens_exact` is false: text far past any budget is dropped before tokenising), `limit`
+    (the document tokens that fit with this query and instruction)."""
+
+    def __init__(self, index: int, tokens: int, limit: int, tokens_exact: bool = True,
+                 detail: str | None = None) -> None:
+        self.index = index
+        self.tokens = tokens
+        self.limit = limit
+        self.tokens_exact = tokens_exact
+        super().__init__(detail or f"documents[{index}] has {self.size}, more than the {limit} "
+                                   "that fit the model with this query")
+
+    @property
+    def size(self) -> str:
+        """"1234 tokens", or "at least 1234 tokens" when only part of the text was counted."""
+        return f"{self.tokens} tokens" if self.tokens_exact else f"at least {self.tokens} tokens"
+
+
 class TooLarge(ScoringError):
     """The request is valid but bigger than the server takes in one request."""
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from server.images import decoded_bytes, load_images
-from server.scoring.errors import InvalidInput, TooLarge
+from server.scoring.errors import DocumentTooLong, InvalidInput, TooLarge
 from server.scoring.vl_images import ImagePreparer, PreparedImage
 from server.scoring.vl_prompt import DEFAULT_VL_INSTRUCTION, DOCUMENT_TAG, EMPTY_PART, SUFFIX, head
 from server.settings import DEFAULT_INSTRUCTION
@@ -62,6 +62,11 @@ class _Doc:
     chunks: list[str]
     tokens: int
     truncated: bool
+    # for a refusal instead of a cut (refuse_truncation): the text's tokens (a lower bound when
+    # not `exact`) and the text tokens that fit beside the images
+    length: int = 0
+    limit: int = 0
+    exact: bool = True
 
 
 class VlScoring:
@@ -107,9 +112,15 @@ class VlScoring:
         if cache is not None:
             self.scorer.metrics.cache_hits.inc(len(cached))
             self.scorer.metrics.cache_misses.inc(len(keys) - len(cached))
+        if req.refuse_truncation:  # a cut document is looked at again, for the refusal's facts
+            cached = {u: hit for u, hit in cached.items() if not hit[2]}
         todo = [u for u in unique if u not in cached]
         docs = [await self._doc(keys[u], u[0], images_by_doc[unique[u]], unique[u], fixed, cap, req)
                 for u in todo]
+        if req.refuse_truncation:  # todo is in request order of first appearance
+            for u, doc in zip(todo, docs):
+                if doc.truncated:
+                    raise DocumentTooLong(unique[u], doc.length, doc.limit, tokens_exact=doc.exact)
         self._check_request_tokens(docs)
         computed = await self._run(docs, query, query_images, instruction, fixed, req, on, image_bytes)
         if cache is not None:
@@ -185,7 +196,7 @@ class VlScoring:
         if not text:
             return _Doc(key, images, [""], image_tokens + (0 if images else 1), False)
         if room < 1:  # the images fill the prompt: the text is cut to nothing
-            return _Doc(key, images, [""], image_tokens, True)
+            return _Doc(key, images, [""], image_tokens, True, length=1, limit=0, exact=False)
         piece = (await self.scorer._encode([text]))[0]
         n = len(piece)
         if n <= room:
@@ -196,7 +207,8 @@ class VlScoring:
             end = min(start + room, n)
             chunks.append(text[(ends[start - 1] if start else 0): ends[end - 1]])
         used = min(n, room * max_chunks)
-        return _Doc(key, images, chunks, used + image_tokens * len(chunks), used < n)
+        return _Doc(key, images, chunks, used + image_tokens * len(chunks), used < n, length=n,
+                    limit=room * max_chunks)
 
     def _check_request_tokens(self, docs: list[_Doc]) -> None:
         total = sum(d.tokens for d in docs)

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from server.scoring import errors as domain
+from server.scoring.core import ScoreRequest
 from server.state import app_state
 from tests.conftest import MAX_MODEL_LEN
 from tests.inprocess.conftest import FakeEngine, running
@@ -115,3 +116,70 @@ async def test_an_echoed_document_with_a_huge_integer_is_answered_not_a_500(anyi
         r = await client.post("/v1/rerank", json={"query": Q, "documents": [doc], "return_documents": True})
         assert r.status_code == 200, r.text
         assert r.json()["results"][0]["document"]["id"] == 2**70
+
+
+# --- refusing a document that would be cut (ScoreRequest.refuse_truncation) ----------------------
+LONG = "word " * 3000  # more tokens than MAX_MODEL_LEN
+
+
+async def test_a_document_that_would_be_cut_is_refused_with_its_facts_before_any_engine_work(anyio_backend):
+    async with running() as (app, client, fake):
+        scorer = app_state(app).scorer
+        docs = [DOCS[0], LONG, LONG + "more", DOCS[1]]
+        with pytest.raises(domain.DocumentTooLong) as refused:
+            await scorer.score(ScoreRequest(Q, docs, refuse_truncation=True))
+        assert not fake.calls  # refused before the engine saw anything
+        err = refused.value
+        budget = MAX_MODEL_LEN - scorer.encoder.template_tokens - len(
+            scorer.encoder.head(Q, app_state(app).settings.default_instruction))
+        assert (err.index, err.limit, err.tokens_exact) == (1, budget, True)  # the first one cut
+        assert err.tokens == len(scorer.encoder.encode_plain([" " + LONG])[0]) > budget
+        assert "documents[1]" in err.detail and str(err.tokens) in err.detail
+
+        cut = await scorer.score(ScoreRequest(Q, docs))  # without the flag: cut and scored
+        assert cut.truncated == [False, True, True, False]
+        whole = await scorer.score(ScoreRequest(Q, DOCS, refuse_truncation=True))  # nothing to cut
+        assert whole.truncated == [False] * len(DOCS)
+
+
+async def test_a_document_that_fits_in_its_chunks_is_not_refused(anyio_backend):
+    async with running() as (app, client, fake):
+        scorer = app_state(app).scorer
+        result = await scorer.score(ScoreRequest(Q, [LONG], max_chunks_per_doc=3, refuse_truncation=True))
+        assert result.truncated == [False] and len(fake.calls[0]) == 2  # two chunks, no cut
+        with pytest.raises(domain.DocumentTooLong) as refused:
+            await scorer.score(ScoreRequest(Q, [LONG * 3], max_chunks_per_doc=2, refuse_truncation=True))
+        assert refused.value.limit > MAX_MODEL_LEN  # two chunks' worth of document tokens
+
+
+async def test_a_cut_document_in_the_score_cache_is_still_refused(anyio_backend):
+    async with running(score_cache=True) as (app, client, fake):
+        scorer = app_state(app).scorer
+        await scorer.score(ScoreRequest(Q, [LONG]))  # cached, as cut
+        with pytest.raises(domain.DocumentTooLong) as refused:
+            await scorer.score(ScoreRequest(Q, [LONG], refuse_truncation=True))
+        assert refused.value.index == 0 and refused.value.tokens > refused.value.limit
+
+
+async def test_text_far_past_the_budget_is_refused_with_a_lower_bound(anyio_backend):
+    async with running() as (app, client, fake):
+        with pytest.raises(domain.DocumentTooLong) as refused:
+            await app_state(app).scorer.score(ScoreRequest(Q, ["x" * 500_000], refuse_truncation=True))
+        assert not refused.value.tokens_exact and "at least" in refused.value.detail
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/v1/ranking", {"query": {"text": Q}, "passages": [{"text": DOCS[0]}, {"text": LONG}],
+                     "truncate": "NONE"}, "passages[1]"),
+    ("/v1/rerank", {"query": Q, "documents": [DOCS[0], LONG], "truncation": False}, "documents[1]"),
+    ("/pinecone/rerank", {"query": Q, "documents": [DOCS[0], LONG], "parameters": {"truncate": "NONE"}},
+     "documents[1]"),
+    ("/rerank", {"query": Q, "texts": [DOCS[0], LONG], "truncate": False}, "texts[1]"),
+])
+async def test_each_dialect_words_the_refusal_with_its_own_field(anyio_backend, path, body, field):
+    async with running() as (app, client, fake):
+        r = await client.post(path, json=body)
+        assert r.status_code == 422 and r.json()["detail"].startswith(field + " has "), r.text
+        assert not fake.calls
+        if path == "/rerank":  # TEI clients read error / error_type
+            assert r.json()["error"] == r.json()["detail"]

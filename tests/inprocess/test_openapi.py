@@ -13,16 +13,18 @@ import json
 
 import jsonschema_rs
 import pytest
+import schemathesis
 from fastapi import FastAPI
+from schemathesis.config import SchemathesisConfig
 
 from server.app import create_app, watch_engine_once
 from server.dialects import DIALECTS, vllm
+from server.dialects.vllm.protocol import SCORE_PAIRS
 from server.openapi import ENGINE, JSON_BODY, RELAYED, SCORED, SETTING_BOUNDS, finish, route_kinds
 from server.scoring import errors as domain
 from server.settings import DEFAULT_INSTRUCTION
-from tests.conftest import MAX_MODEL_LEN
+from tests.conftest import MAX_MODEL_LEN, ROOT
 from tests.inprocess.conftest import FakeEngine, _shared_encoder, running, settings
-from tests.integration import schemathesis_hooks
 
 pytestmark = pytest.mark.anyio
 
@@ -377,23 +379,52 @@ async def test_relayed_bodies_are_checked_as_documented_then_passed_as_they_came
             assert_documented(spec, path, r, vllm.DIALECT)
 
 
-async def test_the_schemathesis_hook_skips_exactly_what_the_server_refuses(served):
-    """The hook (tests/integration/schemathesis_hooks.py) keeps positive cases that break a rule
-    JSON Schema cannot state from being sent; it must name the same bodies the server refuses."""
+async def test_schema_valid_score_bodies_are_refused_only_for_lists_of_unequal_lengths(served):
+    """The one rule JSON Schema cannot state (vLLM's 1:1, 1:N or N:N pairing): on the routes that
+    take /score bodies, schemathesis.toml lets a schema-valid body get a 400. It must be exactly
+    these routes, and the server must refuse exactly the bodies that break the rule."""
     spec, client, _ = served
-    bodies = [{"queries": q, "documents": d} for q, d in
-              ((["a", "b"], ["x", "y", "z"]), (["a", "b"], ["x", "y"]), ("a", ["x", "y", "z"]),
-               (["a"], ["x", "y"]), (["a", "b"], "x"))]
-    bodies += [{"query": "q", "documents": [{"title": "t"}], "rank_fields": f} for f in (["title"], ["text"])]
+    config = SchemathesisConfig.from_path(str(ROOT / "schemathesis.toml"))
+    project = config.projects.get_default()
+    operations = [result.ok() for result in schemathesis.openapi.from_dict(spec).get_all_operations()]
+    allowed = {op.path for op in operations
+               if "400" in project.checks_config_for(operation=op).positive_data_acceptance.expected_statuses}
+    assert allowed == {"/score", "/v1/score", "/invocations"}
+    sides = ["q", ["q"], ["q", "r"], ["q", "r", "s"]]
     refused = 0
-    for body in bodies:
-        path = "/v1/rerank" if "rank_fields" in body else "/score"
-        assert validator(spec, body_schema(spec, path)).is_valid(body), (path, body)  # schema-valid
-        skipped = any(rule(body) for rule in schemathesis_hooks.RULES)
+    for path in sorted(allowed):
+        for left_name, right_name in SCORE_PAIRS:
+            for left in sides:
+                for right in sides:
+                    body = {left_name: left, right_name: right}
+                    assert validator(spec, body_schema(spec, path)).is_valid(body), (path, body)
+                    unequal = isinstance(left, list) and len(left) > 1 and len(left) != (
+                        len(right) if isinstance(right, list) else 1)
+                    r = await client.post(path, json=body)
+                    assert r.status_code == (400 if unequal else 200), (path, body, r.text)
+                    if unequal:
+                        assert r.json()["error"]["message"] == "Input lengths must be either 1:1, 1:N or N:N"
+                    refused += unequal
+    assert refused == 6 * len(SCORE_PAIRS) * len(allowed)  # 2:1, 2:1, 2:3, 3:1, 3:1, 3:2 everywhere
+
+
+async def test_rank_fields_naming_a_field_a_document_lacks_are_answered(served):
+    """Cohere's and Pinecone's `rank_fields`: a document is ranked on the named fields it has
+    (a field it lacks is left out), on its `text` when it has none of them, else on its JSON text.
+    No schema can say which keys a value names, so nothing here is refused."""
+    spec, client, _ = served
+    documents = [{"title": "Paris", "text": "capital of France"}, {"text": "Bananas are yellow."},
+                 {"id": 7}]
+    as_ranked = ["title: Paris", "Bananas are yellow.", '{"id": 7}']
+    for path, scores in (("/v1/rerank", "results"), ("/v2/rerank", "results"), ("/pinecone/rerank", "data")):
+        key = "relevance_score" if scores == "results" else "score"
+        body = {"query": "capital of France", "documents": documents, "rank_fields": ["title", "missing"]}
+        assert validator(spec, body_schema(spec, path)).is_valid(body), path
         r = await client.post(path, json=body)
-        assert skipped == (r.status_code != 200), (body, skipped, r.text)
-        refused += skipped
-    assert refused == 3  # the rules did refuse something
+        assert r.status_code == 200, (path, r.text)
+        same = await client.post(path, json={"query": "capital of France", "documents": as_ranked})
+        assert {x["index"]: x[key] for x in r.json()[scores]} == {
+            x["index"]: x[key] for x in same.json()[scores]}, path
 
 
 async def test_every_documented_truncate_prompt_tokens_is_answered(served):

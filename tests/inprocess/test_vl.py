@@ -229,6 +229,22 @@ async def test_long_text_beside_an_image_is_chunked_each_chunk_with_the_image(vl
     assert r.json()["results"][0].get("truncated") is True
 
 
+async def test_a_refusal_instead_of_a_cut_holds_on_the_vl_model_too(vl):
+    _, client, fake = vl
+    long = "word " * 3000  # more tokens than the test settings' max_model_len
+    calls = len(fake.reranks)
+    for path, body, field in (
+            ("/v1/ranking", {"query": {"text": "q"}, "passages": [{"text": "short"}, {"text": long}],
+                             "truncate": "NONE"}, "passages[1]"),
+            ("/rerank", {"query": "q", "texts": ["short", long], "truncate": False}, "texts[1]")):
+        r = await client.post(path, json=body)
+        assert r.status_code == 422 and r.json()["detail"].startswith(field + " has "), r.text
+    assert len(fake.reranks) == calls  # refused before the engine
+    r = await client.post("/v1/ranking", json={"query": {"text": "q"}, "passages": [{"text": long}],
+                                               "truncate": "END"})
+    assert r.status_code == 200, r.text  # cut when the client asks for a cut
+
+
 async def test_the_openapi_document_states_the_image_forms_only_for_a_vl_model(vl, text_model):
     vl_doc = (await vl[1].get("/openapi.json")).json()
     text_doc = (await text_model[1].get("/openapi.json")).json()

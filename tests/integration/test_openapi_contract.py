@@ -8,14 +8,15 @@ A fixed seed and a small example count keep a run short; the coverage phase stil
 boundary values of every constraint (empty and max_documents-long lists, blank queries, every
 enum value, wrong JSON types). The shim under test sets max_documents=4: the document states the
 deployment's own bound, and boundary lists of 1,000 documents (the default) would make the run
-minutes long without testing anything more. schemathesis.toml at the repo root is read (cwd):
-it names the one hook (tests/integration/schemathesis_hooks.py: positive cases that break a rule
-JSON Schema cannot state are not sent) and keeps runs reproducible.
+minutes long without testing anything more. No hooks: every generated case is sent, as from
+any outside user's run. schemathesis.toml at the repo root is read (cwd): it keeps runs
+reproducible and names the one rule of the server JSON Schema cannot state (vLLM's /score
+pairing of lists of equal lengths: a 400 to a schema-valid body is expected on the routes that
+take /score bodies; tests/inprocess/test_openapi.py checks the server refuses exactly those).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from server.dialects import DIALECTS
-from tests.conftest import MODEL_DIR, ROOT
+from tests.conftest import ROOT
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 KEY = "k-contract"
@@ -34,9 +35,7 @@ def schemathesis(url: str, *args: str) -> str:
     """Run schemathesis against `url`; fail with its report unless it found nothing."""
     cmd = [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "--checks", "all", "--seed", "1",
            "--no-color", "--request-timeout", "60", *args]
-    env = {**os.environ, "RERANKER_TOKENIZER": str(MODEL_DIR)}  # the hook counts prompt tokens
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
-                          check=False)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
     report = done.stdout + done.stderr
     assert done.returncode == 0, f"schemathesis found contract failures:\n{report[-12000:]}"
     operations = sum(len(ops) for ops in httpx.get(f"{url}/openapi.json").json()["paths"].values())

@@ -27,15 +27,6 @@ from fastapi import APIRouter
 from server.dialects.common import Dialect
 from server.dialects.vllm import invocations, models, passthrough, score, tokens
 from server.dialects.vllm.errors import VllmErrorBody, error_body
-from server.dialects.vllm.protocol import (
-    DetokenizeResponse,
-    EngineAnswer,
-    ModelList,
-    ScoreResponse,
-    TokenizeResponse,
-    VersionResponse,
-    VllmRerankResponse,
-)
 from server.openapi import ENGINE, JSON_BODY, RELAYED, SCORED
 
 router = APIRouter()
@@ -44,11 +35,6 @@ for _routes in (score, tokens, passthrough, invocations, models):
 
 DIALECT = Dialect(
     "vllm", router,
-    responses={"/score": ScoreResponse, "/v1/score": ScoreResponse,
-               "/tokenize": TokenizeResponse, "/detokenize": DetokenizeResponse,
-               "/classify": EngineAnswer, "/pooling": EngineAnswer,
-               "/invocations": VllmRerankResponse | ScoreResponse | EngineAnswer,
-               "/version": VersionResponse, "/v1/models": ModelList},
     relayed=frozenset({"/classify", "/pooling", "/version"}),
     error=error_body, error_model=VllmErrorBody,
     # the prompt form of /tokenize and /detokenize are the shim's (the served tokenizer); the chat

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from server.dialects.common import priority_header
@@ -24,7 +25,7 @@ from server.dialects.vllm.protocol import (
     validated,
 )
 from server.openapi import documented_body
-from server.responses import FastJSONResponse
+from server.responses import model_response
 
 router = APIRouter(tags=["vllm"])
 
@@ -77,14 +78,14 @@ def _shaped_as(body: dict) -> type[BaseModel] | None:
                  InvocationsClassifyRequest, InvocationsClassifyChatRequest,
                  (VllmRerankRequest, {"not": _CLASSIFY_SHAPE}),
                  (VllmScoreRequest, {"not": _CLASSIFY_SHAPE})))
-async def invocations(request: Request, body: Any = Body(None)):
+async def invocations(request: Request, body: Any = Body(None)) -> Response:
     if isinstance(body, dict) and not _is_classify_body(body):
         rerank = _try(VllmRerankRequest, body)
         if rerank is not None:
-            return FastJSONResponse(await rerank_answer(request, rerank))
+            return model_response(await rerank_answer(request, rerank))
         scoring = _try(VllmScoreRequest, body)
         if scoring is not None:
-            return FastJSONResponse(await score_answer(request, scoring))
+            return model_response(await score_answer(request, scoring))
         shape = _shaped_as(body)
         if shape is not None:  # the shim's own checks (an empty query, ...), not vLLM's
             validated(shape, body)

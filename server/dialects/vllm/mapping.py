@@ -16,8 +16,15 @@ from server.dialects.common import ranking, score, score_all
 from server.dialects.vllm.protocol import (
     RESERVED_TEMPLATE_KWARGS,
     SCORE_PAIRS,
+    RerankDocument,
+    RerankUsage,
+    ScoreData,
     ScoreInput,
+    ScoreResponse,
+    UsageInfo,
     VllmRerankRequest,
+    VllmRerankResponse,
+    VllmRerankResult,
     VllmScoreRequest,
     VllmScoringFields,
 )
@@ -117,34 +124,30 @@ def response_id(request: Request, body: VllmScoringFields) -> str:
     return f"score-{base}"
 
 
-def rerank_document(doc: ScoreInput) -> dict[str, Any]:
+def rerank_document(doc: ScoreInput) -> RerankDocument | dict[str, Any]:
     """A document as vLLM echoes it (a multimodal one as {"text": null, "multi_modal": parts});
     an object document (seed/Jina style) comes back whole."""
     if isinstance(doc, str):
-        return {"text": doc, "multi_modal": None}
+        return RerankDocument(text=doc, multi_modal=None)
     if "content" in doc:
-        return {"text": None, "multi_modal": doc["content"]}
+        return RerankDocument(text=None, multi_modal=doc["content"])
     return dict(doc)
 
 
 def rerank_results(result: ScoreResult, documents: list[ScoreInput], top_n: int | None,
-                   return_documents: bool | None) -> list[dict[str, Any]]:
+                   return_documents: bool | None) -> list[VllmRerankResult]:
     """vLLM's results: sorted by score (stable), cut to top_n, documents echoed unless false."""
-    out = []
-    for i in ranking(result, top_n):
-        item: dict[str, Any] = {"index": i}
-        if return_documents is not False:
-            item["document"] = rerank_document(documents[i])
-        item["relevance_score"] = result.scores[i]
-        out.append(item)
-    return out
+    echo = return_documents is not False
+    return [VllmRerankResult(index=i, document=rerank_document(documents[i]) if echo else None,
+                             relevance_score=result.scores[i])
+            for i in ranking(result, top_n)]
 
 
-def usage(tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": tokens, "total_tokens": tokens}
+def usage(tokens: int) -> RerankUsage:
+    return RerankUsage(prompt_tokens=tokens, total_tokens=tokens)
 
 
-async def rerank_answer(request: Request, body: VllmRerankRequest) -> dict[str, Any]:
+async def rerank_answer(request: Request, body: VllmRerankRequest) -> VllmRerankResponse:
     """vLLM's /rerank answer for a vLLM rerank body (on /rerank, /v1/rerank, /v2/rerank and
     /invocations)."""
     documents = as_list(body.documents)
@@ -154,12 +157,13 @@ async def rerank_answer(request: Request, body: VllmRerankRequest) -> dict[str, 
     result = await score(request, score_request(body, query, [t for t, _ in docs],
                                                 query_images=query_images,
                                                 document_images=[i for _, i in docs]))
-    return {"id": response_id(request, body), "model": request_state(request).settings.model_name,
-            "usage": usage(result.prompt_tokens),
-            "results": rerank_results(result, documents, body.top_n, body.return_documents)}
+    return VllmRerankResponse(
+        id=response_id(request, body), model=request_state(request).settings.model_name,
+        usage=usage(result.prompt_tokens),
+        results=rerank_results(result, documents, body.top_n, body.return_documents))
 
 
-async def score_answer(request: Request, body: VllmScoreRequest) -> dict[str, Any]:
+async def score_answer(request: Request, body: VllmScoreRequest) -> ScoreResponse:
     """vLLM's /score answer (on /score, /v1/score and /invocations)."""
     limit = request_state(request).settings.max_documents
     _check_other_sides(body, limit, served_vl(request))
@@ -192,11 +196,12 @@ async def score_answer(request: Request, body: VllmScoreRequest) -> dict[str, An
         for i, s in zip(idx, result.scores):
             scores[i] = s
     tokens = sum(r.prompt_tokens for r in results)
-    return {"id": response_id(request, body), "object": "list", "created": int(time.time()),
-            "model": request_state(request).settings.model_name,
-            "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
-            "usage": {**usage(tokens), "completion_tokens": 0, "prompt_tokens_details": None,
-                      "completion_tokens_details": None}}
+    return ScoreResponse(
+        id=response_id(request, body), object="list", created=int(time.time()),
+        model=request_state(request).settings.model_name,
+        data=[ScoreData(index=i, object="score", score=s) for i, s in enumerate(scores)],
+        usage=UsageInfo(prompt_tokens=tokens, total_tokens=tokens, completion_tokens=0,
+                        prompt_tokens_details=None, completion_tokens_details=None))
 
 
 def served_vl(request: Request) -> bool:

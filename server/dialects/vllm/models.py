@@ -9,8 +9,7 @@ import time
 from fastapi import APIRouter, Request
 
 from server.dialects.vllm.errors import relayed_answer
-from server.dialects.vllm.protocol import ModelList, VersionResponse
-from server.responses import FastJSONResponse
+from server.dialects.vllm.protocol import ModelCard, ModelList, ModelPermission, VersionResponse
 from server.state import request_state
 
 router = APIRouter(tags=["vllm"])
@@ -23,19 +22,18 @@ async def version(request: Request):
     return relayed_answer(request, status, payload)
 
 
-@router.get("/v1/models", summary="The served model, as vLLM lists it (with max_model_len)",
-            responses={200: {"model": ModelList}})
-async def models(request: Request):
+@router.get("/v1/models", summary="The served model, as vLLM lists it (with max_model_len)")
+async def models(request: Request) -> ModelList:
     settings = request_state(request).settings
     now = int(time.time())
-    permission = {"id": f"modelperm-{secrets.token_hex(8)}", "object": "model_permission",
-                  "created": now, "allow_create_engine": False, "allow_sampling": True,
-                  "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
-                  "allow_fine_tuning": False, "organization": "*", "group": None,
-                  "is_blocking": False}
-    return FastJSONResponse({"object": "list", "data": [{
-        "id": settings.model_name, "object": "model", "created": now, "owned_by": "vllm",
-        "root": settings.model_path, "parent": None, "max_model_len": settings.max_model_len,
-        "permission": [permission]}]})
+    permission = ModelPermission(
+        id=f"modelperm-{secrets.token_hex(8)}", object="model_permission", created=now,
+        allow_create_engine=False, allow_sampling=True, allow_logprobs=True,
+        allow_search_indices=False, allow_view=True, allow_fine_tuning=False, organization="*",
+        group=None, is_blocking=False)
+    return ModelList(object="list", data=[ModelCard(
+        id=settings.model_name, object="model", created=now, owned_by="vllm",
+        root=settings.model_path, parent=None, max_model_len=settings.max_model_len,
+        permission=[permission])])
 
 

@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from server.dialects.common import Query, documents_field, json_integer
+from server.dialects.common import Query, documents_field, json_integer, omitted_when_none
 from server.errors import NON_BLANK
 from server.openapi import family_schema, setting_bounds
 
@@ -377,9 +377,9 @@ class RerankDocument(_Strict):
 
 class VllmRerankResult(_Strict):
     index: int
-    document: RerankDocument | dict[str, Any] | None = Field(
-        None, description="left out only for return_documents=false; a string document comes back as "
-        "vLLM's {text, multi_modal}, an object document whole")
+    document: RerankDocument | dict[str, Any] | None = omitted_when_none(
+        "left out only for return_documents=false; a string document comes back as vLLM's "
+        "{text, multi_modal}, an object document whole")
     relevance_score: float
 
 

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Request
 
 from server.dialects.vllm.mapping import score_answer
 from server.dialects.vllm.protocol import ScoreResponse, VllmScoreRequest
-from server.responses import FastJSONResponse
 
 router = APIRouter(tags=["vllm"])
 
@@ -16,13 +15,11 @@ _SCORE_DOC = ("vLLM's Score API: `queries`+`documents` (or `queries`+`items`, `d
               "`truncate_prompt_tokens` cuts only the document text (never the template).")
 
 
-@router.post("/score", summary="vLLM Score API", description=_SCORE_DOC,
-             responses={200: {"model": ScoreResponse}})
-async def create_score(body: VllmScoreRequest, request: Request):
-    return FastJSONResponse(await score_answer(request, body))
+@router.post("/score", summary="vLLM Score API", description=_SCORE_DOC)
+async def create_score(body: VllmScoreRequest, request: Request) -> ScoreResponse:
+    return await score_answer(request, body)
 
 
-@router.post("/v1/score", summary="vLLM Score API (the /v1 alias)", description=_SCORE_DOC,
-             responses={200: {"model": ScoreResponse}})
-async def create_score_v1(body: VllmScoreRequest, request: Request):
-    return FastJSONResponse(await score_answer(request, body))
+@router.post("/v1/score", summary="vLLM Score API (the /v1 alias)", description=_SCORE_DOC)
+async def create_score_v1(body: VllmScoreRequest, request: Request) -> ScoreResponse:
+    return await score_answer(request, body)

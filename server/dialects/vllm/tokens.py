@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
+from fastapi.responses import Response
 
 from server.dialects.vllm.passthrough import pass_through
 from server.dialects.vllm.protocol import (
@@ -18,7 +19,6 @@ from server.dialects.vllm.protocol import (
     validated,
 )
 from server.openapi import documented_body
-from server.responses import FastJSONResponse
 from server.scoring.errors import InvalidInput
 from server.state import request_state
 
@@ -31,9 +31,9 @@ _INLINE_TOKENIZE_CHARS = 20_000
 @router.post("/tokenize", summary="vLLM /tokenize with the served tokenizer",
              description="`prompt` is tokenised here with the model's tokenizer (the ids vLLM "
              "gives); the chat form (`messages`) is passed to vLLM.",
-             responses={200: {"model": TokenizeResponse}},
+             response_model=TokenizeResponse,
              openapi_extra=documented_body(TokenizeRequest, TokenizeChatRequest))
-async def tokenize(request: Request, body: Any = Body(None)):
+async def tokenize(request: Request, body: Any = Body(None)) -> TokenizeResponse | Response:
     if isinstance(body, dict) and "messages" in body:
         validated(TokenizeChatRequest, body)
         return await pass_through(request, "/tokenize", prompts=1)
@@ -46,13 +46,12 @@ async def tokenize(request: Request, body: Any = Body(None)):
         return ids, strs
 
     ids, strs = await asyncio.to_thread(run) if len(req.prompt) > _INLINE_TOKENIZE_CHARS else run()
-    return FastJSONResponse({"count": len(ids), "max_model_len": request_state(request).settings.max_model_len,
-                             "tokens": ids, "token_strs": strs})
+    return TokenizeResponse(count=len(ids), max_model_len=request_state(request).settings.max_model_len,
+                            tokens=ids, token_strs=strs)
 
 
-@router.post("/detokenize", summary="vLLM /detokenize with the served tokenizer",
-             responses={200: {"model": DetokenizeResponse}})
-async def detokenize(body: DetokenizeRequest, request: Request):
+@router.post("/detokenize", summary="vLLM /detokenize with the served tokenizer")
+async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
     tokenizer = request_state(request).scorer.encoder.tokenizer
     # Ids outside the vocabulary are skipped, as vLLM's tokenizer skips them; ids past 32 bits
     # do not fit the tokenizer's type: a 400, as on vLLM.
@@ -60,4 +59,4 @@ async def detokenize(body: DetokenizeRequest, request: Request):
         text = tokenizer.decode(body.tokens, skip_special_tokens=False)
     except OverflowError as exc:
         raise InvalidInput(str(exc)) from None
-    return FastJSONResponse({"prompt": text})
+    return DetokenizeResponse(prompt=text)

@@ -1,7 +1,7 @@
-"""Filling one GPU: how much of it each engine configuration uses, and what that serves.
+"""`fill`: how much of one GPU each engine configuration uses, and what that serves.
 
-    python3 -m benchmarks.gpu.orchestrate fill --configs n1,n2,n4,n4+mps --raw n1 \\
-        --steps seed,small,rag
+    run.sh fill --fill-configs n1,n2,n4,n4+mps --fill-steps seed,small,rag --fill-raw n1 \\
+        [--fill-profile-starts]
 
 A configuration is `n<K>` (K engines sharing the one GPU, `--engines K --engines-per-gpu K`) plus
 any of `+mps` (the launcher's MPS daemon, `--cuda-mps`), `+sync` (`--no-async-scheduling`),
@@ -9,8 +9,8 @@ any of `+mps` (the launcher's MPS daemon, `--cuda-mps`), `+sync` (`--no-async-sc
 16,384-token steps), `+step64k` (`--max-num-batched-tokens 65536`), `+aot` (`--aot-compile`) and
 `+sleep` (vLLM's `--enable-sleep-mode`, its dev endpoints on);
 `best` is the one that served most small requests so far, and `CONFIG@a/b` runs steps a and b
-for it instead of `--steps`. Each is started (all K engines verified), then every step runs
-through the shim, and for the configurations in `--raw` also against raw vLLM (engine 0's
+for it instead of `--fill-steps`. Each is started (all K engines verified), then every step runs
+through the shim, and for the configurations in `--fill-raw` also against raw vLLM (engine 0's
 `/rerank`), each line with GPU busy %, power and per-process CPU %
 (benchmarks/gpu/utilisation.py):
 
@@ -32,12 +32,16 @@ through the shim, and for the configurations in `--raw` also against raw vLLM (e
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import threading
 import time
 
-from benchmarks.gpu import orchestrate as o
+from benchmarks.gpu import harness as h
+
+NAME = "fill"
+SUMMARY = "engine configurations on one GPU (engines per GPU, MPS, CUDA graphs, ...): what each serves"
 
 STEPS = ("seed", "small", "rag", "long", "mixed", "det", "profile", "probe", "restart", "sleep",
          "batch")
@@ -79,7 +83,7 @@ class StartupSampler(threading.Thread):
 
     def __init__(self, config: str) -> None:
         super().__init__(daemon=True)
-        self.path = o.LOGS / f"startup-pyspy-{config}.txt"
+        self.path = h.LOGS / f"startup-pyspy-{config}.txt"
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -91,9 +95,9 @@ class StartupSampler(threading.Thread):
         t0 = time.monotonic()
         with open(self.path, "w") as out:
             while spy and not self.done.wait(1.0):
-                if not o.STATE.exists():
+                if not h.STATE.exists():
                     continue
-                for proc in _family([json.loads(o.STATE.read_text())["pid"]]):
+                for proc in _family([json.loads(h.STATE.read_text())["pid"]]):
                     try:
                         role = _role(proc, " ".join(proc.cmdline()), proc.name())
                     except Exception:
@@ -105,9 +109,9 @@ class StartupSampler(threading.Thread):
                         out.flush()
 
 
-def start(clock: o.Clock, config: str, profile_start: bool = False) -> int | None:
+def start(clock: h.Clock, config: str, profile_start: bool = False) -> int | None:
     n, flags = config_flags(config)
-    o.stop_launcher()
+    h.stop_launcher()
     sampler = StartupSampler(config) if profile_start else None
     if sampler:
         sampler.start()
@@ -115,39 +119,39 @@ def start(clock: o.Clock, config: str, profile_start: bool = False) -> int | Non
         # sleep mode's /sleep and /wake_up are vLLM dev endpoints
         env = {"VLLM_SERVER_DEV_MODE": "1"} if "+sleep" in config else None
         if env is not None:
-            env = {**o.cache_env(), **env}
-        ready = o.start_launcher(config, flags, budget=min(420, clock.left() - 30), env=env)
-        ready["all_engines_s"] = round(ready["seconds_to_ready"] + o.wait_all_engines(n, 150), 1)
-        o.emit({**ready, "engines_per_gpu": n})
+            env = {**h.cache_env(), **env}
+        ready = h.start_launcher(config, flags, budget=min(420, clock.left() - 30), env=env)
+        ready["all_engines_s"] = round(ready["seconds_to_ready"] + h.wait_all_engines(n, 150), 1)
+        h.emit({**ready, "engines_per_gpu": n})
         return n
     except RuntimeError as exc:
-        o.emit({"kind": "error", "step": "fill start", "config": config, "error": str(exc)[-3000:]})
-        o.stop_launcher()
+        h.emit({"kind": "error", "step": "fill start", "config": config, "error": str(exc)[-3000:]})
+        h.stop_launcher()
         return None
     finally:
         if sampler:
             sampler.done.set()
 
 
-def step(clock: o.Clock, config: str, name: str, target: str) -> None:
-    url = o.SHIM if target == "shim" else o.VLLM
+def step(clock: h.Clock, config: str, name: str, target: str) -> None:
+    url = h.SHIM if target == "shim" else h.VLLM
     if name == "seed":
         path = "/v1/rank" if target == "shim" else "/rerank"
-        body = o.SEED_BODY if target == "shim" else {"model": o.NAME, "query": o.SEED_BODY["query"],
-                                                     "documents": o.SEED_BODY["docs"]}
-        o.hey(config, target, url + path, body, c=50)
+        body = h.SEED_BODY if target == "shim" else {"model": h.NAME, "query": h.SEED_BODY["query"],
+                                                     "documents": h.SEED_BODY["docs"]}
+        h.hey(config, target, url + path, body, c=50)
     elif name == "small":
-        o.loadgen(clock, config, "small", targets=target, concurrency="50", requests=3000, est_s=30,
+        h.loadgen(clock, config, "small", targets=target, concurrency="50", requests=3000, est_s=30,
                   extra=["--procs", "4"])
     elif name == "rag":
-        o.loadgen(clock, config, "rag", targets=target, concurrency="32", requests=400, est_s=40,
+        h.loadgen(clock, config, "rag", targets=target, concurrency="32", requests=400, est_s=40,
                   extra=["--procs", "2"])
     elif name == "long":
-        o.loadgen(clock, config, "long", targets=target, concurrency="8", requests=100, est_s=40)
+        h.loadgen(clock, config, "long", targets=target, concurrency="8", requests=100, est_s=40)
     elif name == "mixed":
-        o.loadgen(clock, config, "mixed", targets=target, est_s=50)
+        h.loadgen(clock, config, "mixed", targets=target, est_s=50)
     elif name == "det" and target == "shim":
-        o.det_probe(clock, config, est_s=20)
+        h.det_probe(clock, config, est_s=20)
     elif name == "profile" and target == "shim":
         profile(clock, config)
     elif name == "probe" and target == "shim":
@@ -161,37 +165,37 @@ def step(clock: o.Clock, config: str, name: str, target: str) -> None:
         batch_job(clock, config)
 
 
-def batch_job(clock: o.Clock, config: str) -> None:
+def batch_job(clock: h.Clock, config: str) -> None:
     """`reranker batch` against the running service beside its own rag c=32 figure, with a small
     stream beside the job (benchmarks/batch_throughput.py), the step's GPU busy % on the line."""
     import json
     import sys
 
     if clock.left() < 150:
-        o.emit({"kind": "skipped", "step": "batch", "config": config, "reason": "budget"})
+        h.emit({"kind": "skipped", "step": "batch", "config": config, "reason": "budget"})
         return
-    cmd = [sys.executable, "-m", "benchmarks.batch_throughput", "--service", o.SHIM,
-           "--tokenizer", str(o.MODEL_DIR), "--requests", "600"]
-    with o.measured():
+    cmd = [sys.executable, "-m", "benchmarks.batch_throughput", "--service", h.SHIM,
+           "--tokenizer", str(h.MODEL_DIR), "--requests", "600"]
+    with h.measured():
         try:
-            proc = subprocess.run(cmd, cwd=o.ROOT, capture_output=True, text=True,
+            proc = subprocess.run(cmd, cwd=h.ROOT, capture_output=True, text=True,
                                   timeout=max(30, clock.left() - 10))
         except subprocess.TimeoutExpired:
-            o.emit({"kind": "skipped", "step": "batch", "config": config, "reason": "timed out"})
+            h.emit({"kind": "skipped", "step": "batch", "config": config, "reason": "timed out"})
             return
         for line in proc.stdout.splitlines():
             if line.startswith("{"):
-                o.emit({**json.loads(line), "kind": "batch", "config": config})
+                h.emit({**json.loads(line), "kind": "batch", "config": config})
         if proc.returncode != 0:
-            o.emit({"kind": "error", "step": "batch", "config": config, "stderr": proc.stderr[-2000:]})
+            h.emit({"kind": "error", "step": "batch", "config": config, "stderr": proc.stderr[-2000:]})
 
 
 def probe(config: str, label: str = "") -> None:
     """The fixed probe's scores against the first probe taken on this machine, bit for bit."""
     import json
 
-    ref_path = o.RESULTS.parent / "probe-reference.json"
-    scores = o.fixed_probe()
+    ref_path = h.RESULTS.parent / "probe-reference.json"
+    scores = h.fixed_probe()
     if not scores:
         return
     line = {"kind": "probe", "config": config + label, "pairs": sum(map(len, scores))}
@@ -205,7 +209,7 @@ def probe(config: str, label: str = "") -> None:
     else:
         ref_path.write_text(json.dumps({"config": config, "scores": scores}))
         line["reference"] = "this"
-    o.emit(line)
+    h.emit(line)
 
 
 def _gpu_memory_used_gib() -> float | None:
@@ -219,18 +223,18 @@ def _gpu_memory_used_gib() -> float | None:
         return None
 
 
-def sleep_wake(clock: o.Clock, config: str) -> None:
+def sleep_wake(clock: h.Clock, config: str) -> None:
     """Sleep level 1 (weights to host memory, KV cache dropped) and wake_up on engine 0, timed,
     with the GPU memory before, asleep and awake; then the probe through the shim."""
     import httpx
 
     if "+sleep" not in config or clock.left() < 40:
-        o.emit({"kind": "skipped", "step": "sleep", "config": config,
+        h.emit({"kind": "skipped", "step": "sleep", "config": config,
                 "reason": "needs a +sleep configuration" if "+sleep" not in config else "budget"})
         return
     line: dict = {"kind": "sleep", "config": config, "level": 1, "gib_awake": _gpu_memory_used_gib()}
     try:
-        with httpx.Client(base_url=o.VLLM, timeout=120) as client:
+        with httpx.Client(base_url=h.VLLM, timeout=120) as client:
             t = time.monotonic()
             r = client.post("/sleep", params={"level": 1})
             line["sleep_s"] = round(time.monotonic() - t, 2)
@@ -244,16 +248,16 @@ def sleep_wake(clock: o.Clock, config: str) -> None:
             line["gib_woken"] = _gpu_memory_used_gib()
     except httpx.HTTPError as exc:
         line["error"] = repr(exc)[:300]
-    o.emit(line)
+    h.emit(line)
     probe(config, " (after wake)")
 
 
-def profile(clock: o.Clock, config: str) -> None:
+def profile(clock: h.Clock, config: str) -> None:
     """Where each engine core spends its time under small requests: py-spy dumps (py-spy record
     hung on the GPU machine; a dump is one stack sample per thread)."""
     spy = shutil.which("py-spy")
     if not spy or clock.left() < 30:
-        o.emit({"kind": "skipped", "step": "profile", "config": config,
+        h.emit({"kind": "skipped", "step": "profile", "config": config,
                 "reason": "py-spy not installed" if not spy else "budget"})
         return
     import json
@@ -261,9 +265,9 @@ def profile(clock: o.Clock, config: str) -> None:
 
     from benchmarks.gpu.utilisation import engine_cores
 
-    roots = [os.getpid()] + ([json.loads(o.STATE.read_text())["pid"]] if o.STATE.exists() else [])
+    roots = [os.getpid()] + ([json.loads(h.STATE.read_text())["pid"]] if h.STATE.exists() else [])
     cores = engine_cores(roots)
-    load = threading.Thread(target=o.loadgen, args=(clock, f"{config} (profiled)", "small"),
+    load = threading.Thread(target=h.loadgen, args=(clock, f"{config} (profiled)", "small"),
                             kwargs={"targets": "shim", "concurrency": "50", "requests": 3000,
                                     "est_s": 30, "extra": ["--procs", "4"]})
     load.start()
@@ -272,10 +276,10 @@ def profile(clock: o.Clock, config: str) -> None:
         for pid in cores:
             out = subprocess.run([spy, "dump", "--pid", str(pid), "--nonblocking"], capture_output=True,
                                  text=True, timeout=30)
-            (o.LOGS / f"pyspy-{config}-{pid}-{i}.txt").write_text(out.stdout + out.stderr)
+            (h.LOGS / f"pyspy-{config}-{pid}-{i}.txt").write_text(out.stdout + out.stderr)
         time.sleep(1.0)
     load.join()
-    o.emit({"kind": "profile", "config": config, "engine_cores": cores, "dumps": 3,
+    h.emit({"kind": "profile", "config": config, "engine_cores": cores, "dumps": 3,
             "files": f"logs/pyspy-{config}-*.txt"})
 
 
@@ -284,10 +288,10 @@ def best_config() -> str | None:
     the shim (what `best` stands for, so a later call can go on with the winner unattended)."""
     import json
 
-    if not o.RESULTS.exists():
+    if not h.RESULTS.exists():
         return None
     best: tuple[float, str] | None = None
-    for line in o.RESULTS.read_text().splitlines():
+    for line in h.RESULTS.read_text().splitlines():
         rec = json.loads(line)
         if (rec.get("phase") == "fill" and rec.get("kind") == "result" and rec.get("target") == "shim"
                 and rec.get("workload") == "small" and not rec.get("errors")
@@ -297,7 +301,7 @@ def best_config() -> str | None:
     return best[1] if best else None
 
 
-def phase_fill(clock: o.Clock, configs: list[str], steps: list[str], raw: list[str],
+def phase_fill(clock: h.Clock, configs: list[str], steps: list[str], raw: list[str],
                profile_starts: bool = False) -> None:
     for name in steps:
         if name not in STEPS:
@@ -309,13 +313,13 @@ def phase_fill(clock: o.Clock, configs: list[str], steps: list[str], raw: list[s
         with_raw = config in raw
         if config == "best":
             config = best_config()
-            o.emit({"kind": "fill_best", "best": config})
+            h.emit({"kind": "fill_best", "best": config})
             if config is None:
                 continue
         if clock.left() < 120:
-            o.emit({"kind": "skipped", "step": "fill", "config": config, "reason": "device-call budget"})
+            h.emit({"kind": "skipped", "step": "fill", "config": config, "reason": "device-call budget"})
             continue
-        running = o.launcher_running()
+        running = h.launcher_running()
         if not (running and running["flags"] == config_flags(config)[1]):
             if start(clock, config, profile_starts) is None:
                 continue
@@ -323,4 +327,20 @@ def phase_fill(clock: o.Clock, configs: list[str], steps: list[str], raw: list[s
             if with_raw and name in ("seed", "small", "rag", "long", "mixed"):
                 step(clock, config, name, "vllm")
             step(clock, config, name, "shim")
-    o.stop_launcher()
+    h.stop_launcher()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fill-configs", default="n1,n2,n4,n4+mps",
+                        help="engine configurations, n<K>[+mps][+sync][+eager][+graphs8k|+graphs16k]"
+                             "[+step64k][+aot][+sleep], `best`, CONFIG@step/step")
+    parser.add_argument("--fill-steps", default="seed,small,rag", help=f"steps per configuration: {', '.join(STEPS)}")
+    parser.add_argument("--fill-raw", default="n1", help="configurations also measured on raw vLLM")
+    parser.add_argument("--fill-profile-starts", action="store_true",
+                        help="py-spy dumps of vLLM once a second while each configuration starts")
+
+
+def run(clock: h.Clock, args: argparse.Namespace) -> None:
+    phase_fill(clock, [c for c in args.fill_configs.split(",") if c],
+               [s for s in args.fill_steps.split(",") if s], args.fill_raw.split(","),
+               args.fill_profile_starts)
