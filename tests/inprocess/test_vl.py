@@ -5,7 +5,7 @@ refuse images with a 4xx, and hostile images get a 4xx.
 
 The engine here is a fake (FakeVlEngine) that records what vLLM would be sent, so that what the
 shim sends is asserted exactly and fast; what vLLM does with it (scores equal to the reference)
-is tested against the real CPU vLLM in tests/integration/test_vl.py."""
+is tested against the real CPU vLLM in tests/integration/test_vl_parity.py."""
 
 from __future__ import annotations
 

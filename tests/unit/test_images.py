@@ -139,7 +139,7 @@ def test_a_file_cut_short_is_refused_as_truncated(fmt):
 
 
 def gradient_png(width: int, height: int) -> bytes:
-    """A smooth picture as tests/integration/test_vl.py draws them: it compresses to a tiny PNG."""
+    """A smooth picture as tests/integration/test_vl_parity.py draws them: it compresses to a tiny PNG."""
     image = Image.new("RGB", (width, height))
     image.putdata([((x * 7 + 62) % 256, (y * 5 + 34) % 256, ((x + y) * 3 + 2) % 256)
                    for y in range(height) for x in range(width)])
