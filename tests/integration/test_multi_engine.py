@@ -73,7 +73,8 @@ def test_pooled_clients_work_reaches_both_engines(pair):
     before = shim_calls(pair)
     with PooledLoad(pair.url, BODY, clients=CLIENTS) as load:
         load.wait_warm()
-        time.sleep(3)
+        # until each engine has had calls of this load (at most the 3 s this used to wait)
+        eventually(lambda: all(shim_calls(pair).get(e, 0) > before.get(e, 0) for e in ("0", "1")), timeout=3)
         outcomes = load.stop()
     print(f"two engines, {CLIENTS} pooled clients: {outcomes.summary()}")
     assert not outcomes.lost, outcomes.lost[:5]
