@@ -9,14 +9,13 @@ import json
 import os
 from pathlib import Path
 
+from server.scoring.family import QWEN3_ARCHITECTURES, QWEN3_VL_ARCHITECTURES, family_of  # noqa: F401
+
 
 class ConfigError(Exception):
     """A configuration problem the operator has to fix; the message is the whole story."""
 
 
-# Architectures a Qwen3 reranker checkpoint declares: the original (a causal LM scored on the
-# "yes"/"no" logits) and its sequence-classification conversion.
-QWEN3_ARCHITECTURES = {"Qwen3ForCausalLM", "Qwen3ForSequenceClassification"}
 
 
 def looks_like_path(model: str) -> bool:
@@ -49,15 +48,15 @@ def model_config(model: str) -> dict:
 
 
 def check_qwen3_reranker(model: str, config: dict) -> list[str]:
-    """The checkpoint's architectures, when it is a Qwen3 model; ConfigError otherwise."""
+    """The checkpoint's architectures, when it is a Qwen3 or Qwen3-VL model (family_of);
+    ConfigError otherwise."""
     architectures = list(config.get("architectures") or [])
-    model_type = config.get("model_type")
-    if model_type in (None, "qwen3") and (QWEN3_ARCHITECTURES & set(architectures)
-                                          or (model_type == "qwen3" and not architectures)):
+    if family_of(config) is not None:
         return architectures
-    raise ConfigError(f"{model} is not a Qwen3 reranker checkpoint (model_type {model_type!r}, "
-                      f"architectures {architectures}): this service serves Qwen3-Reranker models "
-                      "(Qwen/Qwen3-Reranker-0.6B, -4B, -8B, or their seq-cls conversions)")
+    raise ConfigError(f"{model} is not a Qwen3 reranker checkpoint (model_type "
+                      f"{config.get('model_type')!r}, architectures {architectures}): this service "
+                      "serves Qwen3-Reranker models (Qwen/Qwen3-Reranker-0.6B, -4B, -8B, or their "
+                      "seq-cls conversions) and Qwen3-VL-Reranker models (Qwen/Qwen3-VL-Reranker-2B, -8B)")
 
 
 def read_architectures(model: str) -> list[str]:

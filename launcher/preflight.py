@@ -6,9 +6,18 @@ a library traceback minutes into a start (or a vLLM that loads for a minute, the
 from __future__ import annotations
 
 import errno
+import importlib.util
 import socket
+import subprocess
+import sys
 
-from launcher.checkpoint import ConfigError, check_qwen3_reranker, check_tokenizer, model_config
+from launcher.checkpoint import (
+    ConfigError,
+    check_qwen3_reranker,
+    check_tokenizer,
+    family_of,
+    model_config,
+)
 from launcher.gpu import gpu_visible, gpus_needed, visible_gpus
 
 __all__ = ["ConfigError", "check_gpus", "check_model", "check_port", "check_ports"]
@@ -68,7 +77,34 @@ def check_model(settings) -> list[str] | None:
     shim mode, which runs no engine)."""
     architectures = None
     if settings.mode in ("all", "vllm"):
-        architectures = check_qwen3_reranker(settings.model_path, model_config(settings.model_path))
+        config = model_config(settings.model_path)
+        architectures = check_qwen3_reranker(settings.model_path, config)
+        if family_of(config) == "vl" or settings.model_family == "vl":
+            check_vision_stack(settings.model_path)
     if settings.mode in ("all", "shim"):
         check_tokenizer(settings.tokenizer or settings.model_path)
     return architectures
+
+
+def check_vision_stack(model: str) -> None:
+    """vLLM's Qwen3-VL model and transformers' Qwen3-VL processor import torchvision; without it
+    vLLM only says, after a minute of loading, that the architecture "is not supported". PyPI's
+    torchvision is a CUDA build that, beside the CPU torch, is installed but fails at import
+    (scripts/setup.sh patches it: scripts/cpu_torchvision.py), so it is imported here, in a
+    child process (a few seconds of importing torch the launcher itself does not need)."""
+    if importlib.util.find_spec("torchvision") is None:
+        raise ConfigError(f"{model} is a Qwen3-VL reranker, and serving it needs torchvision (vLLM's "
+                          "Qwen3-VL model and its image processor import it), which is not "
+                          "installed: install the torchvision release for this torch (on the CPU "
+                          "build: scripts/setup.sh, docs/vl.md)")
+    try:
+        result = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True,
+                                text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return  # a slow disk, not a broken package: let vLLM try
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise ConfigError(f"{model} is a Qwen3-VL reranker, and serving it needs torchvision, which "
+                          f"is installed but does not import ({lines[-1].strip() if lines else 'no message'}): "
+                          "a build for another torch? On the CPU build, scripts/cpu_torchvision.py "
+                          "makes PyPI's importable (docs/vl.md)")

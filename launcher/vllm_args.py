@@ -9,11 +9,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from launcher import gpu as gpu_facts
-from launcher.checkpoint import QWEN3_ARCHITECTURES, ConfigError, model_config, read_architectures
+from launcher.checkpoint import (
+    QWEN3_ARCHITECTURES,
+    QWEN3_VL_ARCHITECTURES,
+    ConfigError,
+    model_config,
+    read_architectures,
+)
 from launcher.gpu import gpu_visible, gpus_needed, visible_gpus
 from server.settings import DEMO_MODEL_DIR
 
 TEMPLATE = Path(__file__).parent / "templates" / "qwen3_reranker.jinja"
+VL_TEMPLATE = Path(__file__).parent / "templates" / "qwen3_vl_reranker.jinja"
 # Tokens per engine step on GPUs: a reranker only prefills, so bigger steps than vLLM's 8192 pay
 # (higher throughput and lower tail latency on rag: benchmarks/RESULTS.md, "Engine levers").
 GPU_BATCHED_TOKENS = 32768
@@ -29,17 +36,35 @@ QWEN3_OVERRIDES = {
     "classifier_from_token": ["no", "yes"],
     "is_original_qwen3_reranker": True,
 }
+# The same conversion for Qwen3-VL-Reranker (vLLM's Qwen3VLForSequenceClassificationConfig is the
+# text model's): the Qwen3-VL checkpoint's LM head rows W[yes] - W[no] become the classifier.
+QWEN3_VL_OVERRIDES = {**QWEN3_OVERRIDES, "architectures": ["Qwen3VLForSequenceClassification"]}
+# vLLM's image processor for Qwen3-VL-Reranker: the shim sends images already resized the way
+# Qwen's reference code resizes them (server/scoring/images.py), whose sides are multiples of 32
+# and whose area lies in [4,096, 1,843,200] pixels; with these bounds vLLM's own resize keeps that
+# size (the checkpoint's Qwen3-VL bounds, from 65,536 pixels, would enlarge small images). No
+# videos: the shim sends none, and vLLM then reserves no memory for them.
+VL_MM_PROCESSOR_KWARGS = {"size": {"shortest_edge": 4096, "longest_edge": 1843200}}
+
+
+def is_vl(settings, architectures: list[str] | None = None) -> bool:
+    """Qwen3-VL-Reranker: by the model_family setting, else by the checkpoint's architectures."""
+    if settings.model_family != "auto":
+        return settings.model_family == "vl"
+    if architectures is None:
+        architectures = read_architectures(settings.model_path)
+    return bool(set(architectures) & QWEN3_VL_ARCHITECTURES)
 
 
 
 def needs_qwen3_overrides(settings, architectures: list[str] | None = None) -> bool:
-    """Original checkpoints declare Qwen3ForCausalLM and need the overrides; converted seq-cls
-    checkpoints already carry a score head and must not get them."""
+    """Original checkpoints declare Qwen3ForCausalLM (Qwen3VLForConditionalGeneration) and need the
+    overrides; converted seq-cls checkpoints already carry a score head and must not get them."""
     if settings.qwen3_overrides != "auto":
         return settings.qwen3_overrides == "on"
     if architectures is None:
         architectures = read_architectures(settings.model_path)
-    return "Qwen3ForCausalLM" in architectures
+    return bool({"Qwen3ForCausalLM", "Qwen3VLForConditionalGeneration"} & set(architectures))
 
 
 def engine_commands(settings, architectures: list[str] | None = None, gpu: bool | None = None,
@@ -285,6 +310,10 @@ def build_vllm_command(settings, architectures: list[str] | None = None,
                        python: str = sys.executable, gpu: bool | None = None) -> list[str]:
     s = settings
     gpu = gpu_visible() if gpu is None else gpu
+    if architectures is None:
+        needed = s.qwen3_overrides == "auto" or s.model_family == "auto"
+        architectures = read_architectures(s.model_path) if needed else []
+    vl = is_vl(s, architectures)
     entry = ["-m", "vllm.entrypoints.openai.api_server"]
     if gpu and s.deterministic and s.aot_compile:  # an in-process adjustment first
         entry = ["-m", "launcher.vllm_entry", "vllm.entrypoints.openai.api_server"]
@@ -293,7 +322,7 @@ def build_vllm_command(settings, architectures: list[str] | None = None,
            "--served-model-name", s.model_name,
            "--host", s.vllm_host, "--port", str(s.vllm_port),
            "--runner", "pooling", "--convert", "classify",
-           "--chat-template", str(TEMPLATE),
+           "--chat-template", str(VL_TEMPLATE if vl else TEMPLATE),
            "--max-model-len", str(s.max_model_len),
            "--dtype", effective_dtype(s),
            "--tensor-parallel-size", str(s.tensor_parallel_size),
@@ -302,11 +331,14 @@ def build_vllm_command(settings, architectures: list[str] | None = None,
         # one API server in front of `engines` engine cores, one per GPU (or TP group); vLLM's
         # DP coordinator balances requests between them (internal load balancing)
         cmd += ["--data-parallel-size", str(s.engines)]
-    if architectures is None:
-        architectures = read_architectures(s.model_path) if s.qwen3_overrides == "auto" else []
     if needs_qwen3_overrides(s, architectures):
-        cmd += ["--hf-overrides", json.dumps(QWEN3_OVERRIDES, separators=(",", ":"))]
-    if needs_qwen3_overrides(s, architectures) or set(architectures) & QWEN3_ARCHITECTURES:
+        overrides = QWEN3_VL_OVERRIDES if vl else QWEN3_OVERRIDES
+        cmd += ["--hf-overrides", json.dumps(overrides, separators=(",", ":"))]
+    if vl:
+        cmd += ["--mm-processor-kwargs", json.dumps(VL_MM_PROCESSOR_KWARGS, separators=(",", ":")),
+                "--limit-mm-per-prompt", json.dumps({"image": 2 * s.max_images_per_part, "video": 0},
+                                                    separators=(",", ":"))]
+    if vl or needs_qwen3_overrides(s, architectures) or set(architectures) & QWEN3_ARCHITECTURES:
         # vLLM's own Qwen3 implementation, named: with "auto", vLLM first inspects the
         # Transformers-backend class for Qwen3ForSequenceClassification (the architecture the
         # overrides name, before --convert is applied), in a subprocess that imports vLLM again;

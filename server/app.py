@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from server import playground
 from server.dialects import DIALECTS
 from server.errors import install_error_handlers
-from server.openapi import error_responses, install_openapi, refresh_openapi, scoring_answers
+from server.openapi import error_responses, install_openapi, refresh_openapi, scoring_answers, with_images
 from server.ops import health
 from server.ops.admission import Admission
 from server.ops.auth import Authenticator, bearer_scheme
@@ -26,6 +26,7 @@ from server.responses import FastJSONResponse
 from server.scoring.core import Scorer, canary_passes
 from server.scoring.engine import EngineClient
 from server.scoring.engines import Engine, EngineSet
+from server.scoring.family import read_family
 from server.scoring.prompt import PromptEncoder
 from server.scoring.tokenizer import load_tokenizer
 from server.settings import Settings
@@ -109,6 +110,8 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
     (tests/inprocess)."""
     settings = (settings or Settings()).per_worker()
     metrics = Metrics()
+    # text or Qwen3-VL reranker: the scorer's path and the routes' documented errors depend on it
+    family = settings.model_family if settings.model_family != "auto" else read_family(settings.model_path)
     make_engines = engine_factory or (
         lambda s: [EngineClient(url, s.model_name, s.upstream_timeout, sigmoid_in_shim=s.deterministic)
                    for url in s.upstream_urls])
@@ -125,7 +128,8 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
         admission = Admission(settings.max_inflight_pairs, settings.max_inflight_tokens,
                               settings.retry_after_seconds, metrics, capacity_tokens=capacity,
                               max_image_bytes=settings.max_inflight_image_bytes)
-        state.started = Started(engine, admission, Scorer(settings, encoder, engine, admission, metrics))
+        state.started = Started(engine, admission,
+                                Scorer(settings, encoder, engine, admission, metrics, family=family))
         await state.ratelimiter.start()
         refresh_openapi(app)  # now with the tokenizer's bounds (token ids)
         await watch_engine_once(app)
@@ -155,12 +159,13 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
     dependencies = [Depends(guard)] if auth_on else [Depends(rate_guard)] if limit else []
     answers = scoring_answers(settings, auth_on, limit)
     for dialect in DIALECTS:
+        documented = with_images(dialect) if family == "vl" else dialect
         for route in dialect.router.routes:  # one at a time: each documents its own errors
             assert isinstance(route, APIRoute)
             one = APIRouter()
             one.routes.append(route)
             app.include_router(one, dependencies=dependencies,
-                               responses=error_responses(dialect, route.path, answers))
+                               responses=error_responses(documented, route.path, answers))
     app.add_middleware(ServiceMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
                        dialect_of=state.dialect_of)
     install_openapi(app, settings)

@@ -27,6 +27,7 @@ default 422 is `HTTPValidationError` (an array `detail`) while every error here 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -48,6 +49,16 @@ SETTING_BOUNDS = "x-setting-bounds"
 def setting_bounds(**keywords: str) -> dict[str, Any]:
     """json_schema_extra for a field bounded by deployment values, e.g. maxItems="max_documents"."""
     return {SETTING_BOUNDS: keywords}
+
+
+# Key of a schema node whose keywords depend on the served model's family: {"text": {...},
+# "vl": {...}}, merged into the node when the document is built (images are valid input only when
+# Qwen3-VL-Reranker is served).
+FAMILY_SCHEMA = "x-family-schema"
+
+
+def family_schema(text: dict[str, Any] | None = None, vl: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {FAMILY_SCHEMA: {"text": text or {}, "vl": vl or {}}}
 
 
 # Key of an operation's openapi_extra naming the models of a body the route reads as `Any` (it
@@ -208,6 +219,15 @@ def route_kinds(dialect, path: str) -> frozenset[str]:
     return dialect.answers.get(path, SCORING_ROUTE)
 
 
+def with_images(dialect):
+    """The dialect as documented when a Qwen3-VL reranker is served: the paths that take images
+    also answer the image refusals."""
+    if not dialect.images:
+        return dialect
+    answers = {**dialect.answers, **{p: route_kinds(dialect, p) | {IMAGES} for p in dialect.images}}
+    return dataclasses.replace(dialect, answers=answers)
+
+
 def error_responses(dialect, path: str, answers: list[Answer]) -> dict[int | str, dict[str, Any]]:
     """The `responses` entries of one route: one per status that the error shapes of the route
     (its owner's, and those of `shared_with` for bodies in another dialect) return."""
@@ -268,6 +288,8 @@ def deployment_values(app: FastAPI | None, settings) -> dict[str, Any]:
                               for name in ("max_documents", "max_model_len")}
     values["served_models"] = [settings.model_name, ""]  # vLLM takes "" for its one model
     started = app_state(app).started if app is not None else None
+    values["model_family"] = started.scorer.family if started is not None else (
+        settings.model_family if settings.model_family != "auto" else "text")
     if started is not None:  # vLLM refuses ids from the vocabulary's size on ("out of vocabulary")
         values["max_token_id"] = started.scorer.encoder.tokenizer.get_vocab_size(with_added_tokens=True) - 1
     return values
@@ -320,6 +342,9 @@ def _document_bodies(document: dict, schemas: dict) -> None:
 def _fill_bounds(node: Any, values: dict[str, Any]) -> None:
     """Each SETTING_BOUNDS, anywhere in the document, replaced by the keywords it names."""
     if isinstance(node, dict):
+        by_family = node.pop(FAMILY_SCHEMA, None)
+        if by_family is not None:
+            node.update(by_family[values.get("model_family", "text")])
         bounds = node.pop(SETTING_BOUNDS, None)
         for keyword, name in (bounds or {}).items():
             if values.get(name) is not None:

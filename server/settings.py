@@ -82,6 +82,9 @@ class ModelSettings(BaseModel):
     tokenizer: str = Field("", description="Tokenizer path/id for the shim; default = model")
     qwen3_overrides: Literal["auto", "on", "off"] = Field(
         "auto", description="Qwen3 --hf-overrides: auto = only for original (CausalLM) checkpoints")
+    model_family: Literal["auto", "text", "vl"] = Field(
+        "auto", description="text: Qwen3-Reranker; vl: Qwen3-VL-Reranker (text and images); auto = "
+        "from the checkpoint's config.json")
 
 
 class EngineSettings(BaseModel):
@@ -186,6 +189,8 @@ class RequestSettings(BaseModel):
     engine_api: Literal["tokens", "rerank"] = Field(
         "tokens", description="tokens: shim renders+tokenises, vLLM /classify; rerank: vLLM /rerank")
     max_documents: int = Field(1000, description="documents per request")
+    max_images_per_part: int = Field(
+        4, ge=1, description="Qwen3-VL-Reranker: images in one query or one document")
     max_request_tokens: int = Field(2_000_000, description="document tokens per request (after cuts)")
     max_query_tokens: int = Field(2048, description="longer queries are cut to this")
     max_doc_tokens: int = Field(0, description="per-document token cut; 0 = what max_model_len allows")

@@ -30,6 +30,7 @@ from server.dialects.common import (
     documents_field,
     echo,
     errors_as,
+    image_documents,
     json_integer,
     omitted_when_none,
     ranking,
@@ -38,7 +39,7 @@ from server.dialects.common import (
 )
 from server.dialects.vllm.mapping import as_list, rerank_answer
 from server.dialects.vllm.protocol import VLLM_ONLY_FIELDS, VllmRerankRequest, VllmRerankResponse
-from server.openapi import documented_body
+from server.openapi import documented_body, family_schema
 from server.scoring.core import ScoreRequest
 from server.state import request_state
 
@@ -54,12 +55,21 @@ _EXAMPLE = {
 
 # Without rank_fields (absent, null or []) an object document is ranked on `text`, so it must have
 # one. With rank_fields it is ranked on the named fields it has (common.object_text): nothing to
-# require.
+# require. Jina's image documents ({"image": ...}) are taken on /v1/rerank when a Qwen3-VL
+# reranker is served; the document lists them only then.
+_JINA_IMAGE = {"type": "object", "required": ["image"], "description": (
+    "Jina's image document: `image` is a data: URL (data:image/png;base64,...) or base64 of a PNG, "
+    "JPEG, WebP, GIF, BMP or TIFF image (or a list of them), `text` optional; /v1/rerank only "
+    "(Cohere v2 documents are text)"),
+    "properties": {"image": {"anyOf": [{"type": "string"},
+                                       {"type": "array", "items": {"type": "string"}, "minItems": 1}]}}}
 _TEXT_UNLESS_RANK_FIELDS = {
     "if": {"required": ["rank_fields"],
            "properties": {"rank_fields": {"type": "array", "minItems": 1}}},
-    "else": {"properties": {"documents": {"items": {"anyOf": [
-        {"type": "string"}, {"type": "object", "required": ["text"]}]}}}},
+    "else": {"properties": {"documents": {"items": family_schema(
+        text={"anyOf": [{"type": "string"},
+                        {"type": "object", "required": ["text"], "not": {"required": ["image"]}}]},
+        vl={"anyOf": [{"type": "string"}, {"type": "object", "required": ["text"]}, _JINA_IMAGE]})}}},
 }
 
 
@@ -72,7 +82,8 @@ class RerankRequest(BaseModel):
     documents: list[Document] = documents_field(
         "strings, or objects ranked on `text`, or on the fields named in rank_fields that each "
         "has (a field an object lacks is left out; one with none of them is ranked on its `text`, "
-        "else on its JSON text)")
+        "else on its JSON text); with a Qwen3-VL reranker served, Jina's image documents "
+        "{\"image\": ...} on /v1/rerank (422 otherwise)")
     top_n: json_integer(0) | None = Field(None, description="null/0 = all")
     return_documents: LooseBool | None = Field(None, description="echo documents (default false)")
     rank_fields: list[str] | None = Field(None, description="Cohere v1: object fields to rank on")
@@ -153,8 +164,9 @@ def _meta(version: str, documents: int, tokens: int) -> CohereMeta:
 
 async def _rerank(body: RerankRequest, request: Request, version: str) -> RerankResponse:
     texts = document_texts(body.documents, body.rank_fields)
+    images = image_documents(body.documents, "Cohere v2" if version == "2" else None)
     req = ScoreRequest(body.query, texts, body.instruction or body.instruct, bool(body.raw_scores),
-                       body.max_tokens_per_doc, body.max_chunks_per_doc)
+                       body.max_tokens_per_doc, body.max_chunks_per_doc, document_images=images)
     result = await score(request, req)
     results = [RerankResult(index=i, relevance_score=result.scores[i],
                             document=echo(body.documents[i]) if body.return_documents else None)
@@ -220,4 +232,5 @@ async def rerank_v2(request: Request, body: Annotated[RerankBody, Body()],
 
 
 DIALECT = Dialect("cohere", router, shared_with=(vllm.DIALECT,),
+                  images=frozenset({"/v1/rerank", "/v2/rerank"}),
                   bench={"shim": ("/v1/rerank", "documents")})

@@ -32,7 +32,8 @@ ErrorShape = Callable[[int, str, str, str], tuple[int, dict]]
 Query = Annotated[str, Field(min_length=1, pattern=NON_BLANK,
                              description="at least one character that is not whitespace")]
 # A document object of a dialect without Cohere's rank_fields: ranked on its `text` (any JSON
-# value; a non-string is ranked on its JSON text), other keys are echoed back.
+# value; a non-string is ranked on its JSON text), other keys are echoed back. (Jina's image
+# documents are taken on /v1/rerank only: server/dialects/cohere.py.)
 TextObject = Annotated[dict[str, Any], WithJsonSchema({
     "type": "object", "required": ["text"], "additionalProperties": True,
     "description": "ranked on `text`; other keys are echoed back with return_documents"})]
@@ -100,6 +101,9 @@ class Dialect:
     answers: dict[str, frozenset[str]] = field(default_factory=dict)
     # load-generator targets: name -> (path, key of the documents list in the body)
     bench: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # paths that take images when a Qwen3-VL reranker is served: their documented errors then
+    # include the image refusals (server/openapi.py IMAGES)
+    images: frozenset[str] = frozenset()
 
     @property
     def responses(self) -> dict[str, Any]:
@@ -250,9 +254,37 @@ def document_texts(documents: list[Document], rank_fields: list[str] | None = No
     return [_text_of(i, d, rank_fields) for i, d in enumerate(documents)]
 
 
+def image_documents(documents: list[Document], dialect: str | None) -> list[list[str]] | None:
+    """Jina's image documents ({"image": data URL or base64, or a list of them}, with or without
+    `text`): each document's images, or None when none has any. `dialect`: the name of a dialect
+    whose documents are text only (Cohere v2, the legacy API); it refuses them with a pointer to
+    the forms that take images."""
+    images = [_images_of(i, d, dialect) for i, d in enumerate(documents)]
+    return images if any(images) else None
+
+
+def _images_of(i: int, doc: Document, dialect: str | None) -> list[str]:
+    if isinstance(doc, str) or "image" not in doc:
+        return []
+    if dialect is not None:
+        raise InvalidInput(f"documents[{i}] has an image: {dialect} documents are text; send images "
+                           "to /v1/rerank as Jina's {\"image\": ...} documents, or as vLLM's "
+                           "{\"content\": [...]} on /rerank (a Qwen3-VL reranker serves them)")
+    value = doc["image"]
+    refs = value if isinstance(value, list) else [value]
+    if not refs or not all(isinstance(r, str) for r in refs):
+        raise InvalidInput(f"documents[{i}].image must be a data: URL or base64 string, or a list of them")
+    return refs
+
+
 def _text_of(i: int, doc: Document, rank_fields: list[str] | None) -> str:
     if isinstance(doc, str):
         return doc
+    if "image" in doc:
+        # Jina's image document: its image is ranked, beside its `text` (or the fields named in
+        # rank_fields that it has), never beside the image's own string
+        named = [f for f in rank_fields or [] if f != "image" and f in doc]
+        return object_text(doc, named) if named else _field_text(doc["text"]) if "text" in doc else ""
     if rank_fields:
         return object_text(doc, rank_fields)
     if "text" not in doc:

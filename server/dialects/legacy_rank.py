@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from server.dialects.common import Dialect, Query, documents_field, ranking, score
 from server.scoring.core import ScoreRequest
@@ -11,12 +14,23 @@ from server.scoring.core import ScoreRequest
 router = APIRouter(tags=["legacy"])
 
 
+def _text_only(value: Any) -> Any:
+    if isinstance(value, dict):  # an image or object document: say where images go
+        raise PydanticCustomError("string_type", "a document of /v1/rank is a string (text only); "
+                                  "send images to /v1/rerank as Jina's {\"image\": ...} documents "
+                                  "(a Qwen3-VL reranker serves them)")
+    return value
+
+
+TextDocument = Annotated[str, BeforeValidator(_text_only)]
+
+
 class RankRequest(BaseModel):
     model_config = ConfigDict(strict=True, json_schema_extra={"examples": [{
         "query": "如何申请差旅报销", "docs": ["员工手册第3章", "财务系统操作指南", "OA审批流程说明"]}]})
 
     query: Query
-    docs: list[str] = documents_field("the documents to rank")
+    docs: list[TextDocument] = documents_field("the documents to rank (text only)")
     instruction: str | None = Field(None, description="task instruction; server default if absent")
 
 

@@ -30,10 +30,11 @@ from server.dialects.common import (
 )
 from server.dialects.vllm.mapping import (
     as_list,
+    parts_of,
     rerank_results,
     response_id,
     score_request,
-    texts_of,
+    served_vl,
     usage,
 )
 from server.dialects.vllm.protocol import RerankUsage, VllmRerankRequest, VllmRerankResult
@@ -158,9 +159,13 @@ async def _tei(body: TeiRequest, request: Request) -> list[TeiRank]:
 
 async def _seed(body: SeedRequest, request: Request) -> SeedResponse:
     documents = as_list(body.documents)
-    texts = texts_of(documents, "documents")
-    req = score_request(body, body.query, texts, raw=body.raw_scores,
-                        max_chunks_per_doc=body.max_chunks_per_doc)
+    vl = served_vl(request)
+    [(query, query_images)] = parts_of([body.query], "query", vl)
+    docs = parts_of(documents, "documents", vl)
+    texts = [text for text, _ in docs]
+    req = score_request(body, query, texts, raw=body.raw_scores,
+                        max_chunks_per_doc=body.max_chunks_per_doc, query_images=query_images,
+                        document_images=[images for _, images in docs])
     result = await score(request, req)
     order = ranking(result, body.top_n)
     # vLLM's results, with the playground's truncation mark only on items whose document was
@@ -168,7 +173,7 @@ async def _seed(body: SeedRequest, request: Request) -> SeedResponse:
     results = [SeedResult(**dict(item), truncated=True if result.truncated[item.index] else None)
                for item in rerank_results(result, documents, body.top_n, body.return_documents)]
     return SeedResponse(
-        query=body.query,
+        query=query,
         reranked_documents=[SeedRanked(rank=r, score=result.scores[i], document=texts[i], index=i)
                             for r, i in enumerate(order, start=1)],
         total_docs=len(texts),
@@ -193,4 +198,5 @@ class TeiErrorBody(ErrorBody):
     error_type: str = Field(description="= type (TEI clients read this)")
 
 
-DIALECT = Dialect("tei", router, error=_error, error_model=TeiErrorBody, shared_with=(vllm.DIALECT,))
+DIALECT = Dialect("tei", router, error=_error, error_model=TeiErrorBody, shared_with=(vllm.DIALECT,),
+                  images=frozenset({"/rerank"}))

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import threading
 import urllib.parse
+import zlib
 from dataclasses import dataclass, field
 from io import BytesIO
 
@@ -24,6 +25,8 @@ MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "G
 # Pixel modes hashed as they are; any other (palette, CMYK, 16-bit, 1-bit, ...) is hashed as its
 # RGBA conversion, so a palette image's key covers its palette and transparency too.
 _HASHED_AS_IS = frozenset({"RGB", "RGBA", "L", "LA"})
+# The CRC that ends every PNG: IEND's, over its type and an empty body.
+_IEND_CRC = zlib.crc32(b"IEND").to_bytes(4, "big")
 # Bytes per pixel counted for admission: the RGB pixels a model's image processor starts from.
 DECODED_BYTES_PER_PIXEL = 3
 
@@ -132,8 +135,9 @@ def parse_data_url(url: str, settings: ImageSettings) -> bytes:
 def decode_image(data: bytes, settings: ImageSettings, *, source: str = "data", url: str = "",
                  budget: DecodedBudget | None = None, keep_picture: bool = False) -> LoadedImage:
     """Check and decode `data`: size, format, dimensions (from the header, before any pixel is
-    decoded), the first frame decoded completely (truncated or corrupt files are refused), then
-    hashed. Raises InvalidImage or ImageTooLarge; never anything else for any input bytes."""
+    decoded), the first frame decoded completely and the file complete to its end (truncated or
+    corrupt files are refused), then hashed. Raises InvalidImage or ImageTooLarge; never anything
+    else for any input bytes."""
     _check_encoded_size(len(data), settings)
     formats = settings.image_formats
     try:
@@ -155,7 +159,8 @@ def decode_image(data: bytes, settings: ImageSettings, *, source: str = "data", 
         if budget is not None:
             budget.take(decoded)
         try:
-            image.load()  # the first frame (GIF, animated WebP); a truncated file raises here
+            image.load()  # the first frame (GIF, animated WebP); a file cut short mostly raises here
+            _check_complete(data, kind)  # ... and where it does not, here
             digest = _pixel_hash(image)
         except Image.DecompressionBombError:
             raise ImageTooLarge(f"image has more pixels than image_max_pixels ({settings.image_max_pixels})") from None
@@ -168,6 +173,49 @@ def decode_image(data: bytes, settings: ImageSettings, *, source: str = "data", 
     finally:
         if not keep_picture:
             image.close()
+
+
+def _check_complete(data: bytes, kind: str) -> None:
+    """Raise OSError when the file ends before its format's end, though its first frame decoded.
+
+    Pillow stops reading a PNG once the pixels are inflated and a GIF once the first frame is
+    read: a PNG cut in its last bytes (the zlib checksum, the IDAT CRC, IEND) or a GIF without
+    its trailer (or its later frames) loads without an error. Such a file is truncated all the
+    same, and refused like any other. JPEG and WebP decoders already refuse every cut."""
+    if kind == "PNG":
+        stream = BytesIO(data)
+        with Image.open(stream, formats=["PNG"]) as again:
+            again.verify()  # every chunk from the pixels' through IEND's header, CRCs checked
+        if data[stream.tell():stream.tell() + 4] != _IEND_CRC:  # verify() stops before it
+            raise OSError("truncated PNG file (IEND)")
+    elif kind == "GIF":
+        _walk_gif(data)
+
+
+def _walk_gif(data: bytes) -> None:
+    """Follow a GIF's blocks (GIF89a spec: extensions and images as sub-block chains) to its
+    trailer; OSError where the file ends first or a block is of no known kind."""
+    def byte(at: int) -> int:
+        if at >= len(data):
+            raise OSError("truncated GIF file (no trailer)")
+        return data[at]
+
+    def color_table(flags: int) -> int:
+        return 3 << ((flags & 0x07) + 1) if flags & 0x80 else 0
+
+    def sub_blocks(at: int) -> int:
+        while (size := byte(at)) != 0:
+            at += 1 + size
+        return at + 1
+
+    at = 13 + color_table(byte(10))  # header, logical screen descriptor, global color table
+    while (kind := byte(at)) != 0x3B:  # the trailer
+        if kind == 0x21:  # extension: label, then sub-blocks
+            at = sub_blocks(at + 2)
+        elif kind == 0x2C:  # image: descriptor, local color table, LZW code size, sub-blocks
+            at = sub_blocks(at + 10 + color_table(byte(at + 9)) + 1)
+        else:
+            raise OSError(f"corrupt GIF file (block 0x{kind:02x} at byte {at})")
 
 
 def _pixel_hash(image: Image.Image) -> str:

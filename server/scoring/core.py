@@ -20,6 +20,7 @@ from server.scoring.engines import Engine, EngineSet
 from server.scoring.errors import DocumentTooLong, InvalidInput, TooLarge
 from server.scoring.prompt import Piece, PromptEncoder
 from server.scoring.relay import Relay
+from server.scoring.vl import VlScoring
 
 # A token of Qwen's BPE is rarely longer than this many characters; text beyond
 # budget * this can never be scored, so it is dropped before tokenising (a 5 MB document
@@ -56,6 +57,15 @@ class ScoreRequest:
     # instead of cut: NIM's truncate NONE, Voyage's truncation false, TEI's truncate false.
     # Checked before any engine work.
     refuse_truncation: bool = False
+    # Qwen3-VL-Reranker: images (data: URLs or base64) of the query and of each document (one
+    # list per document, or None), placed before the part's text as Qwen's reference places them.
+    # A text-only model refuses them.
+    query_images: list[str] = field(default_factory=list)
+    document_images: list[list[str]] | None = None
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.query_images) or any(self.document_images or ())
 
 
 @dataclass
@@ -98,9 +108,11 @@ def canary_passes(scores: list[float]) -> bool:
 
 
 class Scorer:
-    def __init__(self, settings, encoder: PromptEncoder, engine: EngineSet, admission, metrics):
+    def __init__(self, settings, encoder: PromptEncoder, engine: EngineSet, admission, metrics,
+                 family: str = "text"):
         self.settings = settings
         self.encoder = encoder
+        self.family = family
         self.engine = engine
         self.admission = admission
         self.metrics = metrics
@@ -113,14 +125,18 @@ class Scorer:
             TTLCache(settings.score_cache_entries, settings.score_cache_ttl)
             if settings.score_cache else None
         )
+        # Qwen3-VL-Reranker: its own prompt, image handling and engine route (server/scoring/vl.py)
+        self.vl = VlScoring(self) if family == "vl" else None
 
     async def aclose(self) -> None:
         if self.dispatcher is not None:
             await self.dispatcher.aclose()
 
     async def score(self, req: ScoreRequest) -> ScoreResult:
-        started = time.perf_counter()
         self._validate(req)
+        if self.vl is not None:
+            return await self.vl.score(req)
+        started = time.perf_counter()
         instruction = req.instruction or self.settings.default_instruction
         req = await self._apply_cuts(req, instruction)
         unique = list(dict.fromkeys(req.documents))
@@ -154,6 +170,10 @@ class Scorer:
         engine call) but past the cache (which could hide a broken engine), on engine `on` only
         (each engine proves itself; None: the first). See canary_passes."""
         docs = list(_CANARY_DOCS)
+        if self.vl is not None:
+            result = await self.vl.score(ScoreRequest(_CANARY_QUERY, docs),
+                                         on=on or self.engine.members[0], use_cache=False)
+            return result.scores
         computed = await self._compute(ScoreRequest(_CANARY_QUERY, docs),
                                        self.settings.default_instruction, docs, {d: d for d in docs},
                                        on=on or self.engine.members[0])
@@ -161,7 +181,10 @@ class Scorer:
 
     # --- request shaping ---------------------------------------------------------------------
     def _validate(self, req: ScoreRequest) -> None:
-        if not req.query or not req.query.strip():
+        if req.has_images and self.vl is None:
+            raise InvalidInput("images need a Qwen3-VL reranker; the served model "
+                               f"({self.settings.model_name}) is text-only")
+        if (not req.query or not req.query.strip()) and not req.query_images:
             raise InvalidInput("query must be a non-empty string")
         if not req.documents:
             raise InvalidInput("documents must contain at least one document")

@@ -55,8 +55,10 @@ class EngineClient:
         scores = [item["probs"][0] for item in sorted(data["data"], key=lambda d: d["index"])]
         return self._activate(_finite(scores), raw)
 
-    async def rerank(self, query: str, documents: list[str], instruction: str, raw: bool) -> list[float]:
-        """Scores through vLLM's own /rerank (vLLM renders the template), in input order."""
+    async def rerank(self, query: str | dict, documents: list[str] | list[str | dict], instruction: str,
+                     raw: bool) -> list[float]:
+        """Scores through vLLM's own /rerank (vLLM renders the template), in input order. A query
+        or document is text or vLLM's multimodal {"content": [image_url and text parts]}."""
         body = {"model": self.model_name, "query": query, "documents": documents,
                 "instruction": instruction, "use_activation": self._vllm_activation(raw)}
         data = await self._post("/rerank", body)

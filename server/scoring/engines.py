@@ -176,10 +176,14 @@ class EngineSet:
             on.acquire(tokens)
         return await self.call(lambda c: c.classify(prompts, raw), tokens, on, pinned=on is not None)
 
-    async def rerank(self, query: str, documents: list[str], instruction: str, raw: bool,
-                     on: Engine | None = None) -> list[float]:
-        # vLLM tokenises /rerank bodies itself: estimate ~4 characters a token for the spreading
-        tokens = (sum(map(len, documents)) + len(documents) * (len(query) + len(instruction))) // 4
+    async def rerank(self, query: str | dict, documents: list[str] | list[str | dict], instruction: str,
+                     raw: bool, on: Engine | None = None, tokens: int | None = None) -> list[float]:
+        """vLLM's /rerank; a query or document may be vLLM's multimodal {"content": [parts]}
+        (Qwen3-VL-Reranker), whose prompt tokens the caller counted (`tokens`)."""
+        if tokens is None:  # vLLM tokenises text itself: estimate ~4 characters a token
+            texts = [d for d in documents if isinstance(d, str)]
+            query_chars = len(query) if isinstance(query, str) else 0
+            tokens = (sum(map(len, texts)) + len(documents) * (query_chars + len(instruction))) // 4
         if on is not None:
             on.acquire(tokens)
         return await self.call(lambda c: c.rerank(query, documents, instruction, raw), tokens, on,

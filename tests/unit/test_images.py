@@ -138,6 +138,53 @@ def test_a_file_cut_short_is_refused_as_truncated(fmt):
         load(b64(cut))
 
 
+def gradient_png(width: int, height: int) -> bytes:
+    """A smooth picture as tests/integration/test_vl.py draws them: it compresses to a tiny PNG."""
+    image = Image.new("RGB", (width, height))
+    image.putdata([((x * 7 + 62) % 256, (y * 5 + 34) % 256, ((x + y) * 3 + 2) % 256)
+                   for y in range(height) for x in range(width)])
+    return encode(image, "PNG")
+
+
+def test_the_first_200_bytes_of_a_png_are_refused_unless_they_are_the_whole_file():
+    # the integration test's "truncated" image was such a PNG cut at 200 bytes: the whole file
+    small = gradient_png(128, 64)
+    assert len(small) < 200, "this smooth picture deflates to less than 200 bytes"
+    assert load(b64(small[:200])).sha256 == load(b64(small)).sha256
+    larger = encode(picture(128, 64), "PNG")
+    assert len(larger) > 200
+    with pytest.raises(InvalidImage, match="PNG image is truncated or corrupt"):
+        load("data:image/png;base64," + b64(larger[:200]))
+
+
+def animated_gif() -> bytes:
+    out = io.BytesIO()
+    picture(16, 16, seed=2).save(out, "GIF", save_all=True, append_images=[picture(16, 16, seed=3)],
+                                 duration=100)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind, data", [
+    ("PNG", encode(picture(32, 16), "PNG")),
+    ("PNG", gradient_png(128, 64)),  # its pixels inflate completely from the first 178 bytes
+    ("PNG", encode(picture(32, 16).convert("RGBA"), "PNG", save_all=True,  # APNG, two frames
+                   append_images=[picture(32, 16, seed=1).convert("RGBA")])),
+    ("GIF", encode(picture(32, 16), "GIF")),
+    ("GIF", animated_gif()),  # cut in its second frame: the first one still decodes
+    ("JPEG", encode(picture(32, 16), "JPEG")),
+    ("WEBP", encode(picture(32, 16), "WEBP")),
+])
+def test_a_file_cut_anywhere_is_refused_even_where_its_first_frame_still_decodes(kind, data):
+    assert load(b64(data)).format == kind
+    assert load(b64(data + b"\0\0 trailing bytes")).format == kind, "bytes after the end are ignored"
+    # Pillow alone loads a PNG missing its last 21 bytes (zlib checksum, CRC, IEND) and a GIF
+    # missing its trailer or later frames: every cut of the last 40 bytes, and a few earlier
+    cuts = sorted({*range(max(1, len(data) - 40), len(data)), len(data) // 2, len(data) * 3 // 4})
+    for n in cuts:
+        with pytest.raises(InvalidImage):
+            load(b64(data[:n]))
+
+
 def test_a_png_with_a_broken_pixel_stream_is_refused():
     data = bytearray(encode(picture(), "PNG"))
     start = data.index(b"IDAT") + 4

@@ -42,4 +42,5 @@ DIALECT = Dialect(
     answers={"/tokenize": frozenset({JSON_BODY, RELAYED}), "/detokenize": frozenset({JSON_BODY}),
              "/classify": frozenset({JSON_BODY, RELAYED}), "/pooling": frozenset({JSON_BODY, RELAYED}),
              "/invocations": frozenset({JSON_BODY, SCORED, RELAYED}),
-             "/version": frozenset({ENGINE}), "/v1/models": frozenset()})
+             "/version": frozenset({ENGINE}), "/v1/models": frozenset()},
+    images=frozenset({"/score", "/v1/score", "/invocations"}))

@@ -40,18 +40,48 @@ def as_list(value: ScoreInput | list[ScoreInput]) -> list[ScoreInput]:
 def texts_of(inputs: list[ScoreInput], where: str) -> list[str]:
     """vLLM's text inputs. Its multimodal form ({"content": [parts]}) is refused as vLLM refuses
     it for a text-only model; a Jina/seed object ({"text": ...}) is ranked on its text."""
+    return [text for text, _ in parts_of(inputs, where, vl=False)]
+
+
+def parts_of(inputs: list[ScoreInput], where: str, vl: bool) -> list[tuple[str, list[str]]]:
+    """Each input as (text, image references). With Qwen3-VL-Reranker served (`vl`), vLLM's
+    multimodal form {"content": [{"type": "image_url", "image_url": {"url"}}, {"type": "text",
+    "text"}]} is taken: images go before the text, as vLLM places them, and several text parts
+    are joined by newlines, as vLLM joins them. A text-only model refuses it as vLLM does."""
     if not inputs and where == "documents":
         raise InvalidInput("At least one text_pair element must be given")  # vLLM's words
-    out = []
+    out: list[tuple[str, list[str]]] = []
     for i, item in enumerate(inputs):
         if isinstance(item, str):
-            out.append(item)
+            out.append((item, []))
+        elif "content" in item and vl:
+            out.append(_content(item["content"], f"{where}[{i}]"))
         elif "content" in item or "text" not in item:
             raise InvalidInput("MultiModalParam is not supported for this text-only model "
                                f"(Qwen3ForSequenceClassification): {where}[{i}]")
         else:
-            out.append(item["text"] if isinstance(item["text"], str) else str(item["text"]))
+            out.append((item["text"] if isinstance(item["text"], str) else str(item["text"]), []))
     return out
+
+
+def _content(parts: Any, where: str) -> tuple[str, list[str]]:
+    if not isinstance(parts, list) or not parts:
+        raise InvalidInput(f"{where}.content must be a non-empty list of text and image_url parts")
+    texts, images = [], []
+    for j, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str):
+                raise InvalidInput(f"{where}.content[{j}].image_url.url must be a string")
+            images.append(url)
+        else:
+            raise InvalidInput(f"{where}.content[{j}]: part type {kind!r} is not supported; "
+                               "this model takes text and image_url parts")
+    return "\n".join(texts), images
 
 
 def instruction_of(chat_template_kwargs: dict | None, instruction: str | None) -> str | None:
@@ -68,7 +98,8 @@ def instruction_of(chat_template_kwargs: dict | None, instruction: str | None) -
 
 
 def score_request(body: VllmScoringFields, query: str, documents: list[str], *, raw: bool = False,
-                  max_chunks_per_doc: int | None = None) -> ScoreRequest:
+                  max_chunks_per_doc: int | None = None, query_images: list[str] | None = None,
+                  document_images: list[list[str]] | None = None) -> ScoreRequest:
     """vLLM's scoring fields as a ScoreRequest of the core (`raw` and `max_chunks_per_doc`: the
     seed dialect's own fields, applied together with vLLM's). 0 in vLLM's token limits means no
     cut; a limit at or beyond max_model_len is no cut either (vLLM refuses it; the core fits
@@ -80,7 +111,9 @@ def score_request(body: VllmScoringFields, query: str, documents: list[str], *, 
         query, documents, instruction_of(body.chat_template_kwargs, body.instruction),
         raw or body.use_activation is False, body.max_tokens_per_doc or None, max_chunks_per_doc,
         priority=klass, max_tokens_per_query=body.max_tokens_per_query or None,
-        truncate_prompt_tokens=None if limit == -1 else limit)
+        truncate_prompt_tokens=None if limit == -1 else limit,
+        query_images=query_images or [],
+        document_images=document_images if document_images and any(document_images) else None)
 
 
 def response_id(request: Request, body: VllmScoringFields) -> str:
@@ -92,8 +125,13 @@ def response_id(request: Request, body: VllmScoringFields) -> str:
 
 
 def rerank_document(doc: ScoreInput) -> RerankDocument | dict[str, Any]:
-    """A document as vLLM echoes it; an object document (seed/Jina style) comes back whole."""
-    return RerankDocument(text=doc, multi_modal=None) if isinstance(doc, str) else dict(doc)
+    """A document as vLLM echoes it (a multimodal one as {"text": null, "multi_modal": parts});
+    an object document (seed/Jina style) comes back whole."""
+    if isinstance(doc, str):
+        return RerankDocument(text=doc, multi_modal=None)
+    if "content" in doc:
+        return RerankDocument(text=None, multi_modal=doc["content"])
+    return dict(doc)
 
 
 def rerank_results(result: ScoreResult, documents: list[ScoreInput], top_n: int | None,
@@ -113,7 +151,12 @@ async def rerank_answer(request: Request, body: VllmRerankRequest) -> VllmRerank
     """vLLM's /rerank answer for a vLLM rerank body (on /rerank, /v1/rerank, /v2/rerank and
     /invocations)."""
     documents = as_list(body.documents)
-    result = await score(request, score_request(body, body.query, texts_of(documents, "documents")))
+    vl = served_vl(request)
+    [(query, query_images)] = parts_of([body.query], "query", vl)
+    docs = parts_of(documents, "documents", vl)
+    result = await score(request, score_request(body, query, [t for t, _ in docs],
+                                                query_images=query_images,
+                                                document_images=[i for _, i in docs]))
     return VllmRerankResponse(
         id=response_id(request, body), model=request_state(request).settings.model_name,
         usage=usage(result.prompt_tokens),
@@ -123,7 +166,7 @@ async def rerank_answer(request: Request, body: VllmRerankRequest) -> VllmRerank
 async def score_answer(request: Request, body: VllmScoreRequest) -> ScoreResponse:
     """vLLM's /score answer (on /score, /v1/score and /invocations)."""
     limit = request_state(request).settings.max_documents
-    _check_other_sides(body, limit)
+    _check_other_sides(body, limit, served_vl(request))
     pair = body.pair()
     assert pair is not None  # _check_other_sides refused a body without both sides
     left, right = (as_list(side) for side in pair)
@@ -132,7 +175,8 @@ async def score_answer(request: Request, body: VllmScoreRequest) -> ScoreRespons
         raise InvalidInput("Input lengths must be either 1:1, 1:N or N:N")
     if not left:
         raise InvalidInput("At least one text element must be given")
-    queries, documents = texts_of(left, "queries"), texts_of(right, "documents")
+    vl = served_vl(request)
+    queries, documents = parts_of(left, "queries", vl), parts_of(right, "documents", vl)
     if len(documents) > limit:
         raise InvalidInput(f"too many pairs: {len(documents)} > limit {limit} (max_documents); "
                            "split the request")
@@ -140,11 +184,13 @@ async def score_answer(request: Request, body: VllmScoreRequest) -> ScoreRespons
     # (prefix reuse, dedup and cache work per query); 1:N is one call.
     if len(queries) == 1:
         queries = queries * len(documents)
-    groups: dict[str, list[int]] = {}
-    for i, q in enumerate(queries):
-        groups.setdefault(q, []).append(i)
-    results = await score_all(request, [score_request(body, q, [documents[i] for i in idx])
-                                        for q, idx in groups.items()])
+    groups: dict[tuple, list[int]] = {}
+    for i, (text, images) in enumerate(queries):
+        groups.setdefault((text, tuple(images)), []).append(i)
+    results = await score_all(request, [
+        score_request(body, text, [documents[i][0] for i in idx], query_images=list(images),
+                      document_images=[documents[i][1] for i in idx])
+        for (text, images), idx in groups.items()])
     scores = [0.0] * len(documents)
     for idx, result in zip(groups.values(), results):
         for i, s in zip(idx, result.scores):
@@ -158,7 +204,12 @@ async def score_answer(request: Request, body: VllmScoreRequest) -> ScoreRespons
                         prompt_tokens_details=None, completion_tokens_details=None))
 
 
-def _check_other_sides(body: VllmScoreRequest, limit: int) -> None:
+def served_vl(request: Request) -> bool:
+    """Whether the served model is Qwen3-VL-Reranker (takes images)."""
+    return request_state(request).scorer.family == "vl"
+
+
+def _check_other_sides(body: VllmScoreRequest, limit: int, vl: bool = False) -> None:
     """Sides of the pairs that are not scored (vLLM ignores them) are held to what the document
     states for every side, as the scored pair is: at most max_documents inputs, objects with
     `text` and without `content`, query texts not blank. Otherwise the server would accept
@@ -176,6 +227,6 @@ def _check_other_sides(body: VllmScoreRequest, limit: int) -> None:
                                    "(max_documents); split the request")
             if name in scored:
                 continue  # checked where it is scored, in vLLM's words and order
-            texts = texts_of(inputs, name)
-            if where == "queries" and any(not text.strip() for text in texts):
+            parts = parts_of(inputs, name, vl)
+            if where == "queries" and any(not text.strip() and not images for text, images in parts):
                 raise InvalidInput(f"{name} must hold text with at least one non-whitespace character")

@@ -14,16 +14,18 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from server.dialects.common import Query, documents_field, json_integer, omitted_when_none
 from server.errors import NON_BLANK
-from server.openapi import setting_bounds
+from server.openapi import family_schema, setting_bounds
 
 # Keys only vLLM's rerank body has: a body carrying one on /v1/rerank or /v2/rerank is a vLLM
 # client's and gets vLLM's answer and errors (a plain body there stays Cohere/Jina).
@@ -34,7 +36,8 @@ VLLM_ONLY_FIELDS = frozenset({
 # vLLM refuses these template kwargs: they would override the scorer's own arguments.
 RESERVED_TEMPLATE_KWARGS = frozenset({"chat_template", "tools", "tokenize"})
 
-# A query or document: text, or an object (vLLM's multimodal {"content": [parts]} is refused).
+# A query or document: text, or an object (vLLM's multimodal {"content": [parts]} is taken only
+# when Qwen3-VL-Reranker is served).
 ScoreInput = str | dict[str, Any]
 
 
@@ -44,19 +47,51 @@ ScoreInput = str | dict[str, Any]
 # state (e.g. /score's 1:1, 1:N or N:N pairing) is in the description; the core still checks
 # everything itself.
 _POSITIVE_TEXT = {"anyOf": [{"type": "string", "pattern": NON_BLANK}, {"not": {"type": "string"}}]}
+# vLLM's multimodal input, taken when Qwen3-VL-Reranker is served: image_url and text parts
+# (images are placed before the text; several text parts are joined by newlines).
+_CONTENT = {
+    "type": "object", "required": ["content"],
+    "properties": {"content": {"type": "array", "minItems": 1, "items": {"anyOf": [
+        {"type": "object", "required": ["type", "text"],
+         "properties": {"type": {"const": "text"}, "text": {"type": "string"}}},
+        {"type": "object", "required": ["type", "image_url"],
+         "properties": {"type": {"const": "image_url"}, "image_url": {
+             "type": "object", "required": ["url"], "properties": {"url": {
+                 "type": "string", "description": "a data: URL (data:image/png;base64,...) or "
+                 "base64 of a PNG, JPEG, WebP, GIF, BMP or TIFF image"}}}}}]}}},
+}
+_CONTENT_TEXT = ("vLLM's multimodal `{\"content\": [...]}` (image_url and text parts) is taken when "
+                 "a Qwen3-VL reranker is served and refused (400) by a text-only model")
+
+
+def _object_or_content(text_object: dict[str, Any], description: str) -> Any:
+    """A text object, or (Qwen3-VL-Reranker served) vLLM's multimodal content."""
+    text_only = {**text_object, "not": {"required": ["content"]}}
+    return WithJsonSchema({"type": "object", "description": f"{description}; {_CONTENT_TEXT}",
+                           **family_schema(text=text_only, vl={"anyOf": [text_only, _CONTENT]})})
+
+
 # A query-side object ({"text": ...}, Jina/seed style): ranked on its text (a non-string is
-# ranked on its JSON text). vLLM's multimodal form ({"content": [parts]}) is refused (400).
-QueryObject = Annotated[dict[str, Any], WithJsonSchema({
-    "type": "object", "required": ["text"], "not": {"required": ["content"]},
-    "properties": {"text": _POSITIVE_TEXT},
-    "description": "ranked on `text` (a string with at least one non-whitespace character, or "
-                   "any other JSON value, ranked on its JSON text); vLLM's multimodal "
-                   "`{\"content\": [...]}` is refused: the model is text-only"})]
-DocumentObject = Annotated[dict[str, Any], WithJsonSchema({
-    "type": "object", "required": ["text"], "not": {"required": ["content"]},
-    "description": "ranked on `text` (a non-string is ranked on its JSON text), echoed back whole; "
-                   "vLLM's multimodal `{\"content\": [...]}` is refused: the model is text-only"})]
+# ranked on its JSON text).
+QueryObject = Annotated[dict[str, Any], _object_or_content(
+    {"required": ["text"], "properties": {"text": _POSITIVE_TEXT}},
+    "ranked on `text` (a string with at least one non-whitespace character, or any other JSON "
+    "value, ranked on its JSON text)")]
+DocumentObject = Annotated[dict[str, Any], _object_or_content(
+    {"required": ["text"]}, "ranked on `text` (a non-string is ranked on its JSON text), echoed back whole")]
 QueryInput = Query | QueryObject
+
+
+def _content_only(value: Any) -> Any:
+    if isinstance(value, dict) and "content" not in value:  # vLLM takes no {"text"} query here
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    return value
+
+
+# /rerank's query: text, or (Qwen3-VL-Reranker served) vLLM's multimodal content
+ContentQuery = Annotated[dict[str, Any], BeforeValidator(_content_only), WithJsonSchema({
+    "description": "vLLM's multimodal query, when a Qwen3-VL reranker is served",
+    **family_schema(text={"not": {}}, vl=_CONTENT)})]
 DocumentInput = str | DocumentObject
 
 
@@ -121,7 +156,7 @@ class VllmRerankRequest(VllmScoringFields):
 
     model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={"examples": [_RERANK_EXAMPLE]})
 
-    query: Query
+    query: Query | ContentQuery
     documents: DocumentSide
     top_n: json_integer(0) = Field(0, description="0 (or >= len(documents)) = all")
     return_documents: bool | None = Field(

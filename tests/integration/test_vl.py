@@ -1,0 +1,204 @@
+"""Qwen3-VL-Reranker served for real: the launcher (vLLM + shim) on the tiny VL demo model, scores
+compared with an official-style transformers reference in fp32 for text-only, image-only and mixed
+documents, through each dialect's image form; hostile images get a 4xx and the service stays up.
+
+Needs torchvision (vLLM's Qwen3-VL model and transformers' Qwen3-VL processor import it):
+scripts/setup.sh installs it on the CPU build too (docs/vl.md, "torchvision on the CPU build"), so
+CI runs this file; only where torchvision is not installed at all is the module skipped.
+One service (the launcher, vLLM + shim) serves every test here.
+
+The reference is written from Qwen's reference reranker (Qwen3VLReranker.format_mm_instruction,
+tokenize and compute_scores): the conversation it builds, rendered by the checkpoint's chat
+template, images resized by the qwen_vl_utils rule and given to the processor without a second
+resize, the last hidden state times W[yes] - W[no], sigmoid.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import math
+
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT, start_launcher
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is None,
+    reason="torchvision is not installed, and vLLM cannot load Qwen3-VL without it "
+           "(scripts/setup.sh installs it: docs/vl.md)")
+
+VL_DIR = ROOT / "models" / "qwen3-vl-reranker-tiny"
+VL_NAME = "qwen3-vl-reranker-tiny"
+SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct '
+          'provided. Note that the answer can only be "yes" or "no".')
+DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
+TOLERANCE = 1e-5
+
+
+def picture(width: int, height: int, seed: int, mode: str = "RGB") -> bytes:
+    """A PNG with structure (gradients and stripes), so that images score differently."""
+    image = Image.new(mode, (width, height))
+    pixels = image.load()
+    for y in range(height):
+        for x in range(width):
+            rgb = ((x * 7 + seed * 31) % 256, (y * 5 + seed * 17) % 256, ((x + y) * 3 + seed) % 256)
+            pixels[x, y] = rgb + ((x * 3) % 256,) if mode == "RGBA" else rgb
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+IMAGES = {"tall": picture(64, 96, 1), "wide": picture(128, 64, 2), "odd": picture(100, 50, 3),
+          "tiny": picture(30, 30, 4), "alpha": picture(96, 96, 5, "RGBA")}
+
+
+def data_url(name: str) -> str:
+    return "data:image/png;base64," + base64.b64encode(IMAGES[name]).decode()
+
+
+class VlReference:
+    """Official-style scoring of one pair in transformers, fp32."""
+
+    def __init__(self, path) -> None:
+        import torch
+        from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+        self.torch = torch
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+        vocab = self.processor.tokenizer.get_vocab()
+        head = self.model.lm_head.weight
+        self.direction = (head[vocab["yes"]] - head[vocab["no"]]).detach().float()
+
+    @staticmethod
+    def resize(image: Image.Image) -> Image.Image:
+        """qwen_vl_utils' fetch_image step: RGB over white, sides to multiples of 32, area in
+        [4 x 32^2, 1800 x 32^2], Pillow's default (bicubic) resize."""
+        if image.mode == "RGBA":
+            background = Image.new("RGB", image.size, (255, 255, 255))
+            background.paste(image, mask=image.split()[3])
+            image = background
+        image = image.convert("RGB")
+        h, w = image.height, image.width
+        hb, wb = max(32, round(h / 32) * 32), max(32, round(w / 32) * 32)
+        if hb * wb > 1800 * 1024:
+            beta = math.sqrt(h * w / (1800 * 1024))
+            hb, wb = math.floor(h / beta / 32) * 32, math.floor(w / beta / 32) * 32
+        elif hb * wb < 4 * 1024:
+            beta = math.sqrt(4 * 1024 / (h * w))
+            hb, wb = math.ceil(h * beta / 32) * 32, math.ceil(w * beta / 32) * 32
+        return image.resize((wb, hb))
+
+    def _part(self, prefix: str, text: str, images: list[str]) -> tuple[list[dict], list[Image.Image]]:
+        pictures = [self.resize(Image.open(io.BytesIO(IMAGES[i]))) for i in images]
+        content = [{"type": "text", "text": prefix}]
+        if not text and not pictures:
+            return content + [{"type": "text", "text": "NULL"}], []
+        content += [{"type": "image", "image": p} for p in pictures]
+        return content + ([{"type": "text", "text": text}] if text else []), pictures
+
+    def logit(self, query: tuple[str, list[str]], document: tuple[str, list[str]],
+              instruction: str = DEFAULT_INSTRUCTION) -> float:
+        q, q_pictures = self._part("<Query>:", *query)
+        d, d_pictures = self._part("\n<Document>:", *document)
+        messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
+                    {"role": "user", "content": [{"type": "text", "text": "<Instruct>: " + instruction},
+                                                 *q, *d]}]
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        pictures = q_pictures + d_pictures
+        inputs = self.processor(text=[text], images=pictures or None, do_resize=False, return_tensors="pt")
+        with self.torch.no_grad():
+            state = self.model.model(**inputs).last_hidden_state[0, -1].float()
+        return float(state @ self.direction)
+
+    def score(self, *args, **kwargs) -> float:
+        return 1 / (1 + math.exp(-self.logit(*args, **kwargs)))
+
+
+@pytest.fixture(scope="module")
+def vl_service():
+    from launcher.demo_model import build
+
+    build("vl-tiny", VL_DIR)
+    service = start_launcher("vl", "--model", str(VL_DIR), "--served-model-name", VL_NAME,
+                             "--max-model-len", "4096", "--drain-window", "0")  # teardown at once
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def vl_reference(vl_service):
+    return VlReference(VL_DIR)
+
+
+def content(text: str, images: list[str]) -> dict | str:
+    if not images:
+        return text
+    parts: list[dict] = [{"type": "image_url", "image_url": {"url": data_url(i)}} for i in images]
+    return {"content": parts + ([{"type": "text", "text": text}] if text else [])}
+
+
+DOCUMENTS = {
+    "text-only": [("A golden retriever runs on the sand.", []), ("Stock prices fell on Friday.", [])],
+    "image-only": [("", ["tall"]), ("", ["wide"]), ("", ["tiny"])],
+    "mixed": [("stripes", ["tall"]), ("two pictures", ["wide", "odd"]), ("no picture", []),
+              ("", ["alpha"])],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DOCUMENTS))
+def test_vllm_rerank_scores_equal_the_reference(vl_service, vl_reference, kind):
+    docs = DOCUMENTS[kind]
+    r = vl_service.post("/rerank", {"query": "a striped picture of a dog",
+                                    "documents": [content(t, i) for t, i in docs]})
+    assert r.status_code == 200, r.text
+    got = {item["index"]: item["relevance_score"] for item in r.json()["results"]}
+    for i, doc in enumerate(docs):
+        assert abs(got[i] - vl_reference.score(("a striped picture of a dog", []), doc)) <= TOLERANCE, (kind, i)
+
+
+def test_an_image_query_and_raw_scores(vl_service, vl_reference):
+    docs = [("a wide picture", []), ("", ["tall"]), ("caption", ["odd"])]
+    r = vl_service.post("/rerank", {"query": content("", ["wide"]), "documents": [content(t, i) for t, i in docs],
+                                    "instruction": "Find matching pictures", "raw_scores": True})
+    assert r.status_code == 200, r.text
+    got = {item["index"]: item["relevance_score"] for item in r.json()["results"]}
+    for i, doc in enumerate(docs):
+        want = vl_reference.logit(("", ["wide"]), doc, "Find matching pictures")
+        assert abs(got[i] - want) <= 1e-4 * max(1.0, abs(want)), i
+
+
+def test_jina_image_documents_and_vllm_score(vl_service, vl_reference):
+    r = vl_service.post("/v1/rerank", {"model": "jina-reranker-m0", "query": "a dog",
+                                       "documents": [{"image": base64.b64encode(IMAGES["wide"]).decode()},
+                                                     {"text": "a caption", "image": data_url("odd")}]})
+    assert r.status_code == 200, r.text
+    got = {item["index"]: item["relevance_score"] for item in r.json()["results"]}
+    assert abs(got[0] - vl_reference.score(("a dog", []), ("", ["wide"]))) <= TOLERANCE
+    assert abs(got[1] - vl_reference.score(("a dog", []), ("a caption", ["odd"]))) <= TOLERANCE
+    r = vl_service.post("/score", {"queries": content("", ["tall"]), "documents": ["tall stripes"]})
+    assert r.status_code == 200, r.text
+    assert abs(r.json()["data"][0]["score"] - vl_reference.score(("", ["tall"]), ("tall stripes", []))) <= TOLERANCE
+
+
+def test_hostile_images_and_text_only_dialects_get_a_4xx_and_the_service_stays_up(vl_service):
+    wide = IMAGES["wide"]
+    # cut in half, and without IEND (its pixels all there: Pillow alone loads that one)
+    halved, no_end = (base64.b64encode(cut).decode() for cut in (wide[:len(wide) // 2], wide[:-12]))
+    for path, body, status, said in (
+            ("/v1/rerank", {"query": "q", "documents": [{"image": "data:image/png;base64," + halved}]},
+             422, "truncated"),
+            ("/v1/rerank", {"query": "q", "documents": [{"text": "t", "image": no_end}]}, 422, "truncated"),
+            # vLLM's route: vLLM's status for every input error (docs/vllm-compat.md)
+            ("/rerank", {"query": "q", "documents": [content("x", ["tall"]), {"content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + no_end}}]}]},
+             400, "documents[1] image 0: PNG image is truncated"),
+            ("/v1/rerank", {"query": "q", "documents": [{"image": "http://127.0.0.1:1/x.png"}]}, 400, "image"),
+            ("/v2/rerank", {"query": "q", "documents": [{"image": data_url("wide")}]}, 422, "Cohere v2"),
+            ("/v1/rank", {"query": "q", "docs": [{"image": data_url("wide")}]}, 422, "text only")):
+        r = vl_service.post(path, body)
+        assert r.status_code == status and said in r.json()["detail"], (path, r.text)
+    assert vl_service.post("/rerank", {"query": "q", "documents": [content("x", ["tall"])]}).status_code == 200
