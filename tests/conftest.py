@@ -201,8 +201,9 @@ def start_shim(vllm_url: str, port: int | None = None, defaults: bool = False,
 
 @pytest.fixture(scope="session")
 def service():
-    """The shared service: launcher (mode all) with real vLLM, started once per session."""
-    svc = start_launcher("shared")
+    """The shared service: launcher (mode all) with real vLLM, started once per session. No drain
+    window: nothing is sent to it at the end of the session (the drain tests start their own)."""
+    svc = start_launcher("shared", "--drain-window", "0")
     yield svc
     svc.stop()
 

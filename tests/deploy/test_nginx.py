@@ -404,6 +404,9 @@ def test_every_registered_dialect_path_is_routed_to_the_shims():
 LOAD_QUERIES = ["what is the capital of the United States?", "如何申请差旅报销", "symptoms of vitamin D deficiency"]
 LOAD_SIZES = [1, 2, 3, 5, 8, 13]  # documents per request
 LOAD_TOP = 3                      # the cut asked for on the larger requests of dialects that cut
+# A pair scored in a batch may differ from the same pair scored alone in the last digits on CPUs
+# without AVX-512 (tests/integration/test_determinism.py bounds it the same way).
+DRIFT = 1e-5
 
 
 def _load_docs(size: int) -> list[str]:
@@ -574,13 +577,14 @@ def test_every_dialect_under_pooled_keep_alive_load_through_nginx(proxy, shims):
         expected = min(top or len(docs), len(docs))
         assert len(pairs) == expected and len({i for i, _ in pairs}) == expected, (where, pairs)
         got = dict(pairs)
-        for i, score in pairs:  # the core's score, within the CPU build's batching drift
-            assert score == pytest.approx(want[i], abs=1e-5), (where, i, score, want[i])
+        drift = 2 * DRIFT if case.logits else DRIFT  # a logit margin is two logits' difference
+        for i, score in pairs:  # the core's score for the pair, within the CPU build's batching drift
+            assert score == pytest.approx(want[i], abs=drift), (where, i, score, want[i])
         if case.name != "weaviate":
             scores = [score for _, score in pairs]
             assert scores == sorted(scores, reverse=True), where
         if expected < len(docs):  # the best ones were kept
-            assert min(want[i] for i in got) >= max(want[i] for i in range(len(docs)) if i not in got) - 1e-5, where
+            assert min(want[i] for i in got) >= max(want[i] for i in range(len(docs)) if i not in got) - drift, where
 
     # every request reached one shim once (none retried, none lost), and both shims took a share
     after = [_answered(shim) for shim in shims]

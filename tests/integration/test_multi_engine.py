@@ -26,6 +26,9 @@ CLIENTS = 4
 def pair():
     svc = start_launcher("multi-engine", "--vllm-restart-backoff", "1", "--vllm-shutdown-timeout", "10",
                          engines=2)
+    # the pod is ready once one engine is; the tests need both (on a busy host the second engine
+    # can finish loading well after the first)
+    assert eventually(lambda: _both_verified(svc), timeout=300, interval=0.5), svc.log()[-3000:]
     yield svc
     svc.stop(signal.SIGKILL)
 
@@ -41,6 +44,11 @@ def vllm_process(url: str) -> psutil.Process:
 
 def engines(svc) -> dict[str, dict]:
     return {e["engine"]: e for e in httpx.get(svc.url + "/ready", timeout=5).json()["engines"]}
+
+
+def _both_verified(svc) -> bool:
+    found = engines(svc)
+    return len(found) == 2 and all(e["up"] and e["verified"] for e in found.values())
 
 
 def shim_calls(svc) -> dict[str, float]:
@@ -65,7 +73,8 @@ def test_pooled_clients_work_reaches_both_engines(pair):
     before = shim_calls(pair)
     with PooledLoad(pair.url, BODY, clients=CLIENTS) as load:
         load.wait_warm()
-        time.sleep(3)
+        # until each engine has had calls of this load (at most the 3 s this used to wait)
+        eventually(lambda: all(shim_calls(pair).get(e, 0) > before.get(e, 0) for e in ("0", "1")), timeout=3)
         outcomes = load.stop()
     print(f"two engines, {CLIENTS} pooled clients: {outcomes.summary()}")
     assert not outcomes.lost, outcomes.lost[:5]
