@@ -18,6 +18,7 @@ import math
 import pytest
 from PIL import Image
 
+from server.scoring.vl_prompt import DEFAULT_VL_INSTRUCTION
 from tests.inprocess.conftest import FakeEngine, running
 
 pytestmark = pytest.mark.anyio
@@ -243,6 +244,14 @@ async def test_a_refusal_instead_of_a_cut_holds_on_the_vl_model_too(vl):
     r = await client.post("/v1/ranking", json={"query": {"text": "q"}, "passages": [{"text": long}],
                                                "truncate": "END"})
     assert r.status_code == 200, r.text  # cut when the client asks for a cut
+
+
+async def test_the_playground_takes_images_and_shows_the_vl_default_instruction_only_for_a_vl_model(
+        vl, text_model):
+    vl_config = (await vl[1].get("/playground/config")).json()
+    text_config = (await text_model[1].get("/playground/config")).json()
+    assert vl_config["images"] is True and text_config["images"] is False
+    assert vl_config["default_instruction"] == DEFAULT_VL_INSTRUCTION != text_config["default_instruction"]
 
 
 async def test_the_openapi_document_states_the_image_forms_only_for_a_vl_model(vl, text_model):
