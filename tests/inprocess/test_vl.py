@@ -124,6 +124,19 @@ async def test_jina_image_documents_on_v1_rerank(vl):
     assert next(x for x in r.json()["results"] if x["index"] == 0)["document"] == {"image": b64}
 
 
+async def test_jina_image_documents_with_rank_fields_are_ranked_on_their_image_and_the_fields_they_have(vl):
+    _, client, fake = vl
+    r = await client.post("/v1/rerank", json={
+        "query": "something blue", "rank_fields": ["title"],
+        "documents": [{"image": data_url(BLUE)}, {"image": data_url(RED), "title": "red", "text": "x"},
+                      {"title": "sky", "text": "blue"}]})
+    assert r.status_code == 200, r.text
+    docs = fake.reranks[-1]["documents"]
+    assert [p["type"] for p in docs[0]["content"]] == ["image_url"]  # not the image's JSON text
+    assert docs[1]["content"][1] == {"type": "text", "text": "title: red"}
+    assert docs[2] == "title: sky"
+
+
 async def test_image_tokens_are_counted(vl):
     _, client, _ = vl
     async def tokens(doc) -> int:
