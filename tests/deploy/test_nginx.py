@@ -10,6 +10,7 @@ binary fails these tests on purpose, CI always has it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, eventually, free_port
+from tests.conftest import ROOT, eventually, free_port, start_shim
 
 pytestmark = pytest.mark.engine
 
@@ -152,10 +153,15 @@ def nginx_factory(tmp_path):
         nginx.stop()
 
 
-@pytest.fixture
-def shims(extra_shim):
-    """Two shim instances (mode shim) against the shared vLLM."""
-    return [extra_shim(), extra_shim()]
+@pytest.fixture(scope="module")
+def shims(service):
+    """Two shim instances (mode shim) against the shared vLLM, shared by this module's tests that
+    neither stop nor reconfigure them (each reads counters as differences, never totals); a test
+    that stops a shim or needs other settings starts its own (extra_shim)."""
+    pair = [start_shim(service.vllm_url), start_shim(service.vllm_url)]
+    yield pair
+    for shim in pair:
+        shim.stop(timeout=30)
 
 
 @pytest.fixture
@@ -275,7 +281,9 @@ def test_burst_beyond_the_rate_limit_gets_429_json_with_retry_after(nginx_factor
     assert httpx.get(proxy.url + "/health", timeout=10).status_code == 200
 
 
-def test_stopping_one_shim_leaves_requests_succeeding(proxy, shims):
+def test_stopping_one_shim_leaves_requests_succeeding(extra_shim, nginx_factory):
+    shims = [extra_shim(), extra_shim()]  # its own: this test stops them
+    proxy = nginx_factory(shims)
     with httpx.Client() as client:
         assert rank(client, proxy.url).status_code == 200
         shims[0].stop(timeout=30)
@@ -384,3 +392,208 @@ def test_every_registered_dialect_path_is_routed_to_the_shims():
     for dialect in DIALECTS:
         for path in dialect.paths:
             assert re.fullmatch(api, path), (dialect.name, path)
+
+
+# --- every dialect under pooled keep-alive load ------------------------------------------------------
+# Each product dialect is also tested one request at a time with its real client
+# (tests/integration/test_client_libraries.py, test_integrations.py); here they get traffic shaped
+# like users': one client IP, one pooled keep-alive client with many requests in flight, bodies of
+# every dialect interleaved (Voyage's and Cohere's on the same path), mixed sizes, through the
+# shipped nginx to two shims. Each case reads the answer the way its clients parse it.
+
+LOAD_QUERIES = ["what is the capital of the United States?", "如何申请差旅报销", "symptoms of vitamin D deficiency"]
+LOAD_SIZES = [1, 2, 3, 5, 8, 13]  # documents per request
+LOAD_TOP = 3                      # the cut asked for on the larger requests of dialects that cut
+
+
+def _load_docs(size: int) -> list[str]:
+    """`size` distinct documents of mixed length (a few words to ~60 tokens), some CJK."""
+    words = ["capital", "Washington", "Nevada", "vitamin", "sunlight", "报销", "流程", "deficiency"]
+    return [f"doc {size}.{i}: " + " ".join(words[(i + j) % len(words)] for j in range(2 + (i * 17) % 40))
+            for i in range(size)]
+
+
+@dataclass
+class DialectCase:
+    """One dialect's request and how its clients read the answer: read(answer json, docs, top)
+    returns [(index, score)] in the answer's order, after checking the envelope."""
+
+    name: str
+    path: str
+    body: object            # (query, docs, top) -> JSON body
+    read: object
+    logits: bool = False    # scores are logit(yes) - logit(no) (NIM), else P(yes)
+    raw_body: bool = False  # sent as bytes without a Content-Type (Weaviate's Go client)
+
+
+def _nim(answer, docs, top):
+    from server.dialects.nim import RankingResponse
+
+    RankingResponse.model_validate(answer)
+    return [(x["index"], x["logit"]) for x in answer["rankings"]]
+
+
+def _hf(answer, docs, top):
+    assert isinstance(answer, list)
+    for x in answer:  # Elasticsearch fails on any other key
+        assert set(x) == {"index", "score", "text"} and x["text"] == docs[x["index"]], x
+    return [(x["index"], x["score"]) for x in answer]
+
+
+def _weaviate(answer, docs, top):
+    from server.dialects.weaviate import WeaviateRerankResponse
+
+    WeaviateRerankResponse.model_validate(answer)
+    assert [s["document"] for s in answer["scores"]] == docs  # paired with documents in order
+    return list(enumerate(s["score"] for s in answer["scores"]))
+
+
+def _voyage(answer, docs, top):
+    from server.dialects.voyage import VoyageRerankResponse
+
+    VoyageRerankResponse.model_validate(answer)
+    assert answer["object"] == "list" and answer["usage"]["total_tokens"] > 0
+    assert all(x["document"] == docs[x["index"]] for x in answer["data"])
+    return [(x["index"], x["relevance_score"]) for x in answer["data"]]
+
+
+def _mixedbread(answer, docs, top):
+    from server.dialects.mixedbread import MixedbreadRerankResponse
+
+    MixedbreadRerankResponse.model_validate(answer)
+    assert answer["top_k"] == (top or len(docs)) and answer["return_input"] is True
+    assert all(x["input"] == docs[x["index"]] and x["object"] == "rank_result" for x in answer["data"])
+    return [(x["index"], x["score"]) for x in answer["data"]]
+
+
+def _pinecone(answer, docs, top):
+    from server.dialects.pinecone import PineconeRerankResponse
+
+    PineconeRerankResponse.model_validate(answer)
+    assert answer["usage"] == {"rerank_units": 1}
+    assert all(x["document"] == {"id": f"d{x['index']}", "text": docs[x["index"]]} for x in answer["data"])
+    return [(x["index"], x["score"]) for x in answer["data"]]
+
+
+def _cohere(answer, docs, top):
+    assert answer["meta"]["billed_units"]["search_units"] == 1 and answer["id"]
+    assert all("document" not in x for x in answer["results"])
+    return [(x["index"], x["relevance_score"]) for x in answer["results"]]
+
+
+def _tei(answer, docs, top):
+    assert isinstance(answer, list) and all(set(x) == {"index", "score"} for x in answer)
+    return [(x["index"], x["score"]) for x in answer]
+
+
+DIALECT_CASES = [
+    DialectCase("nim", "/v1/ranking", lambda q, d, top: {
+        "model": "nvidia/llama-3.2-nv-rerankqa-1b-v2", "query": {"text": q},
+        "passages": [{"text": x} for x in d], "truncate": "END", **({"top_n": top} if top else {})}, _nim,
+        logits=True),
+    DialectCase("hf", "/hf/rerank", lambda q, d, top: {
+        "documents": d, "query": q, "return_documents": True, **({"top_n": top} if top else {})}, _hf),
+    DialectCase("weaviate", "/weaviate/rerank", lambda q, d, top: {"query": q, "documents": d, "property": ""},
+                _weaviate, raw_body=True),
+    DialectCase("voyage-v1", "/v1/rerank", lambda q, d, top: {
+        "query": q, "documents": d, "model": "rerank-2", "top_k": top, "return_documents": True,
+        "truncation": True}, _voyage),
+    DialectCase("voyage-v2", "/v2/rerank", lambda q, d, top: {
+        "query": q, "documents": d, "model": "rerank-2", "top_k": top, "return_documents": True}, _voyage),
+    DialectCase("mixedbread", "/v1/reranking", lambda q, d, top: {
+        "model": "mixedbread-ai/mxbai-rerank-large-v2", "query": q, "input": d, "return_input": True,
+        **({"top_k": top} if top else {})}, _mixedbread),
+    DialectCase("pinecone", "/pinecone/rerank", lambda q, d, top: {
+        "model": "bge-reranker-v2-m3", "query": q, "documents": [{"id": f"d{i}", "text": x} for i, x in enumerate(d)],
+        "return_documents": True, "parameters": {"truncate": "END"}, **({"top_n": top} if top else {})},
+        _pinecone),
+    # the older dialects in the same run: Cohere's bodies share /v1/rerank and /v2/rerank with Voyage's
+    DialectCase("cohere-v1", "/v1/rerank", lambda q, d, top: {
+        "model": "rerank-english-v3.0", "query": q, "documents": d, **({"top_n": top} if top else {})}, _cohere),
+    DialectCase("cohere-v2", "/v2/rerank", lambda q, d, top: {
+        "model": "rerank-v3.5", "query": q, "documents": d, **({"top_n": top} if top else {})}, _cohere),
+    DialectCase("tei", "/rerank", lambda q, d, top: {"query": q, "texts": d}, _tei),
+]
+CUTS = {"nim", "hf", "voyage-v1", "voyage-v2", "mixedbread", "pinecone", "cohere-v1", "cohere-v2"}
+
+
+def _core_scores(url: str, query: str, docs: list[str]) -> tuple[list[float], list[float]]:
+    """P(yes) and logit(yes) - logit(no) per document from the scoring core, one request at a time
+    on one shim (no load, no proxy)."""
+    out = []
+    for raw in (False, True):
+        r = httpx.post(url + "/v1/rerank", json={"query": query, "documents": docs, "raw_scores": raw}, timeout=60)
+        assert r.status_code == 200, r.text
+        by_index = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        out.append([by_index[i] for i in range(len(docs))])
+    return out[0], out[1]
+
+
+def test_every_dialect_under_pooled_keep_alive_load_through_nginx(proxy, shims):
+    """One client IP, one pooled keep-alive client with 16 requests in flight, every dialect's
+    body interleaved at mixed sizes (1-13 documents of a few to ~60 tokens): every answer is 200,
+    in its dialect's shape, sorted (or in input order for Weaviate), cut to top_n/top_k where
+    asked, with the core's score for each document; both shims served the load."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    sets = [(LOAD_QUERIES[i % len(LOAD_QUERIES)], _load_docs(size)) for i, size in enumerate(LOAD_SIZES)]
+    truth = [_core_scores(shims[0].url, q, d) for q, d in sets]
+    work = [(case, s, None) for case in DIALECT_CASES for s in range(len(sets))]
+    work += [(case, s, LOAD_TOP) for case in DIALECT_CASES if case.name in CUTS
+             for s, (_, docs) in enumerate(sets) if len(docs) > LOAD_TOP]
+    random.Random(7).shuffle(work)
+    before = [_answered(shim) for shim in shims]
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    with httpx.Client(base_url=proxy.url, timeout=60, limits=limits) as client:
+
+        def send(item):
+            case, s, top = item
+            query, docs = sets[s]
+            body = case.body(query, docs, top)
+            if case.raw_body:
+                return client.post(case.path, content=json.dumps(body).encode())
+            return client.post(case.path, json=body)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(send, work))
+        seconds = time.monotonic() - started
+    print(f"{len(work)} requests of {len(DIALECT_CASES)} dialects through nginx in {seconds:.1f} s "
+          f"({len(work) / seconds:.0f}/s)")
+
+    for (case, s, top), r in zip(work, answers):
+        where = (case.name, len(sets[s][1]), top)
+        assert r.status_code == 200, (where, r.text[:300])
+        if case.raw_body:
+            assert "content-type" not in r.request.headers
+        _, docs = sets[s]
+        pairs = case.read(r.json(), docs, top)
+        p_yes, logit = truth[s]
+        want = logit if case.logits else p_yes
+        expected = min(top or len(docs), len(docs))
+        assert len(pairs) == expected and len({i for i, _ in pairs}) == expected, (where, pairs)
+        got = dict(pairs)
+        for i, score in pairs:  # the core's score, within the CPU build's batching drift
+            assert score == pytest.approx(want[i], abs=1e-5), (where, i, score, want[i])
+        if case.name != "weaviate":
+            scores = [score for _, score in pairs]
+            assert scores == sorted(scores, reverse=True), where
+        if expected < len(docs):  # the best ones were kept
+            assert min(want[i] for i in got) >= max(want[i] for i in range(len(docs)) if i not in got) - 1e-5, where
+
+    # every request reached one shim once (none retried, none lost), and both shims took a share
+    after = [_answered(shim) for shim in shims]
+    served = [{p: n - b.get(p, 0.0) for p, n in a.items() if n > b.get(p, 0.0)} for a, b in zip(after, before)]
+    sent: dict[str, int] = {}
+    for case, _, _ in work:
+        sent[case.path] = sent.get(case.path, 0) + 1
+    assert {p: sum(counts.get(p, 0.0) for counts in served) for p in sent} == sent
+    assert all(sum(counts.values()) > 0 for counts in served), served
+
+
+def _answered(shim) -> dict[str, float]:
+    """endpoint -> reranker_request_total{status="200"} of one shim, read directly."""
+    text = httpx.get(shim.url + "/metrics", timeout=10).text
+    return {m[0]: float(m[1]) for m in
+            re.findall(r'^reranker_request_total\{endpoint="([^"]+)",status="200"\} (\S+)$', text, re.M)}
