@@ -3,7 +3,10 @@
 Not a scoring dialect: the page is three static files shipped in this package (no build step, no
 CDN, works offline) and one small JSON endpoint with what the page needs to know about the server.
 The page scores through the public seed-shape `POST /rerank`, so its calls carry the user's key
-and get the same auth and rate limits as any other client; only the page itself is public.
+and get the same auth and rate limits as any other client; only the page itself is public. With a
+Qwen3-VL reranker served, images dropped, pasted or chosen on the page are documents too, sent as
+vLLM's `{"content": [{"type": "image_url", ...}]}` with data: URLs (read in the browser, never
+uploaded anywhere else).
 Mounted by create_app when the `playground` setting is on; kept out of the OpenAPI schema.
 """
 
@@ -67,12 +70,15 @@ async def config(request: Request) -> FastJSONResponse:
     """What the page shows and needs; no secrets (only whether auth is on)."""
     state = request_state(request)
     settings = state.settings
+    vl = state.scorer.vl  # a Qwen3-VL reranker: its own default instruction
     return FastJSONResponse({
         "model": settings.model_name,
-        "default_instruction": settings.default_instruction,
+        "default_instruction": vl.default_instruction if vl is not None else settings.default_instruction,
         "max_documents": settings.max_documents,
         "max_model_len": settings.max_model_len,
         "auth": state.auth.enabled,
         # vLLM's /score shape is offered as a snippet; say whether this server answers it itself
         "score_route": any(getattr(r, "path", None) == "/score" for r in request.app.routes),
+        # a Qwen3-VL reranker: the page takes dropped, pasted or chosen images as documents
+        "images": vl is not None,
     }, headers={"Cache-Control": "no-store"})

@@ -11,15 +11,24 @@
   const base = new URL(".", document.baseURI);
   const api = (path) => new URL(path, base).href;
   const root = base.href.replace(/\/$/, "");
-  let config = { model: "", default_instruction: "", max_documents: 1000, auth: false, score_route: false };
+  let config = { model: "", default_instruction: "", max_documents: 1000, auth: false, score_route: false, images: false };
   let shown = "curl";
   let engineTimer = null;
   let ranks = 0; // completed Rank clicks, published on <body data-ranks> for scripts and tests
+  // Image documents (a Qwen3-VL reranker only): {name, url}, url a data: URL read in this page;
+  // sent after the text documents, each as vLLM's {"content": [{"type": "image_url", ...}]}.
+  const images = [];
 
   // --- the request ---------------------------------------------------------------------------
+  const imageDocument = (image) => ({ content: [{ type: "image_url", image_url: { url: image.url } }] });
+
+  function documents() {
+    return textDocuments().concat(images.map(imageDocument));
+  }
+
   // A JSON array (strings or objects with "text") when the box holds one; else one document per
   // non-empty line. Whatever the array holds is sent as it is: the server says what is wrong.
-  function documents() {
+  function textDocuments() {
     const raw = $("documents").value;
     const t = raw.trim();
     if (t.startsWith("[") && t.endsWith("]")) {
@@ -31,7 +40,12 @@
     return raw.split(/\r?\n/).filter((line) => line.trim() !== "");
   }
 
-  const textOf = (d) => (typeof d === "string" ? d : d && typeof d.text === "string" ? d.text : JSON.stringify(d));
+  // vLLM's multimodal document: its image URLs and its text parts
+  const isContent = (d) => !!d && typeof d === "object" && Array.isArray(d.content);
+  const imagesOf = (d) => (isContent(d) ? d.content.filter((p) => p && p.type === "image_url" && p.image_url)
+    .map((p) => p.image_url.url) : []);
+  const textOf = (d) => (typeof d === "string" ? d : d && typeof d.text === "string" ? d.text
+    : isContent(d) ? d.content.filter((p) => p && p.type === "text").map((p) => p.text).join("\n") : JSON.stringify(d));
 
   function request() {
     const body = { query: $("query").value, documents: documents(), return_documents: false };
@@ -130,7 +144,17 @@
       bar.append(fill);
       const value = cell("score", (raw && score >= 0 ? "+" : "") + score.toFixed(4));
       value.title = String(score);
-      const text = cell("text", textOf(body.documents[r.index]));
+      const doc = body.documents[r.index];
+      const text = cell("text", textOf(doc));
+      for (const url of imagesOf(doc).reverse()) {
+        const img = document.createElement("img");
+        img.className = "thumb";
+        img.src = url;
+        const known = images.find((i) => i.url === url);
+        img.alt = img.title = known ? known.name : "image";
+        if (!textOf(doc)) text.append(img.alt);
+        text.prepend(img);
+      }
       if (r.truncated) {
         cut += 1;
         const mark = cell("cut", "truncated");
@@ -176,6 +200,19 @@
   const sh = (s) => "'" + s.replace(/'/g, "'\\''") + "'";
   const json = (v) => JSON.stringify(v, null, 2);
   const strings = (docs) => docs.map(textOf);
+  const textOnly = (docs) => docs.filter((d) => !imagesOf(d).length);
+  const leftOut = (body, api) => {
+    const n = body.documents.length - textOnly(body.documents).length;
+    return n ? [n + " image document" + (n > 1 ? "s" : "") + " left out: " + api + " takes text only"] : [];
+  };
+  // Jina's image document: {"image": data URL}, with the text beside it when there is any
+  const jinaDocument = (d) => {
+    const urls = imagesOf(d);
+    if (!urls.length) return d;
+    const out = { image: urls.length === 1 ? urls[0] : urls };
+    if (textOf(d)) out.text = textOf(d);
+    return out;
+  };
 
   function curl(path, payload, notes) {
     const lines = notes.map((n) => "# " + n);
@@ -194,9 +231,9 @@
 
   function snippetCurl(body) {
     const x = extras(body);
-    const payload = { query: body.query, docs: strings(body.documents) };
+    const payload = { query: body.query, docs: strings(textOnly(body.documents)) };
     if (x.instruction !== undefined) payload.instruction = x.instruction;
-    const notes = [];
+    const notes = leftOut(body, "/v1/rank");
     if (x.topN) notes.push("/v1/rank returns every document, best first (it has no top_n)");
     if (x.raw) notes.push("/v1/rank scores are always P(yes) (it has no raw scores)");
     return curl("/v1/rank", payload, notes);
@@ -206,6 +243,7 @@
     const x = extras(body);
     const key = config.auth ? 'os.environ["RERANKER_API_KEY"]' : 'os.environ.get("RERANKER_API_KEY", "unused")';
     const lines = ["import os", "", "import cohere", ""];
+    for (const note of leftOut(body, "Cohere v2")) lines.push("# " + note);
     if (!config.auth) lines.push("# auth is off on this server, but the SDK insists on a key");
     lines.push(
       "co = cohere.ClientV2(base_url=" + JSON.stringify(root) + ", api_key=" + key + ")",
@@ -213,7 +251,7 @@
       "    model=" + JSON.stringify(config.model || "qwen3-reranker") + ",",
       "    query=" + JSON.stringify(body.query) + ",",
       "    documents=[",
-      ...strings(body.documents).map((d) => "        " + JSON.stringify(d) + ","),
+      ...strings(textOnly(body.documents)).map((d) => "        " + JSON.stringify(d) + ","),
       "    ],",
     );
     if (x.topN) lines.push("    top_n=" + x.topN + ",");
@@ -230,7 +268,7 @@
 
   function snippetJina(body) {
     const x = extras(body);
-    const payload = { model: config.model || "qwen3-reranker", query: body.query, documents: body.documents };
+    const payload = { model: config.model || "qwen3-reranker", query: body.query, documents: body.documents.map(jinaDocument) };
     if (x.topN) payload.top_n = x.topN;
     payload.return_documents = true;
     if (x.instruction !== undefined) payload.instruction = x.instruction;
@@ -240,7 +278,10 @@
 
   function snippetScore(body) {
     const x = extras(body);
-    const payload = { model: config.model || "qwen3-reranker", text_1: body.query, text_2: strings(body.documents) };
+    // with images: vLLM's queries/documents form, which takes {"content": [...]} documents
+    const payload = textOnly(body.documents).length === body.documents.length
+      ? { model: config.model || "qwen3-reranker", text_1: body.query, text_2: strings(body.documents) }
+      : { model: config.model || "qwen3-reranker", queries: body.query, documents: body.documents };
     if (x.instruction !== undefined) payload.instruction = x.instruction;
     if (x.raw) payload.use_activation = false;
     const notes = ["vLLM's /score: one score per document, in input order" + (x.topN ? " (it has no top_n)" : "")];
@@ -280,6 +321,75 @@
     setTimeout(() => { $("copied").textContent = ""; }, 2000);
   }
 
+  // --- image documents (a Qwen3-VL reranker) ----------------------------------------------------
+  const imageFiles = (list) => Array.from(list || []).filter((f) => f.type.startsWith("image/"));
+
+  function readAsDataURL(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+  }
+
+  // Any image file is taken as it is: the server says what it refuses (type, size, pixels).
+  async function addImages(files) {
+    for (const file of files) {
+      try {
+        images.push({ name: file.name || "pasted image", url: await readAsDataURL(file) });
+      } catch (e) {
+        showError("Cannot read " + (file.name || "the image") + " (" + e.message + ").");
+      }
+    }
+    renderImages();
+    renderSnippets();
+  }
+
+  function renderImages() {
+    const list = $("image-list");
+    list.replaceChildren(...images.map((image, i) => {
+      const li = document.createElement("li");
+      const img = document.createElement("img");
+      img.src = image.url;
+      img.alt = image.name;
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "remove";
+      remove.addEventListener("click", () => { images.splice(i, 1); renderImages(); renderSnippets(); });
+      li.append(img, cell("muted", image.name), remove);
+      return li;
+    }));
+  }
+
+  function acceptImages() {
+    $("image-drop").hidden = false;
+    $("image-files").addEventListener("change", () => {
+      const files = imageFiles($("image-files").files);
+      $("image-files").value = "";
+      addImages(files);
+    });
+    // a pasted image (a screenshot, a copied picture) anywhere on the page; pasted text is left alone
+    document.addEventListener("paste", (e) => {
+      const files = imageFiles(e.clipboardData && e.clipboardData.files);
+      if (files.length) { e.preventDefault(); addImages(files); }
+    });
+    const zone = $("input");
+    const dragsFiles = (e) => e.dataTransfer && Array.from(e.dataTransfer.types || []).includes("Files");
+    zone.addEventListener("dragover", (e) => {
+      if (!dragsFiles(e)) return;
+      e.preventDefault();
+      zone.classList.add("dragging");
+    });
+    zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+    zone.addEventListener("drop", (e) => {
+      zone.classList.remove("dragging");
+      if (!dragsFiles(e)) return;
+      e.preventDefault();
+      addImages(imageFiles(e.dataTransfer.files));
+    });
+  }
+
   // --- start -----------------------------------------------------------------------------------
   async function start() {
     try {
@@ -289,6 +399,7 @@
     $("model").textContent = config.model ? "model: " + config.model : "";
     if (!$("instruction").value) $("instruction").value = config.default_instruction;
     $("key-row").hidden = !config.auth;
+    if (config.images) acceptImages();
     renderSnippets();
     checkEngine();
   }

@@ -80,13 +80,16 @@ class VlScoring:
         self._control = re.compile("|".join(map(re.escape, contents))) if contents else None
 
     # --- public ----------------------------------------------------------------------------------
-    def instruction(self, req: ScoreRequest) -> str:
-        """The client's instruction, else the operator's default if they set one, else the VL
-        reference's default (which differs from the text model's)."""
-        if req.instruction:
-            return req.instruction
+    @property
+    def default_instruction(self) -> str:
+        """The operator's default instruction if they set one, else the VL reference's default
+        (which differs from the text model's)."""
         default = self.settings.default_instruction
         return default if default != DEFAULT_INSTRUCTION else DEFAULT_VL_INSTRUCTION
+
+    def instruction(self, req: ScoreRequest) -> str:
+        """The client's instruction, else the default one."""
+        return req.instruction or self.default_instruction
 
     async def score(self, req: ScoreRequest, on: Engine | None = None,
                     use_cache: bool = True) -> ScoreResult:

@@ -18,6 +18,7 @@ import math
 import pytest
 from PIL import Image
 
+from server.scoring.vl_prompt import DEFAULT_VL_INSTRUCTION
 from tests.inprocess.conftest import FakeEngine, running
 
 pytestmark = pytest.mark.anyio
@@ -121,6 +122,19 @@ async def test_jina_image_documents_on_v1_rerank(vl):
     assert docs[2] == "sky"
     assert {x["index"] for x in r.json()["results"]} == {0, 1, 2}
     assert next(x for x in r.json()["results"] if x["index"] == 0)["document"] == {"image": b64}
+
+
+async def test_jina_image_documents_with_rank_fields_are_ranked_on_their_image_and_the_fields_they_have(vl):
+    _, client, fake = vl
+    r = await client.post("/v1/rerank", json={
+        "query": "something blue", "rank_fields": ["title"],
+        "documents": [{"image": data_url(BLUE)}, {"image": data_url(RED), "title": "red", "text": "x"},
+                      {"title": "sky", "text": "blue"}]})
+    assert r.status_code == 200, r.text
+    docs = fake.reranks[-1]["documents"]
+    assert [p["type"] for p in docs[0]["content"]] == ["image_url"]  # not the image's JSON text
+    assert docs[1]["content"][1] == {"type": "text", "text": "title: red"}
+    assert docs[2] == "title: sky"
 
 
 async def test_image_tokens_are_counted(vl):
@@ -243,6 +257,14 @@ async def test_a_refusal_instead_of_a_cut_holds_on_the_vl_model_too(vl):
     r = await client.post("/v1/ranking", json={"query": {"text": "q"}, "passages": [{"text": long}],
                                                "truncate": "END"})
     assert r.status_code == 200, r.text  # cut when the client asks for a cut
+
+
+async def test_the_playground_takes_images_and_shows_the_vl_default_instruction_only_for_a_vl_model(
+        vl, text_model):
+    vl_config = (await vl[1].get("/playground/config")).json()
+    text_config = (await text_model[1].get("/playground/config")).json()
+    assert vl_config["images"] is True and text_config["images"] is False
+    assert vl_config["default_instruction"] == DEFAULT_VL_INSTRUCTION != text_config["default_instruction"]
 
 
 async def test_the_openapi_document_states_the_image_forms_only_for_a_vl_model(vl, text_model):

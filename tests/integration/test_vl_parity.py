@@ -18,11 +18,13 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
+import json
 import math
 
 import pytest
 from PIL import Image
 
+from tests.browser import conftest as browser_conftest
 from tests.conftest import ROOT, start_launcher
 
 pytestmark = pytest.mark.skipif(
@@ -34,6 +36,8 @@ VL_DIR = ROOT / "models" / "qwen3-vl-reranker-tiny"
 VL_NAME = "qwen3-vl-reranker-tiny"
 SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct '
           'provided. Note that the answer can only be "yes" or "no".')
+# the playground test's headless Chromium (tests/browser), a fixture of this module too
+browser = browser_conftest.browser
 DEFAULT_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 TOLERANCE = 1e-5
 
@@ -202,3 +206,55 @@ def test_hostile_images_and_text_only_dialects_get_a_4xx_and_the_service_stays_u
         r = vl_service.post(path, body)
         assert r.status_code == status and said in r.json()["detail"], (path, r.text)
     assert vl_service.post("/rerank", {"query": "q", "documents": [content("x", ["tall"])]}).status_code == 200
+
+
+def test_playground_ranks_chosen_pasted_and_dropped_images_like_the_api(vl_service, browser, tmp_path):
+    """The playground with the VL model: images chosen in the file picker, pasted and dropped on
+    the page become documents after the text ones; the ranking shown is the API's for the same
+    body, each image row shows its picture; the Jina snippet carries them as {"image": ...}."""
+    from tests.browser.page import Playground, wait_for
+
+    page = Playground(browser, vl_service.url + "/playground")
+    assert page.el("image-drop").is_displayed()
+    # the VL model's default instruction (not the text model's), so the page's scores are the API's
+    assert page.el("instruction").get_attribute("value") == DEFAULT_INSTRUCTION
+    chosen = tmp_path / "wide.png"
+    chosen.write_bytes(IMAGES["wide"])
+    page.type("query", "a striped picture")
+    page.type("documents", "A golden retriever runs on the sand.")
+    page.el("image-files").send_keys(str(chosen))
+    for event, name in (("paste", "odd"), ("drop", "tall")):
+        # what the browser hands the page for a paste or a drop: a DataTransfer holding the file
+        browser.execute_script("""
+            const [kind, name, b64] = arguments;
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const files = new DataTransfer();
+            files.items.add(new File([bytes], name + ".png", {type: "image/png"}));
+            const target = kind === "paste" ? document : document.getElementById("input");
+            target.dispatchEvent(kind === "paste"
+                ? new ClipboardEvent("paste", {clipboardData: files, bubbles: true, cancelable: true})
+                : new DragEvent("drop", {dataTransfer: files, bubbles: true, cancelable: true}));
+        """, event, name, base64.b64encode(IMAGES[name]).decode())
+    wait_for(lambda: len(browser.find_elements("css selector", "#image-list li")) == 3, "three images")
+    page.rank()
+    docs = ["A golden retriever runs on the sand.", content("", ["wide"]), content("", ["odd"]),
+            content("", ["tall"])]
+    answer = vl_service.post("/rerank", {"query": "a striped picture", "documents": docs,
+                                         "return_documents": False}).json()
+    shown = page.results()
+    assert page.error() == ""
+    assert [(row.index, row.value) for row in shown] == [
+        (r["index"], pytest.approx(r["relevance_score"], abs=1e-6)) for r in answer["results"]]
+    names = {1: "wide.png", 2: "odd.png", 3: "tall.png"}
+    for row, element in zip(shown, browser.find_elements("css selector", "#results li")):
+        pictures = element.find_elements("css selector", "img.thumb")
+        assert len(pictures) == (row.index in names)
+        if pictures:
+            assert names[row.index] in row.text and pictures[0].get_attribute("src") == data_url(
+                names[row.index][:-4])
+    # the Jina snippet: the same documents, images in Jina's form
+    browser.find_element("css selector", "[data-snippet=jina]").click()
+    jina = page.snippet("jina")
+    body = json.loads(jina.split(" -d ", 1)[1][1:-1].replace("'\\''", "'"))
+    assert body["documents"] == ["A golden retriever runs on the sand."] + [
+        {"image": data_url(n)} for n in ("wide", "odd", "tall")]
