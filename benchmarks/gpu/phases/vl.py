@@ -19,8 +19,9 @@ Steps, in order:
           `vl_compare` line per concurrency (shim / raw vLLM)
 
 Targets: `shim` = vLLM's body (documents `{"content": [{"type": "image_url", ...}]}`) on the
-shim's /v1/rerank; `vllm` = the same body on vLLM's /rerank behind it (engine 0); `shim-jina` =
-Jina's `{"image": data URL}` documents on /v1/rerank (`return_documents` false).
+shim's /rerank (vLLM's API, docs/vl.md); `vllm` = the same body on vLLM's /rerank behind it
+(engine 0): the same call to both; `shim-jina` = Jina's `{"image": data URL}` documents on the
+shim's /v1/rerank (`return_documents` false).
 
 The engine renders both targets' prompts with the launcher's template
 (launcher/templates/qwen3_vl_reranker.jinja): for a text query and image-only documents it gives
@@ -143,7 +144,7 @@ def body(target: str, query: str, urls: list[str]) -> dict:
 
 
 def url_of(target: str) -> str:
-    return h.VLLM + "/rerank" if target == "vllm" else h.SHIM + "/v1/rerank"
+    return {"vllm": h.VLLM + "/rerank", "shim": h.SHIM + "/rerank"}.get(target, h.SHIM + "/v1/rerank")
 
 
 def scores_of(data: dict, n: int) -> list[float]:
@@ -249,9 +250,14 @@ def score_check(clock: h.Clock, args: argparse.Namespace) -> None:
         h.emit({"kind": "error", "step": "vl scores", "error": repr(exc)[:500],
                 "body": getattr(getattr(exc, "response", None), "text", "")[:500]})
         return
+    def largest(a: list[list[float]], b: list[list[float]]) -> float:
+        return float(f"{max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)):.3g}")
+
     h.emit({"kind": "vl_scores", "image_size": args.image_size, "image_format": args.image_format,
-            "shim_vs_vllm": h.drift(got["vllm"], got["shim"]),
-            "jina_vs_shim": h.drift(got["shim"], got["shim-jina"]),
+            "shim_vs_vllm": {**h.drift(got["vllm"], got["shim"]),
+                             "max_abs_diff_exact": largest(got["vllm"], got["shim"])},
+            "jina_vs_shim": {**h.drift(got["shim"], got["shim-jina"]),
+                             "max_abs_diff_exact": largest(got["shim"], got["shim-jina"])},
             "tokens_per_pair": tokens, "image_tokens_per_image": image_tokens(args.image_size),
             "vllm_scores": got["vllm"][0], "shim_scores": got["shim"][0]})
 
