@@ -226,11 +226,17 @@ def template_check(vllm_template: Path | None) -> None:
     h.emit(line)
 
 
-def score_check(clock: h.Clock, args: argparse.Namespace) -> None:
+def score_check(clock: h.Clock, args: argparse.Namespace, config: str) -> None:
     """Two queries x `docs` pictures, scored by raw vLLM, by the shim (same body) and by the
     shim's Jina form: the largest difference and the ranking agreement."""
     if clock.left() < 60:
         h.emit({"kind": "skipped", "step": "vl scores", "reason": "budget"})
+        return
+    if not args.fresh and h.RESULTS.exists() and any(
+            rec.get("kind") == "vl_scores" and rec.get("config") == config
+            and rec.get("image_size") == args.image_size
+            for rec in map(json.loads, h.RESULTS.read_text().splitlines())):
+        h.log(f"{config}: scores compared earlier on this machine")
         return
     urls = data_urls([f"check|{args.seed}|{j}" for j in range(args.docs)], args.image_size,
                      args.image_format)
@@ -253,7 +259,7 @@ def score_check(clock: h.Clock, args: argparse.Namespace) -> None:
     def largest(a: list[list[float]], b: list[list[float]]) -> float:
         return float(f"{max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)):.3g}")
 
-    h.emit({"kind": "vl_scores", "image_size": args.image_size, "image_format": args.image_format,
+    h.emit({"kind": "vl_scores", "config": config, "image_size": args.image_size, "image_format": args.image_format,
             "shim_vs_vllm": {**h.drift(got["vllm"], got["shim"]),
                              "max_abs_diff_exact": largest(got["vllm"], got["shim"])},
             "jina_vs_shim": {**h.drift(got["shim"], got["shim-jina"]),
@@ -396,7 +402,7 @@ def phase_vl(clock: h.Clock, args: argparse.Namespace) -> None:
         return
     template_check(vllm_template)
     if not args.no_score_check:
-        score_check(clock, args)
+        score_check(clock, args, config)
     for target, c, attempt in plan:
         load_step(clock, args, config, target, c, attempt)
     compare()
