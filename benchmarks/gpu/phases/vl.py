@@ -341,6 +341,11 @@ def load_step(clock: h.Clock, args: argparse.Namespace, config: str, target: str
                 **({"error_samples": stats["error_samples"]} if "error_samples" in stats else {})})
 
 
+def _diff(a: float, b: float) -> float | None:
+    """a - b in ms, None where either side had no successful request (NaN)."""
+    return None if math.isnan(a) or math.isnan(b) else round(a - b, 1)
+
+
 def compare() -> None:
     """Shim against raw vLLM at each concurrency, from every result on this machine (the latest
     of each)."""
@@ -357,8 +362,8 @@ def compare() -> None:
                 "docs": key[4], "concurrency": key[6], "target": shim["target"],
                 "shim_pairs_s": shim["pairs_s"], "vllm_pairs_s": raw["pairs_s"],
                 "shim_over_vllm": round(shim["pairs_s"] / raw["pairs_s"], 3),
-                "shim_minus_vllm_p50_ms": round(shim["p50_ms"] - raw["p50_ms"], 1),
-                "shim_minus_vllm_p99_ms": round(shim["p99_ms"] - raw["p99_ms"], 1),
+                "shim_minus_vllm_p50_ms": _diff(shim["p50_ms"], raw["p50_ms"]),
+                "shim_minus_vllm_p99_ms": _diff(shim["p99_ms"], raw["p99_ms"]),
                 "gpu_busy_pct": {"shim": shim.get("gpu_busy_pct"), "vllm": raw.get("gpu_busy_pct")},
                 "errors": {"shim": shim["errors"], "vllm": raw["errors"]}})
 
