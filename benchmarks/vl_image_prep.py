@@ -67,9 +67,9 @@ def main() -> None:
         "jpeg q90 4032x3024 (resized)": encoded(photo(4032, 3024), "JPEG", quality=90),
     }
     for name, data in cases.items():
-        decode = median_ms(lambda: decode_image(data, settings, keep_picture=True), args.repeat)
+        decode = median_ms(lambda data=data: decode_image(data, settings, keep_picture=True), args.repeat)
         loaded = decode_image(data, settings, keep_picture=True)
-        prepare = median_ms(lambda: ImagePreparer().prepare(loaded, "image"), args.repeat)
+        prepare = median_ms(lambda loaded=loaded: ImagePreparer().prepare(loaded, "image"), args.repeat)
         prepared = ImagePreparer().prepare(loaded, "image")
         print(json.dumps({"picture": name, "bytes": len(data), "decode_ms": round(decode, 1),
                           "prepare_ms": round(prepare, 1), "total_ms": round(decode + prepare, 1),
