@@ -70,7 +70,9 @@ async def config(request: Request) -> FastJSONResponse:
     """What the page shows and needs; no secrets (only whether auth is on)."""
     state = request_state(request)
     settings = state.settings
-    vl = state.scorer.vl  # a Qwen3-VL reranker: its own default instruction
+    # a Qwen3-VL reranker has its own default instruction; the family is known once the shim has
+    # started (an app built without its lifespan serves the page for the text model)
+    vl = state.started.scorer.vl if state.started is not None else None
     return FastJSONResponse({
         "model": settings.model_name,
         "default_instruction": vl.default_instruction if vl is not None else settings.default_instruction,
