@@ -145,7 +145,9 @@ def test_overload_is_refused_at_once_with_retry_after(extra_shim):
     assert refused and codes.count(200) >= 1 and set(codes) <= {200, 503}
     for r in refused:
         assert r.headers["retry-after"] == "1" and "busy" in r.json()["detail"]
-        assert r.elapsed.total_seconds() < 1.0  # refused at once, not queued into a timeout
+        # refused at once, not queued until work frees up or a 120 s upstream timeout: a refusal
+        # does no work, and 3 s leaves room for a 2-core CI machine busy with the accepted ones
+        assert r.elapsed.total_seconds() < 3.0
     assert "reranker_admission_rejections_total" in httpx.get(shim.url + "/metrics").text
     assert time.monotonic() - started < 120
 
