@@ -27,10 +27,10 @@ from PIL import Image
 from tests.browser import conftest as browser_conftest
 from tests.conftest import ROOT, start_launcher
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.launcher, pytest.mark.skipif(
     importlib.util.find_spec("torchvision") is None,
     reason="torchvision is not installed, and vLLM cannot load Qwen3-VL without it "
-           "(scripts/setup.sh installs it: docs/vl.md)")
+           "(scripts/setup.sh installs it: docs/vl.md)")]
 
 VL_DIR = ROOT / "models" / "qwen3-vl-reranker-tiny"
 VL_NAME = "qwen3-vl-reranker-tiny"
