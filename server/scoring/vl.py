@@ -45,6 +45,7 @@ from server.settings import DEFAULT_INSTRUCTION
 if TYPE_CHECKING:
     from server.scoring.core import Scorer, ScoreRequest, ScoreResult
     from server.scoring.engines import Engine
+    from server.settings import Settings
 
 # Tokens a piece may gain or lose when vLLM tokenises the whole prompt instead of the pieces.
 _MARGIN = 4
@@ -69,6 +70,13 @@ class _Doc:
     exact: bool = True
 
 
+def vl_default_instruction(settings: Settings) -> str:
+    """The operator's default instruction if they set one, else the VL reference's default
+    (which differs from the text model's)."""
+    default = settings.default_instruction
+    return default if default != DEFAULT_INSTRUCTION else DEFAULT_VL_INSTRUCTION
+
+
 class VlScoring:
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
@@ -82,10 +90,7 @@ class VlScoring:
     # --- public ----------------------------------------------------------------------------------
     @property
     def default_instruction(self) -> str:
-        """The operator's default instruction if they set one, else the VL reference's default
-        (which differs from the text model's)."""
-        default = self.settings.default_instruction
-        return default if default != DEFAULT_INSTRUCTION else DEFAULT_VL_INSTRUCTION
+        return vl_default_instruction(self.settings)
 
     def instruction(self, req: ScoreRequest) -> str:
         """The client's instruction, else the default one."""
