@@ -21,7 +21,7 @@ test:
 	# rest, those with vLLMs of their own first, on the other); a safety net: a hung run fails in
 	# 50 minutes instead of eating CI's 90
 	timeout -k 60 3000 .venv/bin/python -m pytest -q -rs -n 2 --dist loadgroup --no-loadscope-reorder \
-		--ignore=tests/inprocess $(ARGS)
+		--durations=25 --ignore=tests/inprocess $(ARGS)
 
 # The quick loop while coding (about a minute once .venv exists): lint, types, and the tests that
 # need neither vLLM nor the system packages the full suite installs (nginx, redis, chromium, helm).

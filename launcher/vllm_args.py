@@ -40,7 +40,7 @@ QWEN3_OVERRIDES = {
 # text model's): the Qwen3-VL checkpoint's LM head rows W[yes] - W[no] become the classifier.
 QWEN3_VL_OVERRIDES = {**QWEN3_OVERRIDES, "architectures": ["Qwen3VLForSequenceClassification"]}
 # vLLM's image processor for Qwen3-VL-Reranker: the shim sends images already resized the way
-# Qwen's reference code resizes them (server/scoring/images.py), whose sides are multiples of 32
+# Qwen's reference code resizes them (server/scoring/vl_images.py), whose sides are multiples of 32
 # and whose area lies in [4,096, 1,843,200] pixels; with these bounds vLLM's own resize keeps that
 # size (the checkpoint's Qwen3-VL bounds, from 65,536 pixels, would enlarge small images). No
 # videos: the shim sends none, and vLLM then reserves no memory for them.

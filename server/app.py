@@ -148,7 +148,7 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
     state = install_state(app, AppState(
         settings=settings, metrics=metrics, auth=auth,
         ratelimiter=RateLimiter(settings, metrics, auth_enabled=auth.enabled),
-        dialect_of={path: d for d in DIALECTS for path in d.paths}, family=family))
+        dialect_of={path: d for d in DIALECTS for path in d.paths}))
     install_error_handlers(app)
     app.include_router(health.router)
     if settings.playground:  # the page is public; the scoring calls it makes are guarded below

@@ -43,7 +43,6 @@ class AppState:
     auth: Authenticator
     ratelimiter: RateLimiter
     dialect_of: dict[str, Dialect]  # route path -> the dialect that owns it (error shape, docs)
-    family: str = "text"  # the served model's: "text" or "vl" (Qwen3-VL), known before start-up
     draining: bool = False  # SIGTERM seen (server/ops/drain.py): readiness fails
     engine_verified: bool = False  # some engine is up and passed its canary
     started: Started | None = None

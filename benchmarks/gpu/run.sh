@@ -11,6 +11,10 @@
 #                                                 # data-parallel, per-GPU throughput vs N=1 (repeat the
 #                                                 # call until done: finished steps are skipped)
 #   bash benchmarks/gpu/run.sh workloads --config NAME --flags "--max-num-batched-tokens 32768" --workloads seed,rag
+#   bash benchmarks/gpu/run.sh vl [--shape vl-2b|vl-8b] [--concurrency 8,32] [--docs 8]
+#                                                 # Qwen3-VL reranker, one 1024x1024 JPEG per document:
+#                                                 # shim beside raw vLLM /rerank (builds the VL model;
+#                                                 # repeat the call until done: finished steps are skipped)
 #   bash benchmarks/gpu/run.sh stop               # stop a launcher left running
 #
 # Each phase is a module of benchmarks/gpu/phases/; `python3 -m benchmarks.gpu.orchestrate PHASE
@@ -65,7 +69,7 @@ python3 -c "import server.app, launcher.cli, vllm" || { echo "imports failed"; e
 
 # --- the model: exact Qwen3-Reranker-0.6B shape, random weights, real tokenizer ---------------------
 MODEL=$BENCH_WORK/models/qwen3-reranker-0.6b
-if [ ! -f "$MODEL/config.json" ]; then
+if [ "$PHASE" != vl ] && [ ! -f "$MODEL/config.json" ]; then   # the vl phase builds its own model
   t=$(date +%s)
   python3 -m launcher.demo_model --shape 0.6b --out "$MODEL" || exit 2
   echo "{\"kind\":\"model_built\",\"seconds\":$(( $(date +%s) - t ))}" | tee -a "$BENCH_WORK/results.jsonl"

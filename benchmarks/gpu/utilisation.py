@@ -37,6 +37,8 @@ def _role(proc: psutil.Process, cmdline: str, name: str) -> str | None:
         return "engine_core"
     if "vllm.entrypoints" in cmdline:
         return "api_server"
+    if "benchmarks.inproc_engine" in cmdline:  # vLLM's engine client in the benchmark's process
+        return "inproc"
     if "-m server" in cmdline:
         return "shim"
     if "multiprocessing" in cmdline:
@@ -137,5 +139,6 @@ class Utilisation:
             "engine_core_cpu_pct": sorted(per_role.get("engine_core", []), reverse=True),
             "api_server_cpu_pct": sorted(per_role.get("api_server", []), reverse=True),
             "shim_cpu_pct": round(sum(per_role.get("shim", [])), 1),
+            **({"inproc_cpu_pct": per_role["inproc"]} if "inproc" in per_role else {}),
             "util_seconds": round(self.seconds, 1),
         }

@@ -5,8 +5,10 @@ and one union response envelope that every client family parses: Cohere SDKs rea
 and `meta`, Jina clients (LangChain, LlamaIndex, Haystack) read `results`, `model`, `usage`.
 `document` is left out, never null, when documents are not requested (LiteLLM rejects null).
 A body carrying a field only vLLM's rerank has (`use_activation`, `truncate_prompt_tokens`,
-`request_id`, ...: `VLLM_ONLY_FIELDS`) is a vLLM client's: it gets vLLM's answer (documents
-echoed unless return_documents is false) with Cohere's `meta`, and vLLM's errors. A body carrying a
+`request_id`, ...: `VLLM_ONLY_FIELDS`), or a query or document in vLLM's multimodal form
+(`{"content": [{"type": "image_url", ...}]}`), is a vLLM client's (`vllm.protocol.speaks_vllm`):
+it gets vLLM's answer (documents echoed unless return_documents is false) with Cohere's `meta`,
+and vLLM's errors. A body carrying a
 field only Voyage has (`top_k`, `truncation`: voyage.VOYAGE_ONLY_FIELDS) gets Voyage's answer.
 Lenient where real clients are loose: `return_documents` may be the string "true"/"false"
 (RAGFlow's Xinference provider), and `instruct` (SGLang's, DashScope's spelling) is taken for
@@ -38,7 +40,7 @@ from server.dialects.common import (
     search_units,
 )
 from server.dialects.vllm.mapping import as_list, rerank_answer
-from server.dialects.vllm.protocol import VLLM_ONLY_FIELDS, VllmRerankRequest, VllmRerankResponse
+from server.dialects.vllm.protocol import VLLM_BODY_SCHEMA, VllmRerankRequest, VllmRerankResponse, speaks_vllm
 from server.openapi import documented_body, family_schema
 from server.scoring.core import ScoreRequest
 from server.state import request_state
@@ -182,7 +184,7 @@ async def _rerank(body: RerankRequest, request: Request, version: str) -> Rerank
 
 
 def _speaks(body: Any) -> str:
-    if isinstance(body, dict) and not VLLM_ONLY_FIELDS.isdisjoint(body):
+    if speaks_vllm(body):
         return "vllm"
     return "voyage" if voyage.speaks_voyage(body) else "cohere"
 
@@ -196,9 +198,10 @@ RerankBody = Annotated[
 
 # errors answer in the dialect the body speaks
 _errors_as_spoken = errors_as(vllm.DIALECT, lambda body: _speaks(body) == "vllm")
-# the body as documented: a vLLM body is one with a vLLM-only field (see _speaks)
-_VLLM_FIELD = {"anyOf": [{"required": [name]} for name in sorted(VLLM_ONLY_FIELDS)]}
-# a Voyage body: one with a Voyage-only field and no vLLM-only one
+# the body as documented: a vLLM body is one with a vLLM-only field or vLLM's multimodal form
+# (see _speaks)
+_VLLM_FIELD = VLLM_BODY_SCHEMA
+# a Voyage body: one with a Voyage-only field and not a vLLM one
 _VOYAGE_FIELD = {"anyOf": [{"required": [name]} for name in sorted(voyage.VOYAGE_ONLY_FIELDS)]}
 _BODY = documented_body((RerankRequest, {"not": {"anyOf": [_VLLM_FIELD, _VOYAGE_FIELD]}}),
                         (VllmRerankRequest, _VLLM_FIELD),

@@ -42,7 +42,8 @@ class LoadedImage:
     in any encoding: the score cache's key. decoded_bytes: width x height x 3, what admission
     control and the per-request limit count. source: "data" (a data: URL), "base64" (bare
     base64), "url" (fetched; `url` is the address the bytes came from after redirects).
-    No EXIF orientation is applied (the engine does not apply it either).
+    No EXIF orientation is applied (Qwen's reference does not apply it; vLLM's loader does, so
+    server/scoring/vl_images.py sends vLLM such a picture re-encoded, without the tag).
     """
 
     data: bytes = field(repr=False)

@@ -18,7 +18,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.responses import FastJSONResponse
-from server.scoring.vl import vl_default_instruction
 from server.state import request_state
 
 _HERE = Path(__file__).resolve().parent
@@ -71,15 +70,17 @@ async def config(request: Request) -> FastJSONResponse:
     """What the page shows and needs; no secrets (only whether auth is on)."""
     state = request_state(request)
     settings = state.settings
-    vl = state.family == "vl"  # a Qwen3-VL reranker: its own default instruction
+    # a Qwen3-VL reranker has its own default instruction; the family is known once the shim has
+    # started (an app built without its lifespan serves the page for the text model)
+    vl = state.started.scorer.vl if state.started is not None else None
     return FastJSONResponse({
         "model": settings.model_name,
-        "default_instruction": vl_default_instruction(settings) if vl else settings.default_instruction,
+        "default_instruction": vl.default_instruction if vl is not None else settings.default_instruction,
         "max_documents": settings.max_documents,
         "max_model_len": settings.max_model_len,
         "auth": state.auth.enabled,
         # vLLM's /score shape is offered as a snippet; say whether this server answers it itself
         "score_route": any(getattr(r, "path", None) == "/score" for r in request.app.routes),
         # a Qwen3-VL reranker: the page takes dropped, pasted or chosen images as documents
-        "images": vl,
+        "images": vl is not None,
     }, headers={"Cache-Control": "no-store"})

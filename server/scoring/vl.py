@@ -8,9 +8,9 @@ The same steps as the text path (server/scoring/core.py), on parts of text and i
   max_model_len leaves after the template, instruction, query (its text and images) and the
   document's own images, and is cut or chunked on token boundaries (a chunk keeps the document's
   images; document score = max over its chunks);
-- duplicates are scored once and the score cache is keyed by the texts and the images' content
-  hashes (two requests sending the same picture, however encoded in the URL, share entries only
-  when the bytes are equal);
+- duplicates are scored once and the score cache is keyed by the texts and the images' picture
+  hashes (`LoadedImage.sha256`, of the decoded pixels: the same picture sent as a data: URL or
+  as base64, or as another file of the same pixels, shares entries);
 - admission counts every prompt token, image tokens included, and the images' decoded bytes;
 - the pairs go to vLLM's /rerank as vLLM's multimodal content (image parts, then the text), in
   concurrent slices, rendered by the shipped VL template (launcher/templates/
@@ -45,13 +45,10 @@ from server.settings import DEFAULT_INSTRUCTION
 if TYPE_CHECKING:
     from server.scoring.core import Scorer, ScoreRequest, ScoreResult
     from server.scoring.engines import Engine
-    from server.settings import Settings
 
 # Tokens a piece may gain or lose when vLLM tokenises the whole prompt instead of the pieces.
 _MARGIN = 4
 _WORD_JOINER = "\u2060"
-# Decoding and resizing more images than this moves to a worker thread.
-_INLINE_IMAGES = 2
 
 
 @dataclass
@@ -70,13 +67,6 @@ class _Doc:
     exact: bool = True
 
 
-def vl_default_instruction(settings: Settings) -> str:
-    """The operator's default instruction if they set one, else the VL reference's default
-    (which differs from the text model's)."""
-    default = settings.default_instruction
-    return default if default != DEFAULT_INSTRUCTION else DEFAULT_VL_INSTRUCTION
-
-
 class VlScoring:
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
@@ -90,7 +80,10 @@ class VlScoring:
     # --- public ----------------------------------------------------------------------------------
     @property
     def default_instruction(self) -> str:
-        return vl_default_instruction(self.settings)
+        """The operator's default instruction if they set one, else the VL reference's default
+        (which differs from the text model's)."""
+        default = self.settings.default_instruction
+        return default if default != DEFAULT_INSTRUCTION else DEFAULT_VL_INSTRUCTION
 
     def instruction(self, req: ScoreRequest) -> str:
         """The client's instruction, else the default one."""
@@ -168,11 +161,11 @@ class VlScoring:
             return [], [[] for _ in doc_refs], 0
         refs = list(wanted)
         loaded = await load_images(refs, self.settings, where=[wanted[r] for r in refs], keep_picture=True)
-
-        def work() -> dict[str, PreparedImage]:
-            return {ref: self.images.prepare(image, wanted[ref]) for ref, image in zip(refs, loaded)}
-
-        done = await asyncio.to_thread(work) if len(wanted) > _INLINE_IMAGES else work()
+        # in worker threads, side by side: a resize or an encode takes the event loop's time
+        # otherwise, and Pillow releases the GIL while it works
+        prepared = await asyncio.gather(*(asyncio.to_thread(self.images.prepare, image, wanted[ref])
+                                          for ref, image in zip(refs, loaded)))
+        done = dict(zip(refs, prepared))
         return ([done[r] for r in query_refs], [[done[r] for r in refs] for refs in doc_refs],
                 decoded_bytes(loaded))
 

@@ -1,7 +1,9 @@
 """Qwen3-VL-Reranker through the shim, in process: each dialect's image form reaches the engine as
 vLLM's multimodal content (images resized the reference's way, before the text), image tokens are
-counted, the score cache is keyed by the image bytes, text-only dialects and a text-only model
-refuse images with a 4xx, and hostile images get a 4xx.
+counted, the score cache is keyed by the picture, a picture vLLM reads as the reference does is
+sent as the client's own bytes (others re-encoded at the reference's size), vLLM's content form
+on /v1/rerank is answered vLLM's way, text-only dialects and a text-only model refuse images with
+a 4xx, and hostile images get a 4xx.
 
 The engine here is a fake (FakeVlEngine) that records what vLLM would be sent, so that what the
 shim sends is asserted exactly and fast; what vLLM does with it (scores equal to the reference)
@@ -58,9 +60,12 @@ BLUE = png(96, 64, (20, 20, 220))
 
 
 def sent_picture(part: dict) -> Image.Image:
+    """The picture an image part sends vLLM (a data: URL whose media type is the bytes' format)."""
     url = part["image_url"]["url"]
-    assert url.startswith("data:image/png;base64,")
-    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    header, payload = url.split(",", 1)
+    picture = Image.open(io.BytesIO(base64.b64decode(payload)))
+    assert header == f"data:{Image.MIME[picture.format]};base64"
+    return picture
 
 
 @pytest.fixture
@@ -168,6 +173,43 @@ async def test_the_score_cache_is_keyed_by_the_image_bytes(vl):
     assert again == first and len(fake.reranks) == calls  # answered from the cache
     await rank(data_url(BLUE))
     assert len(fake.reranks) == calls + 1
+
+
+async def test_a_picture_vllm_reads_as_the_reference_does_is_sent_as_the_clients_own_bytes(vl):
+    _, client, fake = vl
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 96), (10, 120, 30)).save(buffer, format="JPEG", quality=90)
+    jpeg = base64.b64encode(buffer.getvalue()).decode()
+    odd = png(100, 50, (90, 90, 200))  # not of the reference's size: resized by the shim
+    r = await client.post("/rerank", json={"query": "q", "documents": [
+        {"content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + jpeg}}]},
+        {"content": [{"type": "image_url", "image_url": {"url": data_url(odd)}}]}]})
+    assert r.status_code == 200, r.text
+    sent = [doc["content"][0]["image_url"]["url"] for doc in fake.reranks[-1]["documents"]]
+    assert sent[0] == "data:image/jpeg;base64," + jpeg  # untouched, its real media type
+    resized = sent_picture(fake.reranks[-1]["documents"][1]["content"][0])
+    assert resized.format == "BMP" and resized.size == (96, 64) and resized.mode == "RGB"
+
+
+async def test_vllm_content_documents_on_v1_rerank_are_answered_vllms_way(vl):
+    _, client, fake = vl
+    body = {"query": "a red square", "documents": [
+        {"content": [{"type": "image_url", "image_url": {"url": data_url(RED)}}]}, "plain text"]}
+    for path in ("/v1/rerank", "/v2/rerank"):
+        r = await client.post(path, json=body)
+        assert r.status_code == 200, (path, r.text)
+        results = {x["index"]: x for x in r.json()["results"]}
+        assert set(results) == {0, 1} and results[1]["document"] == {"text": "plain text", "multi_modal": None}
+        assert [p["type"] for p in fake.reranks[-1]["documents"][0]["content"]] == ["image_url"]
+    # vLLM's errors (400, its error object) for a vLLM body
+    bad = {"query": "q", "documents": [{"content": [{"type": "image_url", "image_url": {"url": "data:,x"}}]}]}
+    r = await client.post("/v1/rerank", json=bad)
+    assert r.status_code == 400 and "error" in r.json(), r.text
+    # a Cohere v1 document whose own field is named content stays Cohere's
+    r = await client.post("/v1/rerank", json={"query": "q", "rank_fields": ["content"],
+                                              "documents": [{"content": "a red square"}]})
+    assert r.status_code == 200 and "document" not in r.json()["results"][0], r.text
+    assert fake.reranks[-1]["documents"] == ["content: a red square"]
 
 
 async def test_control_token_text_in_a_vl_prompt_stays_text(vl):

@@ -55,12 +55,26 @@ def picture(width: int, height: int, seed: int, mode: str = "RGB") -> bytes:
     return buffer.getvalue()
 
 
+def as_jpeg(png: bytes, orientation: int = 1) -> bytes:
+    """The picture as a JPEG (quality 90), with an EXIF orientation tag unless it is 1."""
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buffer, format="JPEG", quality=90, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
 IMAGES = {"tall": picture(64, 96, 1), "wide": picture(128, 64, 2), "odd": picture(100, 50, 3),
           "tiny": picture(30, 30, 4), "alpha": picture(96, 96, 5, "RGBA")}
+# a JPEG of the reference's size (the shim sends its own bytes), and one whose EXIF tag says
+# "rotate" (vLLM's loader would; the reference does not: the shim re-encodes it unrotated)
+IMAGES.update(photo=as_jpeg(picture(96, 64, 6)), rotated=as_jpeg(picture(64, 96, 7), orientation=6))
 
 
 def data_url(name: str) -> str:
-    return "data:image/png;base64," + base64.b64encode(IMAGES[name]).decode()
+    mime = "image/jpeg" if IMAGES[name][:2] == b"\xff\xd8" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(IMAGES[name]).decode()
 
 
 class VlReference:
@@ -159,6 +173,7 @@ DOCUMENTS = {
     "image-only": [("", ["tall"]), ("", ["wide"]), ("", ["tiny"])],
     "mixed": [("stripes", ["tall"]), ("two pictures", ["wide", "odd"]), ("no picture", []),
               ("", ["alpha"])],
+    "jpeg": [("", ["photo"]), ("", ["rotated"]), ("a photo", ["photo", "tall"])],
 }
 
 
@@ -195,6 +210,16 @@ def test_jina_image_documents_and_vllm_score(vl_service, vl_reference):
     r = vl_service.post("/score", {"queries": content("", ["tall"]), "documents": ["tall stripes"]})
     assert r.status_code == 200, r.text
     assert abs(r.json()["data"][0]["score"] - vl_reference.score(("", ["tall"]), ("tall stripes", []))) <= TOLERANCE
+
+
+def test_vllm_content_on_v1_rerank_scores_equal_the_reference(vl_service, vl_reference):
+    """vLLM's body, without any vLLM-only field, on /v1/rerank (where vLLM serves it too)."""
+    docs = [("", ["photo"]), ("caption", ["rotated"])]
+    r = vl_service.post("/v1/rerank", {"query": "a dog", "documents": [content(t, i) for t, i in docs]})
+    assert r.status_code == 200, r.text
+    got = {item["index"]: item["relevance_score"] for item in r.json()["results"]}
+    for i, doc in enumerate(docs):
+        assert abs(got[i] - vl_reference.score(("a dog", []), doc)) <= TOLERANCE, i
 
 
 def test_hostile_images_and_text_only_dialects_get_a_4xx_and_the_service_stays_up(vl_service):

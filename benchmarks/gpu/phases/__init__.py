@@ -15,6 +15,6 @@ they did against today's defaults.
 
 from __future__ import annotations
 
-from benchmarks.gpu.phases import determinism, fill, mixed, multigpu, startup, workloads
+from benchmarks.gpu.phases import determinism, fill, mixed, multigpu, startup, vl, workloads
 
-PHASES = {phase.NAME: phase for phase in (fill, startup, determinism, mixed, multigpu, workloads)}
+PHASES = {phase.NAME: phase for phase in (fill, startup, determinism, mixed, multigpu, workloads, vl)}

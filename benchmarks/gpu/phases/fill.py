@@ -28,11 +28,15 @@ through the shim, and for the configurations in `--fill-raw` also against raw vL
           seconds and GPU memory each, then the probe after waking
   batch   `reranker batch` over 600 rag-shaped lines against the service's own rag c=32, with a
           small stream beside it (benchmarks/batch_throughput.py)
+  inproc  engine 0's exact vLLM arguments and environment served in-process instead
+          (benchmarks/inproc_engine.py: AsyncLLM, no HTTP, no API server), small c=50 and rag
+          c=32: what the hop through vLLM's API server costs. Stops the launcher: put it last.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import threading
@@ -44,7 +48,7 @@ NAME = "fill"
 SUMMARY = "engine configurations on one GPU (engines per GPU, MPS, CUDA graphs, ...): what each serves"
 
 STEPS = ("seed", "small", "rag", "long", "mixed", "det", "profile", "probe", "restart", "sleep",
-         "batch")
+         "batch", "inproc")
 GRAPH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 # finer above 512 (a step pads up to the next captured size) and up to 16k tokens
 GRAPH_SIZES_16K = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144,
@@ -163,6 +167,70 @@ def step(clock: h.Clock, config: str, name: str, target: str) -> None:
         sleep_wake(clock, config)
     elif name == "batch" and target == "shim":
         batch_job(clock, config)
+    elif name == "inproc" and target == "shim":
+        inproc(clock, config)
+
+
+def engine_invocation() -> tuple[list[str], dict] | None:
+    """Engine 0's vLLM API-server arguments and environment, read from the running process."""
+    import json
+
+    import psutil
+
+    from benchmarks.gpu.utilisation import _family
+
+    if not h.STATE.exists():
+        return None
+    module = "vllm.entrypoints.openai.api_server"
+    for proc in _family([json.loads(h.STATE.read_text())["pid"]]):
+        try:
+            cmd = proc.cmdline()
+            if module not in cmd:
+                continue
+            args = cmd[cmd.index(module) + 1:]
+            port = next((a.split("=", 1)[1] if "=" in a else args[i + 1]
+                         for i, a in enumerate(args) if a.split("=", 1)[0] == "--port"), None)
+            if port == str(h.VLLM_PORT):  # engine 0
+                return args, proc.environ()
+        except (psutil.Error, IndexError):
+            continue
+    return None
+
+
+def inproc(clock: h.Clock, config: str) -> None:
+    """The running configuration's engine (one engine) served in-process by the benchmark
+    itself: the launcher is stopped first, its vLLM arguments and environment reused."""
+    import json
+    import sys
+
+    found = engine_invocation()
+    if found is None or clock.left() < 150:
+        h.emit({"kind": "skipped", "step": "inproc", "config": config,
+                "reason": "no running engine" if found is None else "budget"})
+        return
+    argv, env = found
+    h.stop_launcher()
+    env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(h.ROOT)) if p),
+           "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "benchmarks.inproc_engine", "--model", str(h.MODEL_DIR),
+           "--vllm-argv", json.dumps(argv)]
+    if "--smoke" in h.LOADGEN_FLAGS:  # a CPU dry run
+        cmd += ["--requests", "small=200,rag=20"]
+    h.log(f"{config}: in-process engine")
+    log_path = h.LOGS / f"inproc-{config}.log"
+    try:
+        with open(log_path, "w") as err:
+            proc = subprocess.run(cmd, cwd=h.ROOT, env=env, stdout=subprocess.PIPE, stderr=err,
+                                  text=True, timeout=max(60, clock.left() - 10))
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        proc = subprocess.CompletedProcess(cmd, -1, out, "")
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            h.emit({**json.loads(line), "config": config + " (in-process)"})
+    if proc.returncode != 0:
+        h.emit({"kind": "error", "step": "inproc", "config": config, "rc": proc.returncode,
+                "log": log_path.read_text(errors="replace")[-2000:]})
 
 
 def batch_job(clock: h.Clock, config: str) -> None:

@@ -28,11 +28,44 @@ from server.errors import NON_BLANK
 from server.openapi import family_schema, setting_bounds
 
 # Keys only vLLM's rerank body has: a body carrying one on /v1/rerank or /v2/rerank is a vLLM
-# client's and gets vLLM's answer and errors (a plain body there stays Cohere/Jina).
+# client's and gets vLLM's answer and errors (a plain body there stays Cohere/Jina): speaks_vllm.
 VLLM_ONLY_FIELDS = frozenset({
     "use_activation", "truncate_prompt_tokens", "truncation_side", "priority", "request_id",
     "max_tokens_per_query", "chat_template_kwargs", "cache_salt", "mm_processor_kwargs",
     "padding", "user"})
+# A query or document in vLLM's multimodal form ({"content": [{"type": ...}, ...]}): no other
+# dialect of /v1/rerank and /v2/rerank has it (a Cohere v1 document's own "content" field is a
+# value, not a list of typed parts), so a body carrying one is a vLLM client's too.
+CONTENT_FORM_SCHEMA = {"type": "object", "required": ["content"], "properties": {"content": {
+    "type": "array", "items": {"type": "object", "required": ["type"]}}}}
+
+
+def is_content_form(value: Any) -> bool:
+    """Whether `value` is a query or document in vLLM's multimodal form (CONTENT_FORM_SCHEMA)."""
+    if not isinstance(value, dict) or not isinstance(value.get("content"), list):
+        return False
+    return all(isinstance(part, dict) and "type" in part for part in value["content"])
+
+
+def speaks_vllm(body: Any) -> bool:
+    """Whether a body on /v1/rerank or /v2/rerank is a vLLM client's: it has a vLLM-only field,
+    or its query or a document is in vLLM's multimodal form (VLLM_BODY_SCHEMA says the same)."""
+    if not isinstance(body, dict):
+        return False
+    if not VLLM_ONLY_FIELDS.isdisjoint(body):
+        return True
+    documents = body.get("documents")
+    return is_content_form(body.get("query")) or any(
+        is_content_form(d) for d in (documents if isinstance(documents, list) else [documents]))
+
+
+# The bodies speaks_vllm takes, as JSON Schema (for the OpenAPI document).
+VLLM_BODY_SCHEMA = {"anyOf": [
+    *({"required": [name]} for name in sorted(VLLM_ONLY_FIELDS)),
+    {"required": ["query"], "properties": {"query": CONTENT_FORM_SCHEMA}},
+    {"required": ["documents"], "properties": {"documents": {"anyOf": [
+        CONTENT_FORM_SCHEMA, {"type": "array", "contains": CONTENT_FORM_SCHEMA}]}}},
+]}
 # vLLM refuses these template kwargs: they would override the scorer's own arguments.
 RESERVED_TEMPLATE_KWARGS = frozenset({"chat_template", "tools", "tokenize"})
 
