@@ -16,9 +16,12 @@ test:
 	.venv/bin/ruff check .
 	.venv/bin/python -m mypy
 	# the fast in-process layer first (no vLLM): a broken core fails in a minute, not after the suite
-	timeout -k 60 600 .venv/bin/python -m pytest -q -x tests/inprocess
-	# a safety net: a hung run fails in 50 minutes instead of eating CI's 90
-	timeout -k 60 3000 .venv/bin/python -m pytest -q -rs --ignore=tests/inprocess $(ARGS)
+	timeout -k 60 600 .venv/bin/python -m pytest -q -x -n 2 tests/inprocess
+	# two workers, the suite shared out by tests/conftest.py (the shared vLLM's modules on one, the
+	# rest, those with vLLMs of their own first, on the other); a safety net: a hung run fails in
+	# 50 minutes instead of eating CI's 90
+	timeout -k 60 3000 .venv/bin/python -m pytest -q -rs -n 2 --dist loadgroup --no-loadscope-reorder \
+		--durations=25 --ignore=tests/inprocess $(ARGS)
 
 # The quick loop while coding (about a minute once .venv exists): lint, types, and the tests that
 # need neither vLLM nor the system packages the full suite installs (nginx, redis, chromium, helm).

@@ -264,13 +264,16 @@ def install_openapi(app: FastAPI, settings) -> None:
     dialects = app_state(app).dialect_of
     scored = {path for path, d in dialects.items() if SCORED in route_kinds(d, path)}
 
+    generated: list[dict] = []  # FastAPI's own document, made once: the routes do not change
+
     def openapi() -> dict:
         if app.openapi_schema is None:
-            # FastAPI.openapi fills app.openapi_schema; the route declarations it reads are shared
-            # between apps (module-level routers), so finish a copy
-            document = copy.deepcopy(FastAPI.openapi(app))
-            app.openapi_schema = finish(document, deployment_values(app, settings), set(dialects),
-                                        scored)
+            if not generated:
+                # FastAPI.openapi fills app.openapi_schema; the route declarations it reads are
+                # shared between apps (module-level routers), so keep a copy and finish copies
+                generated.append(copy.deepcopy(FastAPI.openapi(app)))
+            app.openapi_schema = finish(copy.deepcopy(generated[0]), deployment_values(app, settings),
+                                        set(dialects), scored)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to replace the document
@@ -278,6 +281,7 @@ def install_openapi(app: FastAPI, settings) -> None:
 
 
 def refresh_openapi(app: FastAPI) -> None:
+    """Finish the document again with what start-up loaded (FastAPI's part is not regenerated)."""
     app.openapi_schema = None
     app.openapi()
 

@@ -111,10 +111,39 @@ def pytest_configure(config):
     # `timeout` (Makefile) ends a hung run with SIGTERM: turn it into KeyboardInterrupt so pytest
     # still tears fixtures down and the hook below runs
     signal.signal(signal.SIGTERM, _interrupt)
+    if config.pluginmanager.hasplugin("xdist"):
+        from tests import xdist_groups
+
+        xdist_groups.configure(config)
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("loadgroup", False):  # a pytest-xdist worker of `make test`
+        from tests import xdist_groups
+
+        xdist_groups.order_and_record(config, items)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own choice of scheduler
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup`: the suite's own groups (tests/xdist_groups.py)."""
+    if config.getoption("dist") == "loadgroup":
+        from tests import xdist_groups
+
+        return xdist_groups.GroupScheduling(config, log)
+    return None
+
+
+def pytest_unconfigure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        from tests import xdist_groups
+
+        xdist_groups.unconfigure(config)
 
 
 def pytest_sessionfinish(session, exitstatus):

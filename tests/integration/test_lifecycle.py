@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import eventually, start_launcher, wait_until_ready
 from tests.pooled_load import PooledLoad
 
-pytestmark = [pytest.mark.engine, pytest.mark.restart]
+pytestmark = [pytest.mark.engine, pytest.mark.restart, pytest.mark.launcher]
 
 BODY = {"query": "capital of France", "docs": [f"Paris fact number {i}." for i in range(12)]}
 

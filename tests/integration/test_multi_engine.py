@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import eventually, start_launcher
 from tests.pooled_load import PooledLoad
 
-pytestmark = [pytest.mark.engine, pytest.mark.restart]
+pytestmark = [pytest.mark.engine, pytest.mark.restart, pytest.mark.launcher]
 
 BODY = {"query": "capital of France", "docs": [f"Paris fact number {i}." for i in range(12)]}
 CLIENTS = 4

@@ -25,12 +25,12 @@ import pytest
 from PIL import Image
 
 from tests.browser import conftest as browser_conftest
-from tests.conftest import ROOT, start_launcher
+from tests.conftest import ROOT, start_launcher, wait_until_ready
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.launcher, pytest.mark.skipif(
     importlib.util.find_spec("torchvision") is None,
     reason="torchvision is not installed, and vLLM cannot load Qwen3-VL without it "
-           "(scripts/setup.sh installs it: docs/vl.md)")
+           "(scripts/setup.sh installs it: docs/vl.md)")]
 
 VL_DIR = ROOT / "models" / "qwen3-vl-reranker-tiny"
 VL_NAME = "qwen3-vl-reranker-tiny"
@@ -137,19 +137,28 @@ class VlReference:
 
 
 @pytest.fixture(scope="module")
-def vl_service():
+def vl_launched():
+    """The launcher, started; not yet ready (vl_service waits for that)."""
     from launcher.demo_model import build
 
     build("vl-tiny", VL_DIR)
     service = start_launcher("vl", "--model", str(VL_DIR), "--served-model-name", VL_NAME,
-                             "--max-model-len", "4096", "--drain-window", "0")  # teardown at once
+                             "--max-model-len", "4096", "--drain-window", "0",  # teardown at once
+                             wait_ready=False)
     yield service
     service.stop()
 
 
 @pytest.fixture(scope="module")
-def vl_reference(vl_service):
+def vl_reference(vl_launched):
+    """Loaded while the service starts (the launcher's vLLM is mostly one core's work)."""
     return VlReference(VL_DIR)
+
+
+@pytest.fixture(scope="module")
+def vl_service(vl_launched, vl_reference):
+    wait_until_ready(vl_launched)
+    return vl_launched
 
 
 def content(text: str, images: list[str]) -> dict | str:
