@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import sys
 import time
 
@@ -62,9 +61,8 @@ class Prompts:
         self.encoder, self.w, self.corpus, self.seed = encoder, workload, corpus, seed
 
     def __call__(self, i: int) -> list[list[int]]:
-        rng = random.Random(self.seed * 1_000_003 + i)
-        picks = rng.sample(range(len(self.corpus.docs)), min(self.w.docs, len(self.corpus.docs)))
-        head = self.encoder.head(loadgen.make_query(rng), INSTRUCTION)
+        query, picks = loadgen.draw(self.w, self.corpus, self.seed, i)
+        head = self.encoder.head(query, INSTRUCTION)
         docs = self.encoder.documents([self.corpus.docs[p] for p in picks])
         return [self.encoder.assemble(head, d.ids) for d in docs]
 

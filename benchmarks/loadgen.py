@@ -226,6 +226,14 @@ def _trim(text: str, tokens: int, target: int) -> str:
     return " ".join(words[: max(1, int(len(words) * target / tokens))])
 
 
+def draw(w: Workload, corpus: Corpus, seed: int, i: int) -> tuple[str, list[int]]:
+    """Request i's query and the indices of its documents in `corpus` (seeded: a run's requests
+    are the same whichever client sends them)."""
+    rng = random.Random(seed * 1_000_003 + i)
+    picks = rng.sample(range(len(corpus.docs)), min(w.docs, len(corpus.docs)))
+    return make_query(rng), picks
+
+
 class Requests:
     """Request i of one run, as (body bytes, documents, estimated prompt tokens)."""
 
@@ -241,9 +249,7 @@ class Requests:
     def __call__(self, i: int) -> tuple[bytes, int, int]:
         if self._fixed is not None:
             return self._fixed
-        rng = random.Random(self.seed * 1_000_003 + i)
-        picks = rng.sample(range(len(self.corpus.docs)), min(self.w.docs, len(self.corpus.docs)))
-        return self._build(make_query(rng), picks)
+        return self._build(*draw(self.w, self.corpus, self.seed, i))
 
     def _build(self, query: str, picks: list[int]) -> tuple[bytes, int, int]:
         docs = b"[" + b",".join(self.corpus.encoded[p] for p in picks) + b"]"
