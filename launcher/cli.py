@@ -20,7 +20,7 @@ from launcher import preflight
 from launcher.demo_model import build as build_demo_model
 from launcher.prewarm import seed_cache
 from launcher.supervise import Supervisor
-from launcher.vllm_args import engine_commands
+from launcher.vllm_args import engine_commands, fill_gpu
 from server.ops.logs import setup_logging
 from server.settings import DEMO_MODEL_DIR, Settings
 
@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> None:
             # its tokenizer's BPE ranks are cached in cache_dir too (launcher/demo_model.py)
             build_demo_model("tiny", Path(DEMO_MODEL_DIR), cache_dir=Path(settings.cache_dir or ".cache"))
         architectures = preflight.check_model(settings)
+        if settings.mode != "shim":
+            settings, choice = fill_gpu(settings)
+            if choice is not None:
+                log.info("engines per GPU chosen", extra={"engines_per_gpu": choice.engines_per_gpu,
+                                                          "cuda_mps": choice.mps, "reason": choice.reason})
         commands = engine_commands(settings, architectures) if settings.mode != "shim" else []
     except preflight.ConfigError as exc:
         # One line on stderr, what happened and what to do; exit 2 = fix the configuration.

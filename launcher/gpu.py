@@ -1,5 +1,6 @@
 """GPU facts the launcher needs, in one place: which GPUs this process may use, how much memory
-one has, the KV cache an engine sharing a GPU gets, and the commands of an MPS control daemon.
+one has, the KV cache an engine sharing a GPU gets, how many engines share a GPU when the
+operator left that to the launcher, and the commands of an MPS control daemon.
 
 Nothing here initialises CUDA: the launcher only reads NVML (or asks nvidia-smi), so vLLM's engine
 core can still be forked from a process that never touched the GPU."""
@@ -92,6 +93,11 @@ class ModelShape:
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes  # K and V
 
+    @classmethod
+    def of_checkpoint(cls, config: dict) -> ModelShape:
+        """The language model's shape, also where a Qwen3-VL config nests it in text_config."""
+        return cls.from_config(config.get("text_config") or config)
+
     def weight_bytes(self, dtype_bytes: int) -> int:
         attention = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
         mlp = 3 * self.hidden * self.intermediate
@@ -125,6 +131,75 @@ def shared_engine_kv_bytes(shape: ModelShape, *, total_bytes: int, utilization: 
             f"{(least + shape.weight_bytes(dtype_bytes) + ENGINE_RESERVE_BYTES) / GIB:.1f} GiB; "
             f"lower --engines-per-gpu or raise --gpu-memory-utilization")
     return min(wanted, room)
+
+
+# --- engines per GPU when the operator left it to the launcher -----------------------------------
+# A small model's requests are bound by vLLM's one engine-core process per engine (a CPU core at
+# 50-100 % while the GPU idles), so on a large GPU several engines under MPS serve more of them
+# (benchmarks/RESULTS.md, "Engines per GPU as the default"). The rule covers only what was
+# measured: models up to FILL_MAX_PARAMS on one GPU of at least FILL_MIN_GPU_BYTES, with enough
+# CPUs for four engine cores and their API servers. Larger models already keep the GPU busy.
+FILL_ENGINES = 4
+FILL_MAX_PARAMS = 2_000_000_000
+FILL_MIN_GPU_BYTES = 70 * GIB
+FILL_MIN_CPUS = 12
+
+
+@dataclass(frozen=True)
+class FillChoice:
+    """How many engines share the GPU, whether under the launcher's MPS daemon, and why."""
+
+    engines_per_gpu: int
+    mps: bool
+    reason: str
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity set: what a container's cpuset gives it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def choose_engines_per_gpu(*, params: int | None, vl: bool, gpus: int, gpu_bytes: int | None,
+                           cpus: int, mps_problem: str | None, node_mps: bool) -> FillChoice:
+    """The automatic engines-per-GPU choice for a single-GPU, single-engine configuration.
+
+    `mps_problem` is why the launcher's MPS daemon cannot run here (None when it can): without
+    MPS, engines sharing a GPU time-slice it and lose bulk throughput, so the choice is then one
+    engine. `node_mps`: the node already shares the GPU through MPS (the pod is one of several
+    clients): one engine."""
+    def one(reason: str) -> FillChoice:
+        return FillChoice(1, False, reason)
+
+    if gpus != 1:
+        return one(f"{gpus} GPUs visible (measured on one)")
+    if vl:
+        return one("a Qwen3-VL reranker (bound by image processing, not measured with several engines)")
+    if params is None or params > FILL_MAX_PARAMS:
+        size = "unknown" if params is None else f"{params / 1e9:.1f}B"
+        return one(f"model size {size} parameters (above {FILL_MAX_PARAMS / 1e9:.0f}B one engine keeps the GPU busy)")
+    if gpu_bytes is None or gpu_bytes < FILL_MIN_GPU_BYTES:
+        size = "unknown" if gpu_bytes is None else f"{gpu_bytes / GIB:.0f} GiB"
+        return one(f"GPU memory {size} (below {FILL_MIN_GPU_BYTES / GIB:.0f} GiB)")
+    if cpus < FILL_MIN_CPUS:
+        return one(f"{cpus} CPUs (below {FILL_MIN_CPUS})")
+    if node_mps:
+        return one("the node provides MPS (CUDA_MPS_PIPE_DIRECTORY is set): the GPU is shared with other pods")
+    if mps_problem:
+        return one(f"no MPS daemon: {mps_problem}")
+    return FillChoice(FILL_ENGINES, True, f"model {params / 1e9:.1f}B parameters, GPU "
+                      f"{gpu_bytes / GIB:.0f} GiB, {cpus} CPUs")
+
+
+def mps_usable(env: dict[str, str]) -> str | None:
+    """Whether the launcher's MPS daemon can run here: start it and stop it again (a second);
+    None if it can, else why not."""
+    problem = start_mps(env)
+    if problem is None:
+        stop_mps(env)
+    return problem
 
 
 # --- MPS: one control daemon for the launcher's engines ------------------------------------------

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from launcher import gpu as gpu_facts
 from launcher.checkpoint import (
@@ -17,6 +18,7 @@ from launcher.checkpoint import (
     read_architectures,
 )
 from launcher.gpu import gpu_visible, gpus_needed, visible_gpus
+from server.scoring.family import family_of
 from server.settings import DEMO_MODEL_DIR
 
 TEMPLATE = Path(__file__).parent / "templates" / "qwen3_reranker.jinja"
@@ -104,6 +106,43 @@ def engine_commands(settings, architectures: list[str] | None = None, gpu: bool 
             extra = {"VLLM_CPU_OMP_THREADS_BIND": binds[i]} if binds else {}
         out.append((cmd, extra))
     return out
+
+
+def fill_gpu(settings, *, gpu: bool | None = None, env: Mapping[str, str] | None = None,
+             config: dict | None = None, gpu_bytes: int | None = None, cpus: int | None = None,
+             mps_problem: Callable[[], str | None] | None = None) -> tuple[Any, gpu_facts.FillChoice | None]:
+    """The settings with the engines per GPU the launcher chose (fill_gpu, launcher/gpu.py
+    `choose_engines_per_gpu`), and why; unchanged where the operator chose: engines_per_gpu or
+    cuda_mps given, several engines or GPUs per engine, a separate vLLM, or no GPU.
+
+    `mps_problem` (tests): a function telling why the MPS daemon cannot run, instead of starting
+    and stopping the real one."""
+    gpu = gpu_visible() if gpu is None else gpu
+    chosen = settings.model_fields_set & {"engines_per_gpu", "cuda_mps"}
+    if not (settings.fill_gpu and gpu and settings.mode in ("all", "vllm") and not chosen
+            and settings.engines == 1 and settings.tensor_parallel_size == 1
+            and settings.multi_gpu_mode == "engines"):
+        return settings, None
+    environ: Mapping[str, str] = os.environ if env is None else env
+    config = model_config(settings.model_path) if config is None else config
+    try:
+        params = gpu_facts.ModelShape.of_checkpoint(config).weight_bytes(1)
+    except (KeyError, TypeError, ValueError):
+        params = None
+    facts: dict[str, Any] = {"params": params, "vl": family_of(config) == "vl" or settings.model_family == "vl",
+             "gpus": len(visible_gpus(environ)),
+             "gpu_bytes": gpu_facts.total_memory_bytes() if gpu_bytes is None else gpu_bytes,
+             "cpus": gpu_facts.available_cpus() if cpus is None else cpus,
+             "node_mps": bool(environ.get("CUDA_MPS_PIPE_DIRECTORY"))}
+    choice = gpu_facts.choose_engines_per_gpu(**facts, mps_problem=None)
+    if choice.engines_per_gpu > 1:  # only then is the daemon worth a try
+        probe = mps_problem or (lambda: gpu_facts.mps_usable(gpu_facts.mps_env(settings.cache_dir)))
+        choice = gpu_facts.choose_engines_per_gpu(**facts, mps_problem=probe())
+    if choice.engines_per_gpu == 1:
+        return settings, choice
+    return settings.model_copy(update={"engines": choice.engines_per_gpu,
+                                       "engines_per_gpu": choice.engines_per_gpu,
+                                       "cuda_mps": choice.mps}), choice
 
 
 def shared_kv_cache_bytes(settings, total_bytes: int | None = None, config: dict | None = None) -> int:

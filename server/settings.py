@@ -142,6 +142,12 @@ class GpuSharingSettings(BaseModel):
     kv_cache_memory_bytes: int | None = Field(
         None, ge=1, description="vLLM --kv-cache-memory-bytes: a fixed KV cache, no memory profiling "
         "(auto when engines share a GPU: a few engine steps of tokens, within the engine's share)")
+    fill_gpu: bool = Field(
+        True, description="GPU, when engines_per_gpu and cuda_mps are left unset and the pod runs "
+        "one engine on one GPU: the launcher runs 4 engines on it under its MPS daemon if the model "
+        "has at most 2B parameters, the GPU at least 70 GiB and the pod at least 12 CPUs (about "
+        "twice the small requests one engine serves, the same bulk throughput), else one engine; "
+        "one engine too where the MPS daemon cannot start or the node provides MPS")
     cuda_mps: bool = Field(
         False, description="GPU: run the launcher's engines under an NVIDIA MPS control daemon that "
         "the launcher starts and stops (kernels of engines sharing a GPU then run concurrently); "

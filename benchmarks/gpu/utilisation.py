@@ -77,6 +77,20 @@ def _cpu_times(roots: list[int]) -> dict[int, tuple[str, float]]:
     return out
 
 
+def _rss_gib(roots: list[int]) -> dict[str, float]:
+    """Resident memory of the service's processes by role, GiB (what a pod's memory limit must
+    hold; a role's processes summed)."""
+    out: dict[str, float] = {}
+    for proc in _family(roots):
+        try:
+            role = _role(proc, " ".join(proc.cmdline()), proc.name())
+            if role:
+                out[role] = out.get(role, 0.0) + proc.memory_info().rss / 2**30
+        except psutil.Error:
+            continue
+    return {role: round(gib, 2) for role, gib in out.items()}
+
+
 def engine_cores(roots: list[int]) -> list[int]:
     """PIDs of the vLLM engine-core processes under `roots`."""
     out = []
@@ -122,6 +136,7 @@ class Utilisation:
             self.thread.join(2)
         self.seconds = time.monotonic() - self.t0
         self.after = _cpu_times(self.roots)
+        self.rss = _rss_gib(self.roots)
 
     def fields(self) -> dict:
         """The step's figures, to merge into each result line it produced."""
@@ -140,5 +155,6 @@ class Utilisation:
             "api_server_cpu_pct": sorted(per_role.get("api_server", []), reverse=True),
             "shim_cpu_pct": round(sum(per_role.get("shim", [])), 1),
             **({"inproc_cpu_pct": per_role["inproc"]} if "inproc" in per_role else {}),
+            "rss_gib": self.rss,
             "util_seconds": round(self.seconds, 1),
         }

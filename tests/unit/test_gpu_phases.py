@@ -47,7 +47,8 @@ def test_the_documented_fill_command_line_parses_as_before():
 
 
 def test_fill_configurations_become_launcher_flags_with_vllms_after_the_separator():
-    assert fill.config_flags("n1") == (1, [])
+    assert fill.config_flags("n1") == (1, ["--no-fill-gpu"])  # one engine, whatever the launcher would choose
+    assert fill.config_flags("auto") == (0, [])  # the launcher's own choice
     n, flags = fill.config_flags("n2+mps+graphs8k+step64k")
     assert n == 2
     assert flags[:6] == ["--engines", "2", "--engines-per-gpu", "2", "--cuda-mps", "--max-num-batched-tokens"]

@@ -3,11 +3,13 @@
     run.sh fill --fill-configs n1,n2,n4,n4+mps --fill-steps seed,small,rag --fill-raw n1 \\
         [--fill-profile-starts]
 
-A configuration is `n<K>` (K engines sharing the one GPU, `--engines K --engines-per-gpu K`) plus
+A configuration is `auto` (the launcher's defaults: it chooses the engines per GPU) or `n<K>` (K
+engines sharing the one GPU, `--engines K --engines-per-gpu K`; `n1` = `--no-fill-gpu`) plus
 any of `+mps` (the launcher's MPS daemon, `--cuda-mps`), `+sync` (`--no-async-scheduling`),
 `+eager` (`--enforce-eager`), `+graphs8k` / `+graphs16k` (CUDA graphs captured up to 8,192- /
 16,384-token steps), `+step64k` (`--max-num-batched-tokens 65536`), `+aot` (`--aot-compile`) and
-`+sleep` (vLLM's `--enable-sleep-mode`, its dev endpoints on);
+`+sleep` (vLLM's `--enable-sleep-mode`, its dev endpoints on), `+nodet` (`--no-deterministic`:
+what deterministic scores cost) and `+w8` (eight shim workers);
 `best` is the one that served most small requests so far, and `CONFIG@a/b` runs steps a and b
 for it instead of `--fill-steps`. Each is started (all K engines verified), then every step runs
 through the shim, and for the configurations in `--fill-raw` also against raw vLLM (engine 0's
@@ -56,12 +58,16 @@ GRAPH_SIZES_16K = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1536, 2048,
 
 
 def config_flags(config: str) -> tuple[int, list[str]]:
-    """`n4+mps+sync` -> (4, launcher flags)."""
+    """`n4+mps+sync` -> (4, launcher flags); `auto` -> (0, []): the launcher's own choice of
+    engines per GPU (fill_gpu), `n1` one engine whatever it would choose."""
     head, *mods = config.split("+")
-    if not head.startswith("n") or not head[1:].isdigit():
-        raise ValueError(f"configuration {config!r}: write n<engines>[+mps][+sync][+eager]")
-    n = int(head[1:])
-    flags = ["--engines", str(n), "--engines-per-gpu", str(n)] if n > 1 else []
+    if head == "auto":
+        n, flags = 0, []
+    elif not head.startswith("n") or not head[1:].isdigit():
+        raise ValueError(f"configuration {config!r}: write auto|n<engines>[+mps][+sync][+eager]")
+    else:
+        n = int(head[1:])
+        flags = ["--engines", str(n), "--engines-per-gpu", str(n)] if n > 1 else ["--no-fill-gpu"]
     known = {"mps": ["--cuda-mps"], "sync": ["--no-async-scheduling"], "eager": ["--enforce-eager"],
              # CUDA graphs for prefill steps up to 8k tokens (vLLM's default stops at 512, so a
              # reranker's steps run op by op from the engine core)
@@ -69,7 +75,11 @@ def config_flags(config: str) -> tuple[int, list[str]]:
              "graphs16k": ["--", "--cudagraph-capture-sizes", *map(str, GRAPH_SIZES_16K)],
              "step64k": ["--max-num-batched-tokens", "65536"],
              "aot": ["--aot-compile"],
-             "sleep": ["--", "--enable-sleep-mode"]}
+             "sleep": ["--", "--enable-sleep-mode"],
+             # what deterministic scores cost at this configuration (batch-invariant kernels off)
+             "nodet": ["--no-deterministic"],
+             # more shim workers in front of many engines
+             "w8": ["--workers", "8"]}
     tail: list[str] = []
     for mod in mods:
         if mod not in known:
@@ -125,7 +135,8 @@ def start(clock: h.Clock, config: str, profile_start: bool = False) -> int | Non
         if env is not None:
             env = {**h.cache_env(), **env}
         ready = h.start_launcher(config, flags, budget=min(420, clock.left() - 30), env=env)
-        ready["all_engines_s"] = round(ready["seconds_to_ready"] + h.wait_all_engines(n, 150), 1)
+        ready["all_engines_s"] = round(ready["seconds_to_ready"] + h.wait_all_engines(n or None, 150), 1)
+        n = n or h.engines_ready()
         h.emit({**ready, "engines_per_gpu": n})
         return n
     except RuntimeError as exc:
@@ -401,7 +412,7 @@ def phase_fill(clock: h.Clock, configs: list[str], steps: list[str], raw: list[s
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fill-configs", default="n1,n2,n4,n4+mps",
                         help="engine configurations, n<K>[+mps][+sync][+eager][+graphs8k|+graphs16k]"
-                             "[+step64k][+aot][+sleep], `best`, CONFIG@step/step")
+                             "[+step64k][+aot][+sleep][+nodet][+w8], `best`, CONFIG@step/step")
     parser.add_argument("--fill-steps", default="seed,small,rag", help=f"steps per configuration: {', '.join(STEPS)}")
     parser.add_argument("--fill-raw", default="n1", help="configurations also measured on raw vLLM")
     parser.add_argument("--fill-profile-starts", action="store_true",
