@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -248,14 +249,15 @@ class AdmissionSettings(BaseModel):
     """Admission control and the autoscaling signal (server/ops/admission.py).
 
     In-flight work is counted in (query, document) pairs and tokens, per engine: a pod with N
-    engines admits N times as much (`Settings.per_worker`).
+    engines admits N times as much, engines sharing a GPU counting as one (`Settings.per_worker`).
 
     reranker_engine_saturation = prompt tokens in flight to the engine / saturation_capacity_tokens;
     1.0 is the in-flight work at which the engine reaches its full throughput, past it requests only
     queue. The default is measured for Qwen3-Reranker-0.6B bf16 on one GPU (benchmarks/RESULTS.md,
     "Targets"): about two of vLLM's 32k-token GPU batches. Re-measure for bigger models or other
     GPUs (the in-flight tokens where pairs/s stops growing). Per engine (one GPU, or one
-    tensor-parallel group): a pod of N engines is full at N times this. Not per worker.
+    tensor-parallel group): a pod of N engines is full at N times this; engines sharing one GPU
+    count as that GPU (`Settings.capacity_units`). Not per worker.
     """
 
     max_inflight_pairs: int = 4096
@@ -500,6 +502,13 @@ class Settings(DrainSettings, ImageSettings, CacheSettings, AuthSettings, RateLi
         return len(self.upstream_urls) * self.engine_weight
 
     @property
+    def capacity_units(self) -> float:
+        """What per-engine capacity settings (saturation, admission bounds) are multiplied by:
+        the engine replicas, where engines sharing one GPU count as that one GPU (they share its
+        throughput: four engines on a GPU serve the bulk tokens of one, benchmarks/RESULTS.md)."""
+        return self.engine_count / self.engines_per_gpu
+
+    @property
     def engine_token_budget_resolved(self) -> int:
         if self.engine_token_budget > 0:
             return self.engine_token_budget
@@ -516,7 +525,7 @@ class Settings(DrainSettings, ImageSettings, CacheSettings, AuthSettings, RateLi
         are not split here: the rate limiter does it itself (server/ops/ratelimit.py), and only
         for in-process counters; a shared store holds one exact budget for every worker of every
         replica."""
-        n, engines = self.shim_workers, self.engine_count
+        n, engines, units = self.shim_workers, self.engine_count, self.capacity_units
         if n <= 1 and engines == 1:
             return self
         # The engine token budget is an engine's, so each worker holds its share of it: with
@@ -524,9 +533,9 @@ class Settings(DrainSettings, ImageSettings, CacheSettings, AuthSettings, RateLi
         # the operator configured. (The split binds only with bulk_split_to_budget: uncut bulk
         # items were larger than a worker's share, so each worker had a whole one in flight.)
         # (The dispatcher applies it to each engine: it is not multiplied by the engines.)
-        share = {"max_inflight_pairs": -(-self.max_inflight_pairs * engines // n),
-                 "max_inflight_tokens": -(-self.max_inflight_tokens * engines // n),
-                 "max_inflight_image_bytes": -(-self.max_inflight_image_bytes * engines // n),
+        share = {"max_inflight_pairs": math.ceil(self.max_inflight_pairs * units / n),
+                 "max_inflight_tokens": math.ceil(self.max_inflight_tokens * units / n),
+                 "max_inflight_image_bytes": math.ceil(self.max_inflight_image_bytes * units / n),
                  "engine_token_budget": -(-self.engine_token_budget_resolved // n)}
         return self.model_copy(update=share)
 

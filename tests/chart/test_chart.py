@@ -618,6 +618,32 @@ def test_engines_per_gpu_runs_that_many_engines_on_each_gpu(helm, monkeypatch):
     assert "RERANKER_ENGINES_PER_GPU" not in env_map(workload(render())[2])  # default: one per GPU
 
 
+def test_by_default_the_launcher_chooses_the_engines_per_gpu_and_an_explicit_value_is_kept(helm, monkeypatch):
+    """The chart's default leaves engines per GPU and MPS to the launcher (fill_gpu): on an H200
+    with the 0.6B model it runs four engines under its MPS daemon. gpu.enginesPerGpu, even 1, and
+    gpu.mps, even false, are the operator's and are kept as given."""
+    from launcher.vllm_args import fill_gpu
+
+    config = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1024,
+              "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
+              "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151669}
+
+    def chosen(*sets: str):
+        _, _, container = workload(render(*sets))
+        s = _launcher_settings(container, monkeypatch)
+        out, _ = fill_gpu(s, gpu=True, env={"CUDA_VISIBLE_DEVICES": "0"}, config=config,
+                          gpu_bytes=140 << 30, cpus=16, mps_problem=lambda: None)
+        return env_map(container), (out.engines, out.engines_per_gpu, out.cuda_mps)
+
+    env, default = chosen()
+    assert "RERANKER_ENGINES_PER_GPU" not in env and "RERANKER_CUDA_MPS" not in env
+    assert default == (4, 4, True)
+    env, one = chosen("--set", "gpu.enginesPerGpu=1")
+    assert env["RERANKER_ENGINES_PER_GPU"]["value"] == "1" and one == (1, 1, False)
+    env, no_mps = chosen("--set", "gpu.mps=false")
+    assert env["RERANKER_CUDA_MPS"]["value"] == "false" and no_mps == (1, 1, False)
+
+
 def test_gpu_count_not_a_multiple_of_tensor_parallel_is_refused(helm):
     err = render_fails("--set", "gpu.count=3", "--set", "vllm.tensorParallelSize=2")
     assert "gpu.count (3) is not a multiple of vllm.tensorParallelSize (2)" in err

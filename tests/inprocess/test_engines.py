@@ -240,3 +240,14 @@ async def test_ready_and_health_bodies_with_two_engines_are_the_documented_ones(
         assert r.status_code == 503
         body = NotReady.model_validate(r.json())
         assert [(e.engine, e.up) for e in body.engines] == [("0", False), ("1", False)]
+
+
+async def test_four_engines_on_one_gpu_saturate_as_that_one_gpu():
+    """The autoscaling signal (reranker_engine_saturation) is in-flight tokens over the pod's
+    capacity: four engines sharing one GPU have one GPU's capacity, not four, so the HPA scales
+    the pod out as early as with one engine on it. Two engines on two GPUs have two."""
+    async with running([FakeEngine() for _ in range(4)], engines=4, engines_per_gpu=4,
+                       saturation_capacity_tokens=75_000) as (app, _, _):
+        assert app_state(app).started.admission.capacity_tokens == 75_000
+    async with running([FakeEngine() for _ in range(2)], saturation_capacity_tokens=75_000) as (app, _, _):
+        assert app_state(app).started.admission.capacity_tokens == 150_000
