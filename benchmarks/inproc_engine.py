@@ -109,8 +109,8 @@ async def closed_loop(engine, make: Prompts, concurrency: int, requests: int, wa
     wall = time.perf_counter() - (measuring_from[0] if measuring_from else time.perf_counter())
     lat = sorted(latencies)
 
-    def pct(q: float) -> float | None:
-        return round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
+    def pct(q: float) -> float | None:  # the same rank rule as loadgen's lines beside it
+        return round(1000 * loadgen._percentile(lat, q), 2) if lat else None
 
     return {"requests": len(lat), "errors": errors, "req_s": round(len(lat) / wall, 1),
             "pairs_s": round(pairs / wall, 1), "tokens_s": round(tokens / wall, 1),

@@ -113,13 +113,15 @@ def fill_gpu(settings, *, gpu: bool | None = None, env: Mapping[str, str] | None
              mps_problem: Callable[[], str | None] | None = None) -> tuple[Any, gpu_facts.FillChoice | None]:
     """The settings with the engines per GPU the launcher chose (fill_gpu, launcher/gpu.py
     `choose_engines_per_gpu`), and why; unchanged where the operator chose: engines_per_gpu or
-    cuda_mps given, several engines or GPUs per engine, a separate vLLM, or no GPU.
+    cuda_mps given, several engines or GPUs per engine, a shim or vLLM started alone, or no GPU.
 
     `mps_problem` (tests): a function telling why the MPS daemon cannot run, instead of starting
     and stopping the real one."""
     gpu = gpu_visible() if gpu is None else gpu
     chosen = settings.model_fields_set & {"engines_per_gpu", "cuda_mps"}
-    if not (settings.fill_gpu and gpu and settings.mode in ("all", "vllm") and not chosen
+    # mode `all` only: in mode `vllm` a shim elsewhere is configured with the engines' URLs and
+    # would not learn of engines the launcher added
+    if not (settings.fill_gpu and gpu and settings.mode == "all" and not chosen
             and settings.engines == 1 and settings.tensor_parallel_size == 1
             and settings.multi_gpu_mode == "engines"):
         return settings, None

@@ -86,6 +86,7 @@ def test_one_engine_when_the_mps_daemon_cannot_start():
 @pytest.mark.parametrize("explicit", [
     {"engines_per_gpu": 1}, {"cuda_mps": False}, {"engines": 2, "engines_per_gpu": 2},
     {"engines": 2}, {"fill_gpu": False}, {"tensor_parallel_size": 2}, {"mode": "shim"},
+    {"mode": "vllm"},  # the shim elsewhere knows only the URLs it was given
 ])
 def test_an_operators_choice_is_kept(explicit):
     settings = Settings(model="/m", **explicit)
@@ -147,3 +148,11 @@ def test_the_launcher_logs_its_choice(capsys, monkeypatch, tmp_path):
     chosen = [r for r in lines if r["message"] == "engines per GPU chosen"]
     assert chosen and chosen[0]["engines_per_gpu"] == 4 and chosen[0]["cuda_mps"] is True
     assert chosen[0]["level"] == "INFO" and "0.6B" in chosen[0]["reason"]
+
+
+def test_the_mps_daemon_is_unusable_without_the_driver_utilities(tmp_path, monkeypatch):
+    """The real check the choice uses (no stand-in): without nvidia-cuda-mps-control on PATH it
+    says so, and nothing is left running."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    problem = gpu.mps_usable(gpu.mps_env(str(tmp_path)))
+    assert problem is not None and "nvidia-cuda-mps-control not found" in problem
