@@ -292,3 +292,70 @@ def test_playground_ranks_chosen_pasted_and_dropped_images_like_the_api(vl_servi
     body = json.loads(jina.split(" -d ", 1)[1][1:-1].replace("'\\''", "'"))
     assert body["documents"] == ["A golden retriever runs on the sand."] + [
         {"image": data_url(n)} for n in ("wide", "odd", "tall")]
+
+
+def test_image_requests_under_pooled_keep_alive_load_through_nginx(vl_service, vl_reference, tmp_path):
+    """The shipped nginx config in front of the VL service, traffic shaped like a multimodal RAG
+    client's: one client IP, one pooled keep-alive client with 8 requests in flight, 40 requests
+    mixing Jina image documents (data URLs and bare base64), vLLM content bodies on /rerank and
+    /v1/rerank and text-only documents, 1-4 documents with 0-2 pictures each (PNG and JPEG, one
+    EXIF-rotated). Every answer is 200 with the reference's score for every document, and the
+    service answered each request exactly once (nothing lost or retried by the proxy)."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests.deploy.test_nginx import start_nginx
+
+    port = int(vl_service.url.rsplit(":", 1)[1])
+    nginx = start_nginx(tmp_path / "nginx", [port])
+    rng = random.Random(11)
+    pool = [("", ["tall"]), ("", ["wide"]), ("stripes", ["odd"]), ("a photo", ["photo"]),
+            ("", ["rotated"]), ("two pictures", ["wide", "photo"]), ("no picture at all", []),
+            ("a caption", ["alpha"])]
+    work = []
+    for i in range(40):
+        docs = rng.sample(pool, rng.randint(1, 4))
+        form = ("jina", "vllm", "vllm-v1")[i % 3]
+        if form == "jina":  # Jina's form takes one picture per document
+            docs = [(t, imgs[:1]) for t, imgs in docs]
+        work.append((form, f"query {i % 5}", docs))
+
+    def body(form: str, query: str, docs: list) -> tuple[str, dict]:
+        if form == "jina":
+            def jina(text, imgs, n):
+                if not imgs:
+                    return {"text": text}
+                encoded = base64.b64encode(IMAGES[imgs[0]]).decode() if n % 2 else data_url(imgs[0])
+                return {"image": encoded, **({"text": text} if text else {})}
+            return "/v1/rerank", {"model": "jina-reranker-m0", "query": query,
+                                  "documents": [jina(t, i, n) for n, (t, i) in enumerate(docs)]}
+        return ("/rerank" if form == "vllm" else "/v1/rerank"), {
+            "query": query, "documents": [content(t, i) for t, i in docs]}
+
+    def served() -> float:
+        text = httpx.get(vl_service.url + "/metrics", timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("reranker_request_total{") and 'status="200"' in line
+                   and ('endpoint="/rerank"' in line or 'endpoint="/v1/rerank"' in line))
+
+    before = served()
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    try:
+        with httpx.Client(base_url=nginx.url, timeout=120, limits=limits) as client, ThreadPoolExecutor(8) as threads:
+            def send(item):
+                path, payload = body(*item)
+                return client.post(path, json=payload)
+            answers = list(threads.map(send, work))
+    finally:
+        nginx.stop()
+    for (form, query, docs), r in zip(work, answers):
+        assert r.status_code == 200, (form, r.text[:300])
+        got = {item["index"]: item["relevance_score"] for item in r.json()["results"]}
+        assert sorted(got) == list(range(len(docs))), (form, got)
+        for i, doc in enumerate(docs):
+            want = vl_reference.score((query, []), doc)
+            assert abs(got[i] - want) <= TOLERANCE, (form, query, doc, got[i], want)
+    assert served() - before == len(work)
+    assert nginx.access_log().count('" 200 ') >= len(work)
