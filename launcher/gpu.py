@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,13 +163,14 @@ def available_cpus() -> int:
 
 
 def choose_engines_per_gpu(*, params: int | None, vl: bool, gpus: int, gpu_bytes: int | None,
-                           cpus: int, mps_problem: str | None, node_mps: bool) -> FillChoice:
+                           cpus: int, node_mps: bool, mps_problem: Callable[[], str | None]) -> FillChoice:
     """The automatic engines-per-GPU choice for a single-GPU, single-engine configuration.
 
-    `mps_problem` is why the launcher's MPS daemon cannot run here (None when it can): without
-    MPS, engines sharing a GPU time-slice it and lose bulk throughput, so the choice is then one
-    engine. `node_mps`: the node already shares the GPU through MPS (the pod is one of several
-    clients): one engine."""
+    `mps_problem()` says why the launcher's MPS daemon cannot run here (None when it can); it is
+    asked last, only when everything else allows several engines (it starts and stops the real
+    daemon). Without MPS, engines sharing a GPU time-slice it and lose bulk throughput, so the
+    choice is then one engine. `node_mps`: the node already shares the GPU through MPS (the pod is
+    one of several clients): one engine."""
     def one(reason: str) -> FillChoice:
         return FillChoice(1, False, reason)
 
@@ -187,8 +188,9 @@ def choose_engines_per_gpu(*, params: int | None, vl: bool, gpus: int, gpu_bytes
         return one(f"{cpus} CPUs (below {FILL_MIN_CPUS})")
     if node_mps:
         return one("the node provides MPS (CUDA_MPS_PIPE_DIRECTORY is set): the GPU is shared with other pods")
-    if mps_problem:
-        return one(f"no MPS daemon: {mps_problem}")
+    problem = mps_problem()
+    if problem:
+        return one(f"no MPS daemon: {problem}")
     return FillChoice(FILL_ENGINES, True, f"model {params / 1e9:.1f}B parameters, GPU "
                       f"{gpu_bytes / GIB:.0f} GiB, {cpus} CPUs")
 

@@ -136,10 +136,8 @@ def fill_gpu(settings, *, gpu: bool | None = None, env: Mapping[str, str] | None
              "gpu_bytes": gpu_facts.total_memory_bytes() if gpu_bytes is None else gpu_bytes,
              "cpus": gpu_facts.available_cpus() if cpus is None else cpus,
              "node_mps": bool(environ.get("CUDA_MPS_PIPE_DIRECTORY"))}
-    choice = gpu_facts.choose_engines_per_gpu(**facts, mps_problem=None)
-    if choice.engines_per_gpu > 1:  # only then is the daemon worth a try
-        probe = mps_problem or (lambda: gpu_facts.mps_usable(gpu_facts.mps_env(settings.cache_dir)))
-        choice = gpu_facts.choose_engines_per_gpu(**facts, mps_problem=probe())
+    choice = gpu_facts.choose_engines_per_gpu(
+        **facts, mps_problem=mps_problem or (lambda: gpu_facts.mps_usable(gpu_facts.mps_env(settings.cache_dir))))
     if choice.engines_per_gpu == 1:
         return settings, choice
     return settings.model_copy(update={"engines": choice.engines_per_gpu,

@@ -123,10 +123,8 @@ def create_app(settings: Settings | None = None, engine_factory=None) -> FastAPI
         made = make_engines(settings)
         engine = EngineSet(list(made) if isinstance(made, (list, tuple)) else [made], metrics,
                            weight=settings.engine_weight)
-        # saturation_capacity_tokens is one engine's (one GPU's); this shim fronts
-        # len(members) x weight engines, those sharing a GPU counting as that GPU
-        capacity = round(settings.saturation_capacity_tokens * len(engine.members) * settings.engine_weight
-                         / settings.engines_per_gpu)
+        # saturation_capacity_tokens is one engine's (one GPU's); engines sharing a GPU count once
+        capacity = round(settings.saturation_capacity_tokens * settings.capacity_units)
         admission = Admission(settings.max_inflight_pairs, settings.max_inflight_tokens,
                               settings.retry_after_seconds, metrics, capacity_tokens=capacity,
                               max_image_bytes=settings.max_inflight_image_bytes)

@@ -303,17 +303,10 @@ def ensure_launcher(config: str, flags: list[str]) -> None:
     emit(start_launcher(config, flags))
 
 
-def engines_ready() -> int:
-    """How many engines the running shim reports (1 where /ready lists none)."""
-    try:
-        return len(httpx.get(SHIM + "/ready", timeout=5).json().get("engines") or [None])
-    except (httpx.HTTPError, ValueError):
-        return 0
-
-
-def wait_all_engines(n: int | None, budget: float) -> float:
+def wait_all_engines(n: int | None, budget: float) -> tuple[float, int]:
     """The shim is ready once one engine is; measure only when all n are up and verified (n None:
-    every engine the shim lists, however many the launcher chose)."""
+    every engine the shim lists, however many the launcher chose). Returns the seconds waited and
+    the engines seen (1 where /ready lists none)."""
     started = time.monotonic()
     while time.monotonic() - started < budget:
         try:
@@ -323,7 +316,7 @@ def wait_all_engines(n: int | None, budget: float) -> float:
         engines = body.get("engines")
         if body.get("status") == "ready" and (engines is None or (
                 (n is None or len(engines) == n) and all(e["up"] and e["verified"] for e in engines))):
-            return time.monotonic() - started
+            return time.monotonic() - started, len(engines or [None])
         time.sleep(0.5)
     raise RuntimeError(f"not all {n} engines verified after {budget:.0f} s: {ready_reason()}")
 

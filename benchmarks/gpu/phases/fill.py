@@ -135,8 +135,8 @@ def start(clock: h.Clock, config: str, profile_start: bool = False) -> int | Non
         if env is not None:
             env = {**h.cache_env(), **env}
         ready = h.start_launcher(config, flags, budget=min(420, clock.left() - 30), env=env)
-        ready["all_engines_s"] = round(ready["seconds_to_ready"] + h.wait_all_engines(n or None, 150), 1)
-        n = n or h.engines_ready()
+        waited, n = h.wait_all_engines(n or None, 150)
+        ready["all_engines_s"] = round(ready["seconds_to_ready"] + waited, 1)
         h.emit({**ready, "engines_per_gpu": n})
         return n
     except RuntimeError as exc:

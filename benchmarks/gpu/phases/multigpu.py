@@ -110,7 +110,7 @@ def multigpu_step(clock: h.Clock, mode: str, n: int) -> None:
     h.stop_launcher()
     try:
         ready = h.start_launcher(config, flags, budget=min(300, clock.left() - 60))
-        ready["all_engines_s"] = round(ready["seconds_to_ready"] + h.wait_all_engines(n, 120), 1)
+        ready["all_engines_s"] = round(ready["seconds_to_ready"] + h.wait_all_engines(n, 120)[0], 1)
         h.emit({**ready, "mode": mode, "n": n})
     except RuntimeError as exc:
         h.emit({"kind": "error", "step": "multigpu", "config": config, "error": str(exc)[:3000]})
