@@ -134,8 +134,8 @@ def shared_engine_kv_bytes(shape: ModelShape, *, total_bytes: int, utilization: 
 
 
 # --- engines per GPU when the operator left it to the launcher -----------------------------------
-# A small model's requests are bound by vLLM's one engine-core process per engine (a CPU core at
-# 50-100 % while the GPU idles), so on a large GPU several engines under MPS serve more of them
+# A small model's requests are bound by vLLM's one engine-core process per engine (one CPU core
+# busy while the GPU idles), so on a large GPU several engines under MPS serve more of them
 # (benchmarks/RESULTS.md, "Engines per GPU as the default"). The rule covers only what was
 # measured: models up to FILL_MAX_PARAMS on one GPU of at least FILL_MIN_GPU_BYTES, with enough
 # CPUs for four engine cores and their API servers. Larger models already keep the GPU busy.

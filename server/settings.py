@@ -146,9 +146,9 @@ class GpuSharingSettings(BaseModel):
     fill_gpu: bool = Field(
         True, description="GPU, when engines_per_gpu and cuda_mps are left unset and the pod runs "
         "one engine on one GPU: the launcher runs 4 engines on it under its MPS daemon if the model "
-        "has at most 2B parameters, the GPU at least 70 GiB and the pod at least 12 CPUs (about "
-        "twice the small requests one engine serves, the same bulk throughput), else one engine; "
-        "one engine too where the MPS daemon cannot start or the node provides MPS")
+        "has at most 2B parameters, the GPU at least 70 GiB and the pod at least 12 CPUs (more "
+        "small requests, the same bulk throughput: docs/deployment.md, \"Filling one GPU\"), else "
+        "one engine; one engine too where the MPS daemon cannot start or the node provides MPS")
     cuda_mps: bool = Field(
         False, description="GPU: run the launcher's engines under an NVIDIA MPS control daemon that "
         "the launcher starts and stops (kernels of engines sharing a GPU then run concurrently); "
@@ -505,7 +505,7 @@ class Settings(DrainSettings, ImageSettings, CacheSettings, AuthSettings, RateLi
     def capacity_units(self) -> float:
         """What per-engine capacity settings (saturation, admission bounds) are multiplied by:
         the engine replicas, where engines sharing one GPU count as that one GPU (they share its
-        throughput: four engines on a GPU serve the bulk tokens of one, benchmarks/RESULTS.md)."""
+        throughput: several engines on a GPU serve about the bulk tokens of one)."""
         return self.engine_count / self.engines_per_gpu
 
     @property
